@@ -1,0 +1,180 @@
+#include "anyctx/ctx/cpu.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <mutex>
+
+#include "anyctx/ctx/interrupt.h"
+#include "anyctx/ctx/report.h"
+
+namespace anyctx {
+namespace {
+
+struct CpuSlot {
+  pthread_t thread{};
+  void* altstack_map = nullptr;
+  std::size_t altstack_map_bytes = 0;
+  stack_t previous_altstack{};
+};
+
+std::mutex g_registry_mu;
+CpuSlot g_slots[kMaxCpus];              // guarded by g_registry_mu
+std::atomic<bool> g_online[kMaxCpus]{};  // written under g_registry_mu
+std::atomic<CpuOfflineFn> g_offline_fns[kMaxOfflineCallbacks]{};  // written under g_registry_mu
+
+std::size_t page_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
+
+// Maps a stack with a guard page below it and makes it this thread's
+// alternate signal stack.
+void altstack_attach(CpuSlot& slot, int cpu) {
+  std::size_t guard = page_bytes();
+  std::size_t bytes = interrupts_config().altstack_bytes;
+  bytes = (bytes + guard - 1) / guard * guard;
+  void* map = mmap(nullptr, bytes + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED) {
+    (Report("cpu online") << "cpu " << cpu << ": cannot map a " << bytes
+                          << "-byte signal stack, errno " << errno).fatal();
+  }
+  mprotect(map, guard, PROT_NONE);
+  stack_t ss{};
+  ss.ss_sp = static_cast<char*>(map) + guard;
+  ss.ss_size = bytes;
+  if (sigaltstack(&ss, &slot.previous_altstack) != 0) {
+    (Report("cpu online") << "cpu " << cpu << ": sigaltstack failed, errno " << errno).fatal();
+  }
+  slot.altstack_map = map;
+  slot.altstack_map_bytes = bytes + guard;
+}
+
+void altstack_detach(CpuSlot& slot) {
+  sigaltstack(&slot.previous_altstack, nullptr);
+  munmap(slot.altstack_map, slot.altstack_map_bytes);
+  slot.altstack_map = nullptr;
+}
+
+[[noreturn]] void report_offline_misuse(int cpu, const char* what) {
+  (Report("cpu offline") << "CpuScope of cpu " << cpu << " ends " << what).fatal();
+}
+
+}  // namespace
+
+CpuScope::CpuScope() {
+  detail::ThreadState& t = detail::this_thread();
+  if (t.cpu != kNoCpu) {
+    (Report("cpu online") << "this thread is already cpu " << t.cpu
+                          << "; one CpuScope per thread").fatal();
+  }
+  interrupts_install();
+  std::unique_lock<std::mutex> lock(g_registry_mu);
+  int id = 0;
+  while (id < kMaxCpus && g_online[id].load(std::memory_order_relaxed)) ++id;
+  if (id == kMaxCpus) {
+    lock.unlock();
+    (Report("cpu online") << "more than kMaxCpus = " << kMaxCpus
+                          << " logical CPUs: ids 0.." << kMaxCpus - 1
+                          << " are all online (raise ANYCTX_MAX_CPUS or end a CpuScope first)")
+        .fatal();
+  }
+  CpuSlot& slot = g_slots[id];
+  altstack_attach(slot, id);
+  slot.thread = pthread_self();
+  t.cpu = id;
+  g_online[id].store(true, std::memory_order_release);
+  id_ = id;
+}
+
+CpuScope::~CpuScope() {
+  detail::ThreadState& t = detail::this_thread();
+  if (!in_task()) report_offline_misuse(id_, "inside an interrupt handler");
+  if (t.irq_save_depth.load(std::memory_order_relaxed) != 0)
+    report_offline_misuse(id_, "with IRQs masked (an irq_save() was never restored)");
+  if (t.preempt_count.load(std::memory_order_relaxed) != 0)
+    report_offline_misuse(id_, "inside a local-lock section");
+
+  CpuOfflineFn fns[kMaxOfflineCallbacks];
+  {
+    std::lock_guard<std::mutex> guard(g_registry_mu);
+    for (int i = 0; i < kMaxOfflineCallbacks; ++i) fns[i] = g_offline_fns[i].load(std::memory_order_relaxed);
+  }
+  {
+    IrqSaveScope masked;
+    for (CpuOfflineFn fn : fns)
+      if (fn != nullptr) fn(id_);
+  }
+
+  // No handler may run on the stack being unmapped: block both classes, go
+  // offline, then let whatever is pending arrive (and be dropped).
+  sigset_t both, previous;
+  sigemptyset(&both);
+  sigaddset(&both, detail::interrupt_signal(InterruptKind::kIrq));
+  sigaddset(&both, detail::interrupt_signal(InterruptKind::kNmi));
+  pthread_sigmask(SIG_BLOCK, &both, &previous);
+  {
+    std::lock_guard<std::mutex> guard(g_registry_mu);
+    altstack_detach(g_slots[id_]);
+    g_online[id_].store(false, std::memory_order_release);
+    t.cpu = kNoCpu;
+    t.irq_pending.store(false, std::memory_order_relaxed);
+  }
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+}
+
+int cpus_online() {
+  int n = 0;
+  for (const auto& online : g_online) n += online.load(std::memory_order_relaxed) ? 1 : 0;
+  return n;
+}
+
+bool cpu_is_online(int cpu) {
+  return cpu >= 0 && cpu < kMaxCpus && g_online[cpu].load(std::memory_order_acquire);
+}
+
+bool cpu_offline_callback_add(CpuOfflineFn fn) {
+  std::lock_guard<std::mutex> guard(g_registry_mu);
+  for (auto& slot : g_offline_fns)
+    if (slot.load(std::memory_order_relaxed) == fn) return true;
+  for (auto& slot : g_offline_fns) {
+    if (slot.load(std::memory_order_relaxed) == nullptr) {
+      slot.store(fn, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool cpu_offline_callback_remove(CpuOfflineFn fn) {
+  std::lock_guard<std::mutex> guard(g_registry_mu);
+  for (auto& slot : g_offline_fns) {
+    if (slot.load(std::memory_order_relaxed) == fn) {
+      slot.store(nullptr, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool send_interrupt(int cpu, InterruptKind kind) {
+  int signo = detail::interrupt_signal(kind);
+  if (cpu == current_cpu() && cpu != kNoCpu) {
+    return pthread_kill(pthread_self(), signo) == 0;
+  }
+  std::lock_guard<std::mutex> guard(g_registry_mu);
+  if (!cpu_is_online(cpu)) return false;
+  return pthread_kill(g_slots[cpu].thread, signo) == 0;
+}
+
+namespace detail {
+void report_not_a_cpu(const char* entry_point) {
+  (Report("not a cpu") << entry_point
+                       << "() called on a thread that is not a logical CPU "
+                          "(create an anyctx::CpuScope on the thread first)")
+      .fatal();
+}
+}  // namespace detail
+
+}  // namespace anyctx

@@ -1,0 +1,176 @@
+// Logical CPUs: registration, id reuse, offline callbacks, misuse reports.
+#include "anyctx/ctx/cpu.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "anyctx/ctx/interrupt.h"
+
+namespace anyctx {
+namespace {
+
+class CpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
+};
+
+TEST_F(CpuTest, ThreadIsNotACpuUntilRegistered) {
+  EXPECT_EQ(current_cpu(), kNoCpu);
+  {
+    CpuScope cpu;
+    EXPECT_EQ(current_cpu(), cpu.id());
+    EXPECT_TRUE(cpu_is_online(cpu.id()));
+    EXPECT_GE(cpus_online(), 1);
+  }
+  EXPECT_EQ(current_cpu(), kNoCpu);
+}
+
+TEST_F(CpuTest, IdsAreTheLowestFreeAndReusedAfterOffline) {
+  CpuScope first;
+  EXPECT_EQ(first.id(), 0);
+  int second_id = -1;
+  std::thread([&] {
+    CpuScope second;
+    second_id = second.id();
+  }).join();
+  EXPECT_EQ(second_id, 1);
+  EXPECT_FALSE(cpu_is_online(1));
+  std::thread([&] {
+    CpuScope again;
+    second_id = again.id();
+  }).join();
+  EXPECT_EQ(second_id, 1) << "id 1 went offline, so it is reused";
+}
+
+TEST_F(CpuTest, ManyThreadsRegisterAndLeaveWithUniqueIds) {
+  constexpr int kThreads = 16;
+  constexpr int kRounds = 200;
+  std::atomic<int> holder[kMaxCpus]{};
+  std::atomic<int> collisions{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int r = 0; r < kRounds; ++r) {
+        CpuScope cpu;
+        int expected = 0;
+        if (cpu.id() < 0 || cpu.id() >= kMaxCpus || !holder[cpu.id()].compare_exchange_strong(expected, t + 1))
+          collisions.fetch_add(1);
+        std::this_thread::yield();
+        holder[cpu.id()].store(0);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(collisions.load(), 0);
+  EXPECT_EQ(cpus_online(), 0);
+}
+
+std::atomic<int> g_offline_calls{0};
+std::atomic<int> g_offline_cpu_seen{-2};
+std::atomic<bool> g_offline_masked{false};
+
+void record_offline(int cpu) {
+  g_offline_calls.fetch_add(1);
+  g_offline_cpu_seen.store(cpu == current_cpu() ? cpu : -3);
+  g_offline_masked.store(irqs_disabled());
+}
+
+TEST_F(CpuTest, OfflineCallbacksRunOnTheDepartingCpu) {
+  ASSERT_TRUE(cpu_offline_callback_add(record_offline));
+  ASSERT_TRUE(cpu_offline_callback_add(record_offline)) << "adding twice is idempotent";
+  int id = -1;
+  std::thread([&] {
+    CpuScope cpu;
+    id = cpu.id();
+  }).join();
+  EXPECT_EQ(g_offline_calls.load(), 1);
+  EXPECT_EQ(g_offline_cpu_seen.load(), id);
+  EXPECT_TRUE(g_offline_masked.load()) << "callbacks run with IRQs masked";
+  EXPECT_TRUE(cpu_offline_callback_remove(record_offline));
+  EXPECT_FALSE(cpu_offline_callback_remove(record_offline));
+  std::thread([] { CpuScope cpu; }).join();
+  EXPECT_EQ(g_offline_calls.load(), 1);
+}
+
+void noop_a(int) {}
+
+TEST_F(CpuTest, OfflineCallbackRegistryIsBounded) {
+  // Distinct function pointers from a template, to fill every slot.
+  using Fn = CpuOfflineFn;
+  static const Fn fns[] = {
+      [](int) {}, [](int) {}, [](int) {}, [](int) {}, [](int) {}, [](int) {},
+      [](int) {}, [](int) {}, [](int) {}, [](int) {}, [](int) {}, [](int) {},
+      [](int) {}, [](int) {}, [](int) {}, [](int) {}};
+  static_assert(sizeof(fns) / sizeof(fns[0]) == kMaxOfflineCallbacks);
+  for (Fn fn : fns) ASSERT_TRUE(cpu_offline_callback_add(fn));
+  EXPECT_FALSE(cpu_offline_callback_add(noop_a)) << "no room left";
+  for (Fn fn : fns) EXPECT_TRUE(cpu_offline_callback_remove(fn));
+}
+
+TEST_F(CpuTest, PerCpuSlotsAreSeparateAndAligned) {
+  static PerCpu<long> counters;
+  std::thread([] {
+    CpuScope cpu;
+    counters.this_cpu() += 5;
+  }).join();
+  CpuScope cpu;
+  counters.this_cpu() += 1;
+  EXPECT_EQ(counters.on(cpu.id()), 1 + (cpu.id() == 0 ? 5 : 0));
+  long total = 0;
+  counters.for_each([&](int, long& v) { total += v; });
+  EXPECT_EQ(total, 6);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(&counters.on(1)) -
+                reinterpret_cast<std::uintptr_t>(&counters.on(0)),
+            kCacheLine);
+}
+
+TEST_F(CpuTest, TooManyCpusIsReported) {
+  EXPECT_DEATH(
+      {
+        std::atomic<bool> release{false};
+        std::vector<std::thread> threads;
+        std::atomic<int> up{0};
+        for (int i = 0; i < kMaxCpus; ++i) {
+          threads.emplace_back([&] {
+            CpuScope cpu;
+            up.fetch_add(1);
+            while (!release.load()) std::this_thread::yield();
+          });
+        }
+        while (up.load() < kMaxCpus) std::this_thread::yield();
+        CpuScope one_too_many;
+      },
+      "cpu online: more than kMaxCpus = [0-9]+ logical CPUs");
+}
+
+TEST_F(CpuTest, SecondScopeOnOneThreadIsReported) {
+  EXPECT_DEATH(
+      {
+        CpuScope a;
+        CpuScope b;
+      },
+      "cpu online: this thread is already cpu [0-9]+; one CpuScope per thread");
+}
+
+TEST_F(CpuTest, NotACpuIsReportedByName) {
+  EXPECT_DEATH(require_cpu("alloc_pages"),
+               "not a cpu: alloc_pages\\(\\) called on a thread that is not a logical CPU");
+  static PerCpu<int> data;
+  EXPECT_DEATH(data.this_cpu() = 1, "not a cpu: PerCpu::this_cpu\\(\\)");
+}
+
+TEST_F(CpuTest, OfflineWithIrqsMaskedIsReported) {
+  EXPECT_DEATH(
+      {
+        CpuScope cpu;
+        IrqFlags leaked = irq_save();
+        (void)leaked;
+      },
+      "cpu offline: CpuScope of cpu [0-9]+ ends with IRQs masked");
+}
+
+}  // namespace
+}  // namespace anyctx

@@ -1,0 +1,207 @@
+#include "anyctx/ctx/interrupt.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cerrno>
+#include <mutex>
+
+#include "anyctx/ctx/context.h"
+#include "anyctx/ctx/cpu.h"
+#include "anyctx/ctx/report.h"
+
+namespace anyctx {
+namespace {
+
+constexpr std::size_t kMinAltstackBytes = 64 * 1024;
+
+std::atomic<int> g_irq_signal{0};  // 0 = defaults not applied yet
+std::atomic<int> g_nmi_signal{0};
+std::atomic<std::size_t> g_altstack_bytes{256 * 1024};
+std::atomic<InterruptHandler> g_handler[2]{};
+std::atomic<std::uint64_t> g_dropped{0};
+
+std::mutex g_install_mu;
+bool g_installed = false;           // guarded by g_install_mu
+struct sigaction g_old_irq, g_old_nmi;  // guarded by g_install_mu
+
+using detail::barrier_against_interrupts;
+using detail::ThreadState;
+
+void depth_add(std::atomic<std::uint8_t>& depth, int delta) {
+  depth.store(static_cast<std::uint8_t>(depth.load(std::memory_order_relaxed) + delta),
+              std::memory_order_relaxed);
+}
+
+void call_handler(InterruptKind kind) {
+  InterruptHandler h = g_handler[static_cast<int>(kind)].load(std::memory_order_acquire);
+  if (h != nullptr) h(kind);
+}
+
+// Runs the IRQ handler with IRQs masked, again for every IRQ recorded while
+// it ran, then unmasks. Precondition: IRQs are not masked by any frame.
+void run_irqs_then_unmask(ThreadState& t) {
+  do {
+    t.irqs_masked.store(true, std::memory_order_relaxed);
+    t.irq_pending.store(false, std::memory_order_relaxed);
+    depth_add(t.irq_depth, +1);
+    barrier_against_interrupts();
+    call_handler(InterruptKind::kIrq);
+    barrier_against_interrupts();
+    depth_add(t.irq_depth, -1);
+    t.irqs_masked.store(false, std::memory_order_relaxed);
+    barrier_against_interrupts();
+  } while (t.irq_pending.load(std::memory_order_relaxed));
+}
+
+void irq_signal_entry(int, siginfo_t*, void*) {
+  int saved_errno = errno;
+  ThreadState& t = detail::this_thread();
+  if (t.cpu == kNoCpu) {
+    g_dropped.fetch_add(1, std::memory_order_relaxed);
+  } else if (t.irqs_masked.load(std::memory_order_relaxed)) {
+    t.irq_pending.store(true, std::memory_order_relaxed);
+  } else {
+    run_irqs_then_unmask(t);
+  }
+  errno = saved_errno;
+}
+
+void nmi_signal_entry(int, siginfo_t*, void*) {
+  int saved_errno = errno;
+  if (current_cpu() == kNoCpu) {
+    g_dropped.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    NmiScope nmi;
+    call_handler(InterruptKind::kNmi);
+  }
+  errno = saved_errno;
+}
+
+void ensure_defaults() {
+  if (g_irq_signal.load(std::memory_order_acquire) != 0) return;
+  InterruptConfig d = InterruptConfig::defaults();
+  int expected = 0;
+  if (g_irq_signal.compare_exchange_strong(expected, d.irq_signal)) g_nmi_signal.store(d.nmi_signal);
+}
+
+void install_one(int signo, void (*entry)(int, siginfo_t*, void*), const sigset_t& mask,
+                 struct sigaction* old) {
+  struct sigaction sa {};
+  sa.sa_sigaction = entry;
+  sa.sa_mask = mask;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+  if (sigaction(signo, &sa, old) != 0) {
+    (Report("interrupt setup") << "sigaction(" << signo << ") failed, errno " << errno).fatal();
+  }
+}
+
+void send_to_self(int signo) {
+  int rc = pthread_kill(pthread_self(), signo);
+  if (rc != 0) (Report("interrupt delivery") << "pthread_kill failed, error " << rc).fatal();
+}
+
+}  // namespace
+
+InterruptConfig InterruptConfig::defaults() {
+  return InterruptConfig{SIGRTMIN + 2, SIGRTMIN + 3, 256 * 1024};
+}
+
+std::string_view interrupts_configure(const InterruptConfig& c) {
+  auto is_rt = [](int s) { return s >= SIGRTMIN && s <= SIGRTMAX; };
+  if (!is_rt(c.irq_signal))
+    return "irq_signal is not a real-time signal (SIGRTMIN..SIGRTMAX); the classic signals "
+           "belong to the sanitizers, libFuzzer and AFL++";
+  if (!is_rt(c.nmi_signal))
+    return "nmi_signal is not a real-time signal (SIGRTMIN..SIGRTMAX); the classic signals "
+           "belong to the sanitizers, libFuzzer and AFL++";
+  if (c.irq_signal == c.nmi_signal) return "irq_signal and nmi_signal are the same signal";
+  if (c.altstack_bytes < kMinAltstackBytes)
+    return "altstack_bytes is below 64 KiB, too small for sanitizer builds";
+  if (cpus_online() != 0) return "cannot reconfigure interrupts while CPUs are online";
+  std::lock_guard<std::mutex> guard(g_install_mu);
+  if (g_installed) {
+    sigaction(g_irq_signal.load(), &g_old_irq, nullptr);
+    sigaction(g_nmi_signal.load(), &g_old_nmi, nullptr);
+    g_installed = false;
+  }
+  g_irq_signal.store(c.irq_signal);
+  g_nmi_signal.store(c.nmi_signal);
+  g_altstack_bytes.store(c.altstack_bytes);
+  return {};
+}
+
+InterruptConfig interrupts_config() {
+  ensure_defaults();
+  return InterruptConfig{g_irq_signal.load(), g_nmi_signal.load(), g_altstack_bytes.load()};
+}
+
+void interrupts_install() {
+  ensure_defaults();
+  std::lock_guard<std::mutex> guard(g_install_mu);
+  if (g_installed) return;
+  int irq = g_irq_signal.load();
+  int nmi = g_nmi_signal.load();
+  sigset_t irq_mask, nmi_mask;
+  sigemptyset(&irq_mask);
+  sigaddset(&irq_mask, irq);  // no IRQ inside an IRQ
+  sigemptyset(&nmi_mask);
+  sigaddset(&nmi_mask, irq);  // nothing inside an NMI
+  sigaddset(&nmi_mask, nmi);
+  install_one(irq, irq_signal_entry, irq_mask, &g_old_irq);
+  install_one(nmi, nmi_signal_entry, nmi_mask, &g_old_nmi);
+  g_installed = true;
+}
+
+void set_interrupt_handler(InterruptKind kind, InterruptHandler handler) {
+  g_handler[static_cast<int>(kind)].store(handler, std::memory_order_release);
+}
+
+void raise_irq() { send_to_self(interrupts_config().irq_signal); }
+
+void raise_nmi() {
+#if ANYCTX_TSAN
+  // TSan holds a signal raised inside a signal handler until that handler
+  // returns. An NMI raised inside an IRQ handler would then arrive after the
+  // IRQ instead of inside it; enter it directly so nesting is the same in
+  // every build.
+  if (in_irq() && !in_nmi()) {
+    nmi_signal_entry(interrupts_config().nmi_signal, nullptr, nullptr);
+    return;
+  }
+#endif
+  send_to_self(interrupts_config().nmi_signal);
+}
+
+std::uint64_t interrupts_dropped() { return g_dropped.load(std::memory_order_relaxed); }
+
+namespace detail {
+void irq_replay_pending() { run_irqs_then_unmask(this_thread()); }
+
+int interrupt_signal(InterruptKind kind) {
+  InterruptConfig c = interrupts_config();
+  return kind == InterruptKind::kIrq ? c.irq_signal : c.nmi_signal;
+}
+}  // namespace detail
+
+NmiScope::NmiScope() {
+  ThreadState& t = detail::this_thread();
+  was_masked_ = t.irqs_masked.load(std::memory_order_relaxed);
+  t.irqs_masked.store(true, std::memory_order_relaxed);
+  depth_add(t.nmi_depth, +1);
+  barrier_against_interrupts();
+}
+
+NmiScope::~NmiScope() {
+  ThreadState& t = detail::this_thread();
+  barrier_against_interrupts();
+  depth_add(t.nmi_depth, -1);
+  if (was_masked_) return;
+  t.irqs_masked.store(false, std::memory_order_relaxed);
+  barrier_against_interrupts();
+  // An IRQ recorded while this (user-signal) NMI ran: run it on the way out.
+  if (t.irq_pending.load(std::memory_order_relaxed) && t.cpu != kNoCpu) run_irqs_then_unmask(t);
+}
+
+}  // namespace anyctx

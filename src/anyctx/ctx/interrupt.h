@@ -1,0 +1,91 @@
+// anyctx/ctx/interrupt.h — IRQ-class and NMI-class signals: the userspace
+// hard interrupt and NMI.
+//
+// Contract:
+//  - Two real-time signals carry the two classes (defaults SIGRTMIN+2 and
+//    SIGRTMIN+3: clear of SIGUSR1/2 and every signal that the sanitizers,
+//    libFuzzer and AFL++ use). Handlers run on the CPU's alternate signal
+//    stack, SA_RESTART, errno preserved.
+//  - Nesting: no IRQ inside an IRQ (its own signal is blocked while it runs),
+//    an NMI anywhere (also inside an IRQ), no NMI inside an NMI and no IRQ
+//    inside an NMI (both blocked until the NMI returns).
+//  - An IRQ that arrives while IRQs are soft-masked is recorded and run from
+//    irq_restore() (context.h). NMIs ignore the mask.
+//  - What a handler does is pluggable: set_interrupt_handler(). The handler
+//    runs with in_irq() / in_nmi() true; it must be async-signal-safe (no
+//    malloc, no locks other than anyctx trylocks, no stdio).
+//  - A signal of either class that reaches a thread that is not a CPU is
+//    dropped and counted (interrupts_dropped()).
+//  - raise_irq()/raise_nmi() deliver to the calling thread synchronously: the
+//    handler has run when they return (unless the class is masked or blocked
+//    at that moment, in which case it runs when unmasked / unblocked).
+//    TSan holds a signal raised inside a handler until the handler returns;
+//    so that an NMI raised inside an IRQ handler still nests, TSan builds
+//    enter the NMI handler directly in that one case.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "anyctx/ctx/config.h"
+
+namespace anyctx {
+
+enum class InterruptKind : std::uint8_t { kIrq, kNmi };
+
+struct InterruptConfig {
+  int irq_signal;
+  int nmi_signal;
+  std::size_t altstack_bytes;  // per CPU; sanitizers need 64 KiB or more
+
+  // SIGRTMIN+2, SIGRTMIN+3, 256 KiB.
+  static InterruptConfig defaults();
+};
+
+// Validates and applies `config` for the next install. Context: task, with no
+// CPU online. Return: empty on success, otherwise what was wrong.
+std::string_view interrupts_configure(const InterruptConfig& config);
+
+// Context: any. Return: the configuration in force.
+InterruptConfig interrupts_config();
+
+// Installs the two handlers with sigaction (idempotent; CpuScope calls it).
+// Context: task.
+void interrupts_install();
+
+using InterruptHandler = void (*)(InterruptKind kind);
+
+// Sets what IRQs (or NMIs) do; nullptr = nothing. Context: any.
+void set_interrupt_handler(InterruptKind kind, InterruptHandler handler);
+
+// Delivers to this thread. Context: any.
+void raise_irq();
+void raise_nmi();
+
+// Delivers to the thread of `cpu` (asynchronously unless it is this thread).
+// Context: task. Return: false when `cpu` is not online.
+bool send_interrupt(int cpu, InterruptKind kind);
+
+// Return: signals of either class dropped because their thread was not a CPU.
+std::uint64_t interrupts_dropped();
+
+// Marks a handler of one of your own signals (a SIGPROF profiler, a crash
+// handler) as NMI context, so in_nmi() is true and anyctx behaves as in an
+// NMI: nolock entry points only. Context: a signal handler.
+namespace detail {
+int interrupt_signal(InterruptKind kind);
+}  // namespace detail
+
+class NmiScope {
+ public:
+  NmiScope();
+  ~NmiScope();
+  NmiScope(const NmiScope&) = delete;
+  NmiScope& operator=(const NmiScope&) = delete;
+
+ private:
+  bool was_masked_;
+};
+
+}  // namespace anyctx

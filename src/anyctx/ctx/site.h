@@ -1,0 +1,64 @@
+// anyctx/ctx/site.h — named interrupt points ("sites") for the harness.
+//
+// Contract:
+//  - ANYCTX_SITE(kName) marks a point where the harness may deliver an IRQ or
+//    NMI synchronously, switch to another CPU, or inject a fault: after a lock
+//    is taken, inside list surgery, before a release, inside spin loops.
+//  - Compiled in only when ANYCTX_SITES is 1 (harness and test builds); with
+//    0 the macro is empty: zero cost in `release`.
+//  - The hook is process-wide; it runs in whatever context hit the site
+//    (task, IRQ or NMI), so it must be async-signal-safe.
+//  - Every layer adds its sites to ANYCTX_SITE_LIST, so ids are dense and
+//    every site has a printable name.
+// Context: any.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "anyctx/ctx/config.h"
+
+// X(name, "description")
+#define ANYCTX_SITE_LIST(X)                                                \
+  X(kSpinWait, "spinning on a busy spinlock (between plain reads)")       \
+  X(kLocalLockHeld, "just after a local lock or local trylock is taken")  \
+  X(kLocalLockRelease, "just before a local lock or local trylock is released")
+
+namespace anyctx {
+
+enum class Site : std::uint16_t {
+#define ANYCTX_SITE_ENUM(name, text) name,
+  ANYCTX_SITE_LIST(ANYCTX_SITE_ENUM)
+#undef ANYCTX_SITE_ENUM
+  kCount
+};
+
+inline constexpr int kSiteCount = static_cast<int>(Site::kCount);
+
+// Return: the site's name without the k ("SpinWait"), or nullptr when out of
+// range.
+const char* site_name(Site site);
+const char* site_description(Site site);
+
+using SiteHook = void (*)(Site site);
+
+// Installs the hook every ANYCTX_SITE calls (nullptr removes it).
+// Context: any. Return: the previous hook.
+SiteHook set_site_hook(SiteHook hook);
+
+namespace detail {
+extern std::atomic<SiteHook> g_site_hook;
+}  // namespace detail
+
+ANYCTX_ALWAYS_INLINE void site_hit(Site site) {
+  SiteHook hook = detail::g_site_hook.load(std::memory_order_acquire);
+  if (ANYCTX_UNLIKELY(hook != nullptr)) hook(site);
+}
+
+}  // namespace anyctx
+
+#if ANYCTX_SITES
+#define ANYCTX_SITE(name) ::anyctx::site_hit(::anyctx::Site::name)
+#else
+#define ANYCTX_SITE(name) ((void)0)
+#endif

@@ -1,0 +1,40 @@
+// anyctx/ctx/thread_state.h — internal: the per-thread execution state that
+// the context queries, soft IRQ masking and the signal wrappers share.
+//
+// Contract (internal):
+//  - One instance per thread, constant-initialised (constinit), so touching it
+//    from a signal handler never allocates or runs a constructor.
+//  - Only its own thread and that thread's signal handlers access it. Fields a
+//    handler may change under the feet of the interrupted frame are relaxed
+//    atomics, ordered against the frame's own accesses with signal fences.
+//  - Interrupts nest strictly (an NMI returns before the frame it interrupted
+//    resumes), so read-then-write sequences need no RMW.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "anyctx/ctx/config.h"
+
+namespace anyctx::detail {
+
+struct ThreadState {
+  int cpu = kNoCpu;                           // logical CPU id or kNoCpu
+  std::atomic<std::uint8_t> irq_depth{0};     // inside an IRQ-class handler
+  std::atomic<std::uint8_t> nmi_depth{0};     // inside an NMI-class handler
+  std::atomic<bool> irqs_masked{false};       // soft mask (irq_save)
+  std::atomic<bool> irq_pending{false};       // an IRQ arrived while masked
+  std::atomic<std::uint16_t> irq_save_depth{0};  // nesting of irq_save()
+  std::atomic<std::uint16_t> preempt_count{0};   // local-lock sections (debug)
+};
+
+extern thread_local constinit ThreadState t_state;
+
+inline ThreadState& this_thread() { return t_state; }
+
+// Orders this frame's accesses against a signal handler on the same thread.
+ANYCTX_ALWAYS_INLINE void barrier_against_interrupts() {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
+}  // namespace anyctx::detail
