@@ -22,7 +22,18 @@
 #define ANYCTX_SITE_LIST(X)                                                \
   X(kSpinWait, "spinning on a busy spinlock (between plain reads)")       \
   X(kLocalLockHeld, "just after a local lock or local trylock is taken")  \
-  X(kLocalLockRelease, "just before a local lock or local trylock is released")
+  X(kLocalLockRelease, "just before a local lock or local trylock is released") \
+  X(kPcpLocked, "a pcp.lock was just taken")                                 \
+  X(kPcpListEdit, "in the middle of a pcp list insert or removal")           \
+  X(kPcpUnlock, "just before a pcp.lock is released")                        \
+  X(kZoneLocked, "zone.lock was just taken")                                 \
+  X(kZoneListEdit, "in the middle of a buddy split or merge")                \
+  X(kZoneUnlock, "just before zone.lock is released")                        \
+  X(kPcpRefill, "between pages of a pcp refill from the buddy lists")        \
+  X(kPcpBulkFree, "between pages of a bulk free from a pcp list")            \
+  X(kDeferredPush, "between reading the deferred-free head and the CAS")     \
+  X(kDeferredDrain, "between pages of a deferred-free drain")                \
+  X(kPageDrain, "between pages of a pcp drain")
 
 namespace anyctx {
 

@@ -1,0 +1,838 @@
+// The page allocator. Map of this file:
+//   state           the arena, the zone, the pcp sets
+//   lists           PageList, intrusive and circular
+//   buddy           split and merge under zone.lock
+//   locks           zone_lock(): branch on allows_spinning() first
+//   deferred        the lock-free stack of frees that found zone.lock busy
+//   pcp             refill, bulk free, drain
+//   alloc / free    the shared cores and the entry points
+//   bad page        validation and reports
+//   invariants
+#include "anyctx/page/page_alloc.h"
+
+#include <sys/mman.h>
+
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "anyctx/ctx/cpu.h"
+#include "anyctx/ctx/reclaim.h"
+#include "anyctx/ctx/report.h"
+#include "anyctx/ctx/site.h"
+#include "anyctx/lock/spinlock.h"
+#include "anyctx/page/fault.h"
+
+#if ANYCTX_ASAN
+#include <sanitizer/asan_interface.h>
+#define ANYCTX_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
+#define ANYCTX_UNPOISON(addr, size) ASAN_UNPOISON_MEMORY_REGION(addr, size)
+#else
+#define ANYCTX_POISON(addr, size) ((void)(addr), (void)(size))
+#define ANYCTX_UNPOISON(addr, size) ((void)(addr), (void)(size))
+#endif
+
+namespace anyctx {
+namespace {
+
+// --- lists -----------------------------------------------------------------
+
+// A circular doubly linked list of block heads through Page::next/prev;
+// head->prev is the tail. Callers hold the lock of the list's owner.
+struct PageList {
+  Page* head = nullptr;
+  std::size_t length = 0;
+
+  bool empty() const { return head == nullptr; }
+
+  void push_front(Page* p) {
+    push_back(p);
+    head = p;
+  }
+  void push_back(Page* p) {
+    if (head == nullptr) {
+      p->next = p->prev = p;
+      head = p;
+    } else {
+      Page* tail = head->prev;
+      p->prev = tail;
+      p->next = head;
+      tail->next = p;
+      head->prev = p;
+    }
+    ++length;
+  }
+  void remove(Page* p) {
+    if (p->next == p) {
+      head = nullptr;
+    } else {
+      p->prev->next = p->next;
+      p->next->prev = p->prev;
+      if (head == p) head = p->next;
+    }
+    p->next = p->prev = nullptr;
+    --length;
+  }
+  Page* pop_front() {
+    Page* p = head;
+    remove(p);
+    return p;
+  }
+  Page* pop_back() {
+    Page* p = head->prev;
+    remove(p);
+    return p;
+  }
+};
+
+// --- state -----------------------------------------------------------------
+
+struct Zone {
+  Spinlock lock{"zone.lock"};
+  PageList free_area[kMaxOrder + 1];  // guarded by lock
+  std::atomic<std::size_t> free_pages{0};
+  std::size_t watermark_min = 0, watermark_low = 0, watermark_high = 0;
+  std::atomic<Page*> deferred_free{nullptr};
+};
+
+struct Pcp {
+  Spinlock lock{"pcp.lock"};
+  std::atomic<int> count{0};  // pages on the lists; written under lock
+  int high = 0;
+  int batch = 0;
+  PageList lists[kPcpMaxOrder + 1];  // guarded by lock
+};
+
+struct Stats {
+  std::atomic<std::uint64_t> alloc_ok[2][3]{};
+  std::atomic<std::uint64_t> alloc_failed[2][3]{};
+  std::atomic<std::uint64_t> freed[2][3]{};
+  std::atomic<std::uint64_t> deferred_pushed{0};
+  std::atomic<std::uint64_t> deferred_drained{0};
+  std::atomic<std::uint64_t> pcp_refills{0};
+  std::atomic<std::uint64_t> pcp_bulk_frees{0};
+  std::atomic<std::uint64_t> reclaim_runs{0};
+};
+
+struct Arena {
+  char* base = nullptr;
+  Page* descs = nullptr;
+  std::size_t pages = 0;
+};
+
+Arena g_arena;
+Zone g_zone;
+PerCpu<Pcp> g_pcp;
+Stats g_stats;
+std::atomic<BadPagePolicy> g_policy{kDebug || ANYCTX_ASAN || ANYCTX_TSAN ? BadPagePolicy::kAbort
+                                                                       : BadPagePolicy::kReportAndLeak};
+std::atomic<std::uint64_t> g_bad_page_reports{0};
+
+constexpr int kMaxReclaimRetries = 3;
+
+std::size_t block_pages(unsigned order) { return std::size_t{1} << order; }
+int path_index(Gfp gfp) { return allows_spinning(gfp) ? 0 : 1; }
+int context_index() { return static_cast<int>(context_level()); }
+
+void count(std::atomic<std::uint64_t>& counter) { counter.fetch_add(1, std::memory_order_relaxed); }
+
+PageState state_of(const Page* p) { return p->state.load(std::memory_order_relaxed); }
+unsigned order_of(const Page* p) { return p->order.load(std::memory_order_relaxed); }
+void set_head(Page* p, PageState s, unsigned order) {
+  p->order.store(static_cast<std::uint8_t>(order), std::memory_order_relaxed);
+  p->state.store(s, std::memory_order_relaxed);
+}
+
+void poison_block(Page* p, unsigned order) { ANYCTX_POISON(page_address(p), block_pages(order) * kPageSize); }
+
+// --- buddy (zone.lock held) -----------------------------------------------------
+
+bool watermark_ok(unsigned order, std::size_t mark) {
+  std::size_t free = g_zone.free_pages.load(std::memory_order_relaxed);
+  return free >= block_pages(order) && free - block_pages(order) >= mark;
+}
+
+void buddy_free_locked(Page* page, unsigned order) {
+  std::size_t pfn = page_to_pfn(page);
+  g_zone.free_pages.fetch_add(block_pages(order), std::memory_order_relaxed);
+  while (order < kMaxOrder) {
+    std::size_t buddy_pfn = pfn ^ block_pages(order);
+    if (buddy_pfn + block_pages(order) > g_arena.pages) break;
+    Page* buddy = &g_arena.descs[buddy_pfn];
+    if (state_of(buddy) != PageState::kBuddy || order_of(buddy) != order) break;
+    g_zone.free_area[order].remove(buddy);
+    ANYCTX_SITE(kZoneListEdit);
+    // The higher half's head becomes a tail of the merged block.
+    std::size_t upper = pfn > buddy_pfn ? pfn : buddy_pfn;
+    g_arena.descs[upper].state.store(PageState::kTail, std::memory_order_relaxed);
+    pfn = pfn < buddy_pfn ? pfn : buddy_pfn;
+    ++order;
+  }
+  Page* head = &g_arena.descs[pfn];
+  set_head(head, PageState::kBuddy, order);
+  g_zone.free_area[order].push_front(head);
+}
+
+Page* buddy_alloc_locked(unsigned order, std::size_t mark) {
+  if (!watermark_ok(order, mark)) return nullptr;
+  unsigned have = order;
+  while (have <= kMaxOrder && g_zone.free_area[have].empty()) ++have;
+  if (have > kMaxOrder) return nullptr;
+  Page* page = g_zone.free_area[have].pop_front();
+  while (have > order) {  // split: the upper half goes back, one order down
+    --have;
+    Page* upper = page + block_pages(have);
+    set_head(upper, PageState::kBuddy, have);
+    g_zone.free_area[have].push_front(upper);
+    ANYCTX_SITE(kZoneListEdit);
+  }
+  page->order.store(static_cast<std::uint8_t>(order), std::memory_order_relaxed);
+  g_zone.free_pages.fetch_sub(block_pages(order), std::memory_order_relaxed);
+  return page;
+}
+
+// --- locks -------------------------------------------------------------------
+
+void deferred_drain_locked();
+
+// Takes zone.lock with IRQs masked. Branch first (the seed's option (b)): a
+// caller that may not spin tries once; one that may, waits. Every spinning
+// holder empties the deferred stack. Return: false only for a nolock caller
+// that found the lock busy.
+bool zone_lock(Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
+  if (!allows_spinning(gfp)) {
+    if (!g_zone.lock.try_lock_irqsave(flags)) return false;
+  } else {
+    flags = g_zone.lock.lock_irqsave();
+  }
+  ANYCTX_SITE(kZoneLocked);
+  if (allows_spinning(gfp)) deferred_drain_locked();
+  return true;
+}
+
+void zone_unlock(IrqFlags flags) ANYCTX_NO_TSA {
+  ANYCTX_SITE(kZoneUnlock);
+  g_zone.lock.unlock_irqrestore(flags);
+}
+
+bool pcp_trylock(Pcp& pcp) ANYCTX_NO_TSA {
+  if (!pcp.lock.try_lock()) return false;
+  ANYCTX_SITE(kPcpLocked);
+  return true;
+}
+
+void pcp_unlock(Pcp& pcp) ANYCTX_NO_TSA {
+  ANYCTX_SITE(kPcpUnlock);
+  pcp.lock.unlock();
+}
+
+void pcp_count_add(Pcp& pcp, long delta) {
+  pcp.count.store(static_cast<int>(pcp.count.load(std::memory_order_relaxed) + delta),
+                  std::memory_order_relaxed);
+}
+
+// --- deferred ----------------------------------------------------------------
+
+void deferred_push(Page* page, unsigned order) {
+  set_head(page, PageState::kDeferred, order);
+  Page* head = g_zone.deferred_free.load(std::memory_order_relaxed);
+  do {
+    page->deferred_next = head;
+    ANYCTX_SITE(kDeferredPush);
+  } while (!g_zone.deferred_free.compare_exchange_weak(head, page, std::memory_order_release,
+                                                       std::memory_order_relaxed));
+  count(g_stats.deferred_pushed);
+}
+
+void deferred_drain_locked() {
+  Page* page = g_zone.deferred_free.exchange(nullptr, std::memory_order_acquire);
+  while (page != nullptr) {
+    Page* next = page->deferred_next;
+    page->deferred_next = nullptr;
+    buddy_free_locked(page, order_of(page));
+    count(g_stats.deferred_drained);
+    ANYCTX_SITE(kDeferredDrain);
+    page = next;
+  }
+}
+
+// --- pcp (pcp.lock held) -------------------------------------------------------
+
+// Moves up to a batch of `order` blocks from the buddy lists to the pcp list.
+bool pcp_refill_locked(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
+  IrqFlags flags;
+  if (!zone_lock(gfp, flags)) return false;
+  int blocks = pcp.batch >> order;
+  if (blocks < 1) blocks = 1;
+  int got = 0;
+  for (; got < blocks; ++got) {
+    Page* page = buddy_alloc_locked(order, mark);
+    if (page == nullptr) break;
+    set_head(page, PageState::kPcp, order);
+    pcp.lists[order].push_back(page);
+    pcp_count_add(pcp, static_cast<long>(block_pages(order)));
+    ANYCTX_SITE(kPcpRefill);
+  }
+  zone_unlock(flags);
+  if (got > 0) count(g_stats.pcp_refills);
+  return got > 0;
+}
+
+// Returns at least `pages` pages (oldest first, orders round-robin) to the
+// buddy lists; a spinning caller only. Return: pages moved.
+std::size_t pcp_free_bulk_locked(Pcp& pcp, long pages) {
+  IrqFlags flags;
+  zone_lock(kGfpKernel, flags);
+  std::size_t moved = 0;
+  unsigned order = 0;
+  while (static_cast<long>(moved) < pages && pcp.count.load(std::memory_order_relaxed) > 0) {
+    PageList& list = pcp.lists[order];
+    order = (order + 1) % (kPcpMaxOrder + 1);
+    if (list.empty()) continue;
+    Page* page = list.pop_back();
+    unsigned o = order_of(page);
+    pcp_count_add(pcp, -static_cast<long>(block_pages(o)));
+    buddy_free_locked(page, o);
+    moved += block_pages(o);
+    ANYCTX_SITE(kPcpBulkFree);
+  }
+  zone_unlock(flags);
+  count(g_stats.pcp_bulk_frees);
+  return moved;
+}
+
+std::size_t drain_pcp(int cpu) ANYCTX_NO_TSA {
+  Pcp& pcp = g_pcp.on(cpu);
+  pcp.lock.lock();
+  ANYCTX_SITE(kPcpLocked);
+  std::size_t moved = 0;
+  if (pcp.count.load(std::memory_order_relaxed) > 0) {
+    IrqFlags flags;
+    zone_lock(kGfpKernel, flags);
+    for (PageList& list : pcp.lists) {
+      while (!list.empty()) {
+        Page* page = list.pop_back();
+        unsigned o = order_of(page);
+        pcp_count_add(pcp, -static_cast<long>(block_pages(o)));
+        buddy_free_locked(page, o);
+        moved += block_pages(o);
+        ANYCTX_SITE(kPageDrain);
+      }
+    }
+    zone_unlock(flags);
+  }
+  pcp_unlock(pcp);
+  return moved;
+}
+
+void drain_on_offline(int cpu) { drain_pcp(cpu); }
+
+std::size_t drain_shrinker() { return drain_all_pages(); }
+
+// --- alloc / free cores -----------------------------------------------------------
+
+// Takes a block: from this CPU's pcp list when the pcp is free (refilling it
+// from the buddy lists if empty), else straight from the buddy lists.
+Page* rmqueue(Gfp gfp, unsigned order, int cpu, std::size_t mark) {
+  if (order <= kPcpMaxOrder && cpu != kNoCpu) {
+    Pcp& pcp = g_pcp.on(cpu);
+    if (pcp_trylock(pcp)) {
+      PageList& list = pcp.lists[order];
+      Page* page = nullptr;
+      if (!list.empty() || pcp_refill_locked(pcp, order, gfp, mark)) {
+        page = list.pop_front();
+        ANYCTX_SITE(kPcpListEdit);
+        pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
+      }
+      pcp_unlock(pcp);
+      return page;
+    }
+    // An interrupted frame of this CPU (or a drain) holds the pcp.
+  }
+  IrqFlags flags;
+  if (!zone_lock(gfp, flags)) return nullptr;
+  Page* page = buddy_alloc_locked(order, mark);
+  zone_unlock(flags);
+  return page;
+}
+
+Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
+  set_head(page, PageState::kAllocated, order);
+  page->refcount.store(1, std::memory_order_relaxed);
+  page->owner_cpu.store(static_cast<std::int16_t>(current_cpu()), std::memory_order_relaxed);
+  page->owner_context.store(static_cast<std::uint8_t>(context_level()), std::memory_order_relaxed);
+  void* addr = page_address(page);
+  ANYCTX_UNPOISON(addr, block_pages(order) * kPageSize);
+  if (gfp.has(kGfpZero)) std::memset(addr, 0, block_pages(order) * kPageSize);
+  return page;
+}
+
+// A block whose last reference is gone goes back: to this CPU's pcp when
+// free (a spinning caller then trims the pcp above `high`; a nolock caller
+// commits without that check), else to the buddy lists, else — nolock and
+// zone.lock busy — onto the deferred stack.
+void free_block(Page* page, unsigned order, Gfp gfp) {
+  poison_block(page, order);
+  int cpu = current_cpu();
+  if (order <= kPcpMaxOrder && cpu != kNoCpu) {
+    Pcp& pcp = g_pcp.on(cpu);
+    if (pcp_trylock(pcp)) {
+      set_head(page, PageState::kPcp, order);
+      pcp.lists[order].push_front(page);
+      ANYCTX_SITE(kPcpListEdit);
+      pcp_count_add(pcp, static_cast<long>(block_pages(order)));
+      if (allows_spinning(gfp)) {
+        int over = pcp.count.load(std::memory_order_relaxed) - pcp.high;
+        if (over > 0) pcp_free_bulk_locked(pcp, over + pcp.batch);
+      }
+      pcp_unlock(pcp);
+      return;
+    }
+  }
+  IrqFlags flags;
+  if (zone_lock(gfp, flags)) {
+    buddy_free_locked(page, order);
+    zone_unlock(flags);
+    return;
+  }
+  deferred_push(page, order);
+}
+
+// --- bad page -----------------------------------------------------------------
+
+// Finds the head of the block that contains tail frame `pfn`. Diagnostics.
+Page* block_head_of(std::size_t pfn) {
+  for (unsigned o = 1; o <= kMaxOrder; ++o) {
+    std::size_t head = pfn & ~(block_pages(o) - 1);
+    Page* p = &g_arena.descs[head];
+    if (state_of(p) != PageState::kTail && order_of(p) >= o) return p;
+  }
+  return nullptr;
+}
+
+// Return: false (after a report) when the caller must not touch the page.
+bool bad_page(const char* entry, const Page* page, const char* reason_a, unsigned long long num_a = ~0ull,
+              const char* reason_b = nullptr, unsigned long long num_b = ~0ull) {
+  g_bad_page_reports.fetch_add(1, std::memory_order_relaxed);
+  Report r("bad page");
+  r << entry << "(): ";
+  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(page) - reinterpret_cast<std::uintptr_t>(g_arena.descs);
+  bool in_arena = page != nullptr && off < g_arena.pages * sizeof(Page) && off % sizeof(Page) == 0;
+  if (in_arena) {
+    r << "pfn " << page_to_pfn(page) << " (state " << page_state_name(state_of(page)) << ", order "
+      << order_of(page) << ", refcount " << page->refcount.load(std::memory_order_relaxed) << "): ";
+  } else {
+    r << "descriptor " << static_cast<const void*>(page) << ": ";
+  }
+  r << reason_a;
+  if (num_a != ~0ull) r << num_a;
+  if (reason_b != nullptr) r << reason_b;
+  if (num_b != ~0ull) r << num_b;
+  if (g_policy.load(std::memory_order_relaxed) == BadPagePolicy::kAbort) r.fatal();
+  r.emit();
+  return false;
+}
+
+bool page_in_arena(const Page* page) {
+  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(page) - reinterpret_cast<std::uintptr_t>(g_arena.descs);
+  return page != nullptr && off < g_arena.pages * sizeof(Page) && off % sizeof(Page) == 0;
+}
+
+// Validates a free of `page` at `order` and takes the last reference.
+// Return: true when the block is now the caller's to free.
+bool free_pages_prepare(const char* entry, Page* page, unsigned order) {
+  if (!page_in_arena(page)) return bad_page(entry, page, "not a page descriptor of the arena");
+  if (order > kMaxOrder) return bad_page(entry, page, "order ", order, " above kMaxOrder");
+  std::size_t pfn = page_to_pfn(page);
+  if (pfn % block_pages(order) != 0)
+    return bad_page(entry, page, "misaligned free: pfn is not a multiple of 2^", order);
+  PageState s = state_of(page);
+  if (s == PageState::kTail) {
+    Page* head = block_head_of(pfn);
+    if (head != nullptr && state_of(head) == PageState::kAllocated)
+      return bad_page(entry, page, "not the head of a block: inside the allocated block at pfn ",
+                      page_to_pfn(head), " of order ", order_of(head));
+    return bad_page(entry, page, "double free: inside a free block",
+                    head != nullptr ? page_to_pfn(head) : ~0ull);
+  }
+  if (s != PageState::kAllocated) {
+    return bad_page(entry, page, s == PageState::kBuddy      ? "double free: already free on the buddy lists"
+                                 : s == PageState::kPcp      ? "double free: already free on a pcp list"
+                                                             : "double free: already on the deferred-free stack");
+  }
+  if (order_of(page) != order)
+    return bad_page(entry, page, "freed with order ", order, " but allocated with order ", order_of(page));
+  std::int32_t one = 1;
+  if (!page->refcount.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) {
+    if (one <= 0) return bad_page(entry, page, "double free: refcount already 0");
+    return bad_page(entry, page, "freed with references left: refcount ", static_cast<unsigned>(one));
+  }
+  return true;
+}
+
+}  // namespace
+
+// --- arena --------------------------------------------------------------------
+
+const char* page_state_name(PageState state) {
+  switch (state) {
+    case PageState::kTail: return "tail";
+    case PageState::kBuddy: return "buddy";
+    case PageState::kPcp: return "pcp";
+    case PageState::kDeferred: return "deferred";
+    case PageState::kAllocated: return "allocated";
+  }
+  return "?";
+}
+
+void* page_address(const Page* page) {
+  return g_arena.base + static_cast<std::size_t>(page - g_arena.descs) * kPageSize;
+}
+
+Page* virt_to_page(const void* addr) {
+  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(addr) - reinterpret_cast<std::uintptr_t>(g_arena.base);
+  if (g_arena.base == nullptr || off >= g_arena.pages * kPageSize) return nullptr;
+  return &g_arena.descs[off >> kPageShift];
+}
+
+std::size_t page_to_pfn(const Page* page) { return static_cast<std::size_t>(page - g_arena.descs); }
+
+Page* pfn_to_page(std::size_t pfn) { return pfn < g_arena.pages ? &g_arena.descs[pfn] : nullptr; }
+
+std::size_t arena_pages() { return g_arena.pages; }
+
+// --- lifecycle --------------------------------------------------------------------
+
+std::string_view page_allocator_init(const PageAllocatorConfig& c) {
+  if (g_arena.base != nullptr) return "the page allocator is already initialised";
+  if (c.pages == 0 || c.pages > (std::size_t{1} << 26)) return "pages must be 1..2^26";
+  if (c.pcp_batch < 1) return "pcp_batch must be at least 1";
+  if (c.pcp_high < c.pcp_batch) return "pcp_high must be at least pcp_batch";
+  constexpr auto kAuto = PageAllocatorConfig::kAutoWatermark;
+  std::size_t min = c.watermark_min == kAuto ? c.pages / 512 : c.watermark_min;
+  std::size_t low = c.watermark_low == kAuto ? 2 * min : c.watermark_low;
+  std::size_t high = c.watermark_high == kAuto ? 3 * min : c.watermark_high;
+  if (!(min <= low && low <= high && high <= c.pages)) return "watermarks must satisfy min <= low <= high <= pages";
+
+  std::size_t bytes = c.pages * kPageSize;
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) return "mmap of the arena failed";
+  void* descs = mmap(nullptr, c.pages * sizeof(Page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (descs == MAP_FAILED) {
+    munmap(base, bytes);
+    return "mmap of the page descriptors failed";
+  }
+  g_arena.base = static_cast<char*>(base);
+  g_arena.descs = static_cast<Page*>(descs);
+  g_arena.pages = c.pages;
+  for (std::size_t i = 0; i < c.pages; ++i) new (&g_arena.descs[i]) Page();
+
+  for (auto& list : g_zone.free_area) list = PageList{};
+  g_zone.free_pages.store(0);
+  g_zone.watermark_min = min;
+  g_zone.watermark_low = low;
+  g_zone.watermark_high = high;
+  g_zone.deferred_free.store(nullptr);
+  g_pcp.for_each([&](int, Pcp& pcp) {
+    for (auto& list : pcp.lists) list = PageList{};
+    pcp.count.store(0);
+    pcp.high = c.pcp_high;
+    pcp.batch = c.pcp_batch;
+  });
+  for (auto& row : g_stats.alloc_ok) for (auto& v : row) v.store(0);
+  for (auto& row : g_stats.alloc_failed) for (auto& v : row) v.store(0);
+  for (auto& row : g_stats.freed) for (auto& v : row) v.store(0);
+  g_stats.deferred_pushed.store(0);
+  g_stats.deferred_drained.store(0);
+  g_stats.pcp_refills.store(0);
+  g_stats.pcp_bulk_frees.store(0);
+  g_stats.reclaim_runs.store(0);
+
+  // Largest aligned blocks first; an arena that is not a multiple of 2^10
+  // ends in smaller blocks.
+  IrqFlags flags = g_zone.lock.lock_irqsave();
+  for (std::size_t pfn = 0; pfn < c.pages;) {
+    unsigned order = kMaxOrder;
+    while (pfn % block_pages(order) != 0 || pfn + block_pages(order) > c.pages) --order;
+    buddy_free_locked(&g_arena.descs[pfn], order);
+    pfn += block_pages(order);
+  }
+  g_zone.lock.unlock_irqrestore(flags);
+  ANYCTX_POISON(g_arena.base, bytes);
+
+  if (!cpu_offline_callback_add(drain_on_offline) || !reclaim_register(drain_shrinker)) {
+    page_allocator_shutdown();
+    return "no room to register the pcp drain (offline callback or shrinker registry full)";
+  }
+  return {};
+}
+
+void page_allocator_shutdown() {
+  cpu_offline_callback_remove(drain_on_offline);
+  reclaim_unregister(drain_shrinker);
+  if (g_arena.base == nullptr) return;
+  ANYCTX_UNPOISON(g_arena.base, g_arena.pages * kPageSize);
+  munmap(g_arena.base, g_arena.pages * kPageSize);
+  munmap(g_arena.descs, g_arena.pages * sizeof(Page));
+  g_arena = Arena{};
+}
+
+// --- entry points ---------------------------------------------------------------
+
+Page* alloc_pages(Gfp gfp, unsigned order) {
+  int cpu = require_cpu("alloc_pages");
+  if constexpr (kDebug) {
+    if (in_nmi())
+      (Report("context rule") << "alloc_pages() in NMI context: use alloc_pages_nolock()").fatal();
+    if (allows_direct_reclaim(gfp) && !in_task())
+      (Report("context rule") << "alloc_pages() with kGfpDirectReclaim in " << context_name(context_level())
+                              << " context: reclaim runs only in task context (use kGfpAtomic)")
+          .fatal();
+  }
+  int path = path_index(gfp);
+  if (order > kMaxOrder || fault_should_fail(order, FaultPath::kSpinning)) {
+    count(g_stats.alloc_failed[path][context_index()]);
+    return nullptr;
+  }
+  std::size_t min = allows_reserves(gfp) ? g_zone.watermark_min / 2 : g_zone.watermark_min;
+  std::size_t mark = allows_direct_reclaim(gfp) ? g_zone.watermark_low : min;
+  for (int attempt = 0;; ++attempt) {
+    if (Page* page = rmqueue(gfp, order, cpu, mark)) {
+      count(g_stats.alloc_ok[path][context_index()]);
+      return prep_new_page(page, order, gfp);
+    }
+    if (!allows_direct_reclaim(gfp) || attempt == kMaxReclaimRetries) break;
+    count(g_stats.reclaim_runs);
+    reclaim_run();
+    mark = min;
+  }
+  count(g_stats.alloc_failed[path][context_index()]);
+  return nullptr;
+}
+
+void free_pages(Page* page, unsigned order) {
+  if (!free_pages_prepare("free_pages", page, order)) return;
+  count(g_stats.freed[0][context_index()]);
+  free_block(page, order, kGfpKernel);
+}
+
+Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
+  if (ANYCTX_UNLIKELY(!(gfp & ~kGfpAccount).empty())) {
+    (Report("bad gfp") << "alloc_pages_nolock(): gfp may carry only kGfpAccount, got ").hex(gfp.bits()).fatal();
+  }
+  int cpu = current_cpu();
+  if (order > kPcpMaxOrder || cpu == kNoCpu || fault_should_fail(order, FaultPath::kNolock)) {
+    count(g_stats.alloc_failed[1][context_index()]);
+    return nullptr;
+  }
+  // No reclaim bit: allows_spinning() is false, so every lock is a trylock.
+  Gfp nolock = gfp | kGfpZero | kGfpNomemalloc | kGfpNowarn | kGfpComp;
+  Page* page = rmqueue(nolock, order, cpu, g_zone.watermark_min);
+  if (page == nullptr) {
+    count(g_stats.alloc_failed[1][context_index()]);
+    return nullptr;
+  }
+  count(g_stats.alloc_ok[1][context_index()]);
+  return prep_new_page(page, order, nolock);
+}
+
+void free_pages_nolock(Page* page, unsigned order) {
+  if (!free_pages_prepare("free_pages_nolock", page, order)) return;
+  count(g_stats.freed[1][context_index()]);
+  free_block(page, order, Gfp{});
+}
+
+void get_page(Page* page) {
+  if (!page_in_arena(page)) {
+    bad_page("get_page", page, "not a page descriptor of the arena");
+    return;
+  }
+  std::int32_t old = page->refcount.fetch_add(1, std::memory_order_relaxed);
+  if (old <= 0 || state_of(page) != PageState::kAllocated) {
+    page->refcount.fetch_sub(1, std::memory_order_relaxed);
+    bad_page("get_page", page, "reference to a page that is not allocated");
+  }
+}
+
+void put_page(Page* page) {
+  if (!page_in_arena(page)) {
+    bad_page("put_page", page, "not a page descriptor of the arena");
+    return;
+  }
+  if (state_of(page) != PageState::kAllocated) {
+    bad_page("put_page", page, "reference dropped on a page that is not allocated");
+    return;
+  }
+  std::int32_t old = page->refcount.load(std::memory_order_relaxed);
+  while (old > 1 && !page->refcount.compare_exchange_weak(old, old - 1, std::memory_order_acq_rel)) {
+  }
+  if (old > 1) return;
+  free_pages(page, order_of(page));  // the last reference: validates and frees
+}
+
+int page_refcount(const Page* page) { return page->refcount.load(std::memory_order_relaxed); }
+
+void drain_local_pages() { drain_pcp(require_cpu("drain_local_pages")); }
+
+std::size_t drain_all_pages() {
+  std::size_t moved = 0;
+  for (int cpu = 0; cpu < kMaxCpus; ++cpu) moved += drain_pcp(cpu);
+  std::uint64_t before = g_stats.deferred_drained.load(std::memory_order_relaxed);
+  IrqFlags flags;
+  zone_lock(kGfpKernel, flags);  // drains the deferred stack
+  zone_unlock(flags);
+  return moved + (g_stats.deferred_drained.load(std::memory_order_relaxed) - before);
+}
+
+void set_bad_page_policy(BadPagePolicy policy) { g_policy.store(policy); }
+BadPagePolicy bad_page_policy() { return g_policy.load(); }
+std::uint64_t bad_page_reports() { return g_bad_page_reports.load(); }
+
+PageStats page_stats() {
+  PageStats s{};
+  for (int p = 0; p < 2; ++p) {
+    for (int c = 0; c < 3; ++c) {
+      s.alloc_ok[p][c] = g_stats.alloc_ok[p][c].load(std::memory_order_relaxed);
+      s.alloc_failed[p][c] = g_stats.alloc_failed[p][c].load(std::memory_order_relaxed);
+      s.freed[p][c] = g_stats.freed[p][c].load(std::memory_order_relaxed);
+    }
+  }
+  s.deferred_pushed = g_stats.deferred_pushed.load(std::memory_order_relaxed);
+  s.deferred_drained = g_stats.deferred_drained.load(std::memory_order_relaxed);
+  s.pcp_refills = g_stats.pcp_refills.load(std::memory_order_relaxed);
+  s.pcp_bulk_frees = g_stats.pcp_bulk_frees.load(std::memory_order_relaxed);
+  s.reclaim_runs = g_stats.reclaim_runs.load(std::memory_order_relaxed);
+  return s;
+}
+
+std::size_t zone_free_pages() { return g_zone.free_pages.load(std::memory_order_relaxed); }
+
+std::size_t zone_free_blocks(unsigned order) {
+  IrqFlags flags = g_zone.lock.lock_irqsave();
+  std::size_t n = order <= kMaxOrder ? g_zone.free_area[order].length : 0;
+  g_zone.lock.unlock_irqrestore(flags);
+  return n;
+}
+
+int pcp_count(int cpu) { return g_pcp.on(cpu).count.load(std::memory_order_relaxed); }
+
+std::size_t deferred_free_pages() {
+  IrqFlags flags = g_zone.lock.lock_irqsave();
+  std::size_t n = 0;
+  for (Page* p = g_zone.deferred_free.load(std::memory_order_acquire); p != nullptr; p = p->deferred_next)
+    n += block_pages(order_of(p));
+  g_zone.lock.unlock_irqrestore(flags);
+  return n;
+}
+
+// --- invariants ----------------------------------------------------------------------
+
+InvariantResult check_invariants() ANYCTX_NO_TSA {
+  InvariantResult result;
+  const std::size_t n = g_arena.pages;
+  std::vector<std::uint8_t> seen(n, 0);
+  std::size_t accounted = 0;
+  auto fail = [&](std::string what) {
+    if (result.ok) {
+      result.ok = false;
+      result.what = std::move(what);
+    }
+  };
+  auto pfn_str = [](std::size_t pfn) { return "pfn " + std::to_string(pfn); };
+  // Marks the 2^order frames of a block as found in one place.
+  auto claim = [&](const Page* head, unsigned order, const char* where) {
+    if (!page_in_arena(head)) return fail(std::string(where) + ": a pointer outside the arena");
+    std::size_t pfn = page_to_pfn(head);
+    if (pfn % block_pages(order) != 0 || pfn + block_pages(order) > n)
+      return fail(pfn_str(pfn) + " " + where + ": block of order " + std::to_string(order) +
+                  " misaligned or beyond the arena");
+    for (std::size_t i = 0; i < block_pages(order); ++i) {
+      if (seen[pfn + i] != 0)
+        return fail(pfn_str(pfn + i) + " " + where + ": frame already found in another block or list");
+      seen[pfn + i] = 1;
+      if (i > 0 && state_of(&g_arena.descs[pfn + i]) != PageState::kTail)
+        return fail(pfn_str(pfn + i) + " " + where + ": inside a block of order " + std::to_string(order) +
+                    " but its state is " + page_state_name(state_of(&g_arena.descs[pfn + i])));
+    }
+    accounted += block_pages(order);
+  };
+
+  for (int cpu = 0; cpu < kMaxCpus; ++cpu) g_pcp.on(cpu).lock.lock();
+  IrqFlags flags = g_zone.lock.lock_irqsave();
+
+  std::size_t buddy_pages = 0;
+  for (unsigned o = 0; o <= kMaxOrder; ++o) {
+    const PageList& list = g_zone.free_area[o];
+    std::size_t length = 0;
+    for (Page* p = list.head; p != nullptr && result.ok; p = p->next == list.head ? nullptr : p->next) {
+      ++length;
+      if (state_of(p) != PageState::kBuddy || order_of(p) != o)
+        fail(pfn_str(page_to_pfn(p)) + " on the order-" + std::to_string(o) + " buddy list has state " +
+             page_state_name(state_of(p)) + " order " + std::to_string(order_of(p)));
+      claim(p, o, "buddy list");
+      buddy_pages += block_pages(o);
+      std::size_t buddy = page_to_pfn(p) ^ block_pages(o);
+      if (o < kMaxOrder && buddy + block_pages(o) <= n) {
+        const Page* b = &g_arena.descs[buddy];
+        if (state_of(b) == PageState::kBuddy && order_of(b) == o)
+          fail(pfn_str(page_to_pfn(p)) + " and its buddy " + pfn_str(buddy) + " are both free at order " +
+               std::to_string(o) + " but not coalesced");
+      }
+    }
+    if (result.ok && length != list.length)
+      fail("order-" + std::to_string(o) + " buddy list holds " + std::to_string(length) + " blocks, its count says " +
+           std::to_string(list.length));
+  }
+  if (result.ok && buddy_pages != g_zone.free_pages.load())
+    fail("buddy lists hold " + std::to_string(buddy_pages) + " pages, zone free count says " +
+         std::to_string(g_zone.free_pages.load()));
+
+  for (int cpu = 0; cpu < kMaxCpus && result.ok; ++cpu) {
+    Pcp& pcp = g_pcp.on(cpu);
+    std::size_t pages = 0;
+    for (unsigned o = 0; o <= kPcpMaxOrder; ++o) {
+      const PageList& list = pcp.lists[o];
+      std::size_t length = 0;
+      for (Page* p = list.head; p != nullptr && result.ok; p = p->next == list.head ? nullptr : p->next) {
+        ++length;
+        if (state_of(p) != PageState::kPcp || order_of(p) != o)
+          fail(pfn_str(page_to_pfn(p)) + " on cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) +
+               " pcp list has state " + page_state_name(state_of(p)));
+        claim(p, o, "pcp list");
+        pages += block_pages(o);
+      }
+      if (result.ok && length != list.length)
+        fail("cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) + " pcp list length mismatch");
+    }
+    if (result.ok && static_cast<int>(pages) != pcp.count.load())
+      fail("cpu " + std::to_string(cpu) + "'s pcp lists hold " + std::to_string(pages) + " pages, its count says " +
+           std::to_string(pcp.count.load()));
+  }
+
+  for (Page* p = g_zone.deferred_free.load(); p != nullptr && result.ok; p = p->deferred_next) {
+    if (state_of(p) != PageState::kDeferred)
+      fail(pfn_str(page_to_pfn(p)) + " on the deferred stack has state " + page_state_name(state_of(p)));
+    claim(p, order_of(p), "deferred stack");
+  }
+
+  for (std::size_t pfn = 0; pfn < n && result.ok; ++pfn) {
+    const Page* p = &g_arena.descs[pfn];
+    PageState s = state_of(p);
+    if (s == PageState::kAllocated) {
+      if (p->refcount.load() <= 0)
+        fail(pfn_str(pfn) + " is allocated with refcount " + std::to_string(p->refcount.load()));
+      claim(p, order_of(p), "allocated block");
+    } else if (s != PageState::kTail && seen[pfn] == 0) {
+      fail(pfn_str(pfn) + " has state " + page_state_name(s) + " but is on no list");
+    }
+  }
+  if (result.ok && accounted != n)
+    fail(std::to_string(n - accounted) + " of " + std::to_string(n) +
+         " frames are in no place (lost: neither free on a list nor allocated)");
+
+  g_zone.lock.unlock_irqrestore(flags);
+  for (int cpu = kMaxCpus - 1; cpu >= 0; --cpu) g_pcp.on(cpu).lock.unlock();
+  return result;
+}
+
+}  // namespace anyctx

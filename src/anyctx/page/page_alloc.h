@@ -1,0 +1,134 @@
+// anyctx/page/page_alloc.h — the page allocator: one zone of buddy free
+// lists, per-CPU page lists (pcp), and the entry points that are safe from
+// any context.
+//
+// Contract:
+//  - One allocator per process, over one arena: page_allocator_init() before
+//    use, page_allocator_shutdown() after (both task context, quiesced).
+//  - Lock order: pcp.lock -> zone.lock. zone.lock is always taken with IRQs
+//    soft-masked. pcp.lock is taken by try_lock on the allocation and free
+//    paths (a busy pcp sends the call to the buddy lists), by lock() only to
+//    drain. Every choice between waiting and not waiting branches on
+//    allows_spinning(gfp) first (no try_lock-then-lock anywhere).
+//  - Spinning entry points (alloc_pages, free_pages, put_page, drains) may
+//    wait for locks; with kGfpDirectReclaim, alloc_pages runs the registered
+//    shrinkers (reclaim.h) and retries. Task or IRQ context, never NMI.
+//  - alloc_pages_nolock / free_pages_nolock never wait: trylocks only, any
+//    context. nullptr from alloc_pages_nolock means "no memory in this
+//    context now" (ENOMEM), not "retry". A free never loses a page: when
+//    zone.lock is busy it goes on the lock-free deferred stack, which every
+//    spinning holder of zone.lock and drain_all_pages() empty.
+//  - Misuse (a descriptor outside the arena, a misaligned or wrong-order
+//    free, a double free, a free with references left) is a `bad page`
+//    report naming the pfn, its state and the reason; then, by policy, abort
+//    or count the report and leak the page.
+//  - ASan builds poison free frames and unpoison them on allocation.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "anyctx/ctx/gfp.h"
+#include "anyctx/page/page.h"
+
+namespace anyctx {
+
+enum class BadPagePolicy : std::uint8_t {
+  kAbort,          // report and abort (default when ANYCTX_DEBUG or a sanitizer)
+  kReportAndLeak,  // report, count, leave the page alone
+};
+
+struct PageAllocatorConfig {
+  std::size_t pages = 16384;  // arena size in 4 KiB frames
+  int pcp_batch = 32;         // pages moved per pcp refill / bulk free
+  int pcp_high = 192;         // a spinning free above this returns a batch
+  // Watermarks in free buddy pages. Allocations stop at `min` (kGfpHigh
+  // callers at min/2); direct-reclaim callers reclaim first below `low`.
+  // kAutoWatermark: min = pages/512, low = 2*min, high = 3*min.
+  static constexpr std::size_t kAutoWatermark = ~std::size_t{0};
+  std::size_t watermark_min = kAutoWatermark;
+  std::size_t watermark_low = kAutoWatermark;
+  std::size_t watermark_high = kAutoWatermark;
+};
+
+// Context: task, nothing allocated. Return: empty on success, else what was
+// wrong with the config or the system.
+std::string_view page_allocator_init(const PageAllocatorConfig& config);
+// Unmaps the arena. Context: task, no other CPU using the allocator.
+void page_allocator_shutdown();
+
+// Context: task or IRQ (direct reclaim: task). Return: a block of 2^order
+// frames with refcount 1 (zeroed with kGfpZero), or nullptr when memory is
+// exhausted even after reclaim.
+Page* alloc_pages(Gfp gfp, unsigned order);
+// Frees a block from alloc_pages / alloc_pages_nolock; the caller holds the
+// last reference. Context: task or IRQ.
+void free_pages(Page* page, unsigned order);
+
+// Context: any; gfp may carry only kGfpAccount; order <= kPcpMaxOrder.
+// Return: a zeroed block with refcount 1, or nullptr (no memory in this
+// context: a lock was busy, the lists were empty, order > 3, or the thread
+// is not a CPU).
+Page* alloc_pages_nolock(Gfp gfp, unsigned order);
+// Frees like free_pages without ever waiting. Context: any.
+void free_pages_nolock(Page* page, unsigned order);
+
+// Adds a reference. Context: any.
+void get_page(Page* page);
+// Drops a reference; the last one frees the block. Context: task or IRQ.
+void put_page(Page* page);
+// Return: the current reference count. Context: any.
+int page_refcount(const Page* page);
+
+// Returns this CPU's pcp pages to the buddy lists. Context: task.
+void drain_local_pages();
+// Returns every CPU's pcp pages and the deferred stack to the buddy lists.
+// Context: task. Return: pages moved.
+std::size_t drain_all_pages();
+
+void set_bad_page_policy(BadPagePolicy policy);
+BadPagePolicy bad_page_policy();
+// Return: bad-page reports so far.
+std::uint64_t bad_page_reports();
+
+struct PageStats {
+  // [path][context]: path 0 spinning, 1 nolock; context as ContextLevel.
+  std::uint64_t alloc_ok[2][3];
+  std::uint64_t alloc_failed[2][3];
+  std::uint64_t freed[2][3];
+  std::uint64_t deferred_pushed;
+  std::uint64_t deferred_drained;
+  std::uint64_t pcp_refills;
+  std::uint64_t pcp_bulk_frees;
+  std::uint64_t reclaim_runs;
+};
+// Context: any (a snapshot of NMI-safe counters).
+PageStats page_stats();
+
+// Free pages on the buddy lists (not counting pcp lists or the deferred
+// stack). Context: any (a snapshot).
+std::size_t zone_free_pages();
+// Free blocks of `order` on the buddy lists. Context: task (takes zone.lock).
+std::size_t zone_free_blocks(unsigned order);
+// Pages on this CPU's pcp lists / on `cpu`'s. Context: any (a snapshot).
+int pcp_count(int cpu);
+// Pages waiting on the deferred stack. Context: task (walks the stack under
+// zone.lock).
+std::size_t deferred_free_pages();
+
+struct InvariantResult {
+  bool ok = true;
+  std::string what;  // the first violation, naming the pfn
+};
+
+// Checks, with every pcp.lock and zone.lock held: every frame is in exactly
+// one place (buddy, a pcp list, the deferred stack, allocated) and the counts
+// add up to the arena; free blocks are aligned to their order, in range and
+// not overlapping; no two free buddies of one order sit uncoalesced on the
+// buddy lists; per-order and pcp counts match their lists. Context: task,
+// quiesced (no allocation or free in flight).
+InvariantResult check_invariants();
+
+}  // namespace anyctx

@@ -1,0 +1,425 @@
+// The page allocator: whole-arena round trips, nolock semantics, NMIs at
+// every site, cross-CPU frees with IRQs, fault sweeps, misuse reports.
+#include "anyctx/page/page_alloc.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "anyctx/ctx/cpu.h"
+#include "anyctx/ctx/interrupt.h"
+#include "anyctx/ctx/site.h"
+#include "anyctx/page/fault.h"
+#include "anyctx/testing/interrupts.h"
+
+namespace anyctx {
+namespace {
+
+PageAllocatorConfig config_of(std::size_t pages, std::size_t min = 0, std::size_t low = 0, std::size_t high = 0) {
+  PageAllocatorConfig c;
+  c.pages = pages;
+  c.pcp_batch = 8;
+  c.pcp_high = 24;
+  c.watermark_min = min;
+  c.watermark_low = low;
+  c.watermark_high = high;
+  return c;
+}
+
+bool all_zero(const Page* page, unsigned order) {
+  const auto* bytes = static_cast<const unsigned char*>(page_address(page));
+  return std::all_of(bytes, bytes + (kPageSize << order), [](unsigned char b) { return b == 0; });
+}
+
+class PageAllocTest : public ::testing::Test {
+ protected:
+  void SetUp() override { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
+  void TearDown() override {
+    set_site_hook(nullptr);
+    set_interrupt_handler(InterruptKind::kIrq, nullptr);
+    set_interrupt_handler(InterruptKind::kNmi, nullptr);
+    fault_plan_clear();
+    page_allocator_shutdown();
+  }
+  void init(const PageAllocatorConfig& c) { ASSERT_EQ(page_allocator_init(c), ""); }
+
+  // Quiesce, then: invariants hold and every frame is back on the buddy lists.
+  void expect_everything_free() {
+    drain_all_pages();
+    InvariantResult r = check_invariants();
+    EXPECT_TRUE(r.ok) << r.what;
+    EXPECT_EQ(zone_free_pages(), arena_pages()) << "pages lost";
+  }
+
+  CpuScope cpu_;
+};
+
+TEST_F(PageAllocTest, WholeArenaAtOrderZeroAndBack) {
+  PageAllocatorConfig c;  // the default 16384-page arena
+  c.watermark_min = c.watermark_low = c.watermark_high = 0;
+  init(c);
+  std::vector<Page*> pages;
+  while (Page* p = alloc_pages(kGfpKernel, 0)) pages.push_back(p);
+  EXPECT_EQ(pages.size(), arena_pages());
+  InvariantResult full = check_invariants();
+  EXPECT_TRUE(full.ok) << full.what;
+  for (Page* p : pages) free_pages(p, 0);
+  expect_everything_free();
+  EXPECT_EQ(zone_free_blocks(kMaxOrder), arena_pages() >> kMaxOrder);
+  for (unsigned o = 0; o < kMaxOrder; ++o) EXPECT_EQ(zone_free_blocks(o), 0u) << "order " << o;
+}
+
+TEST_F(PageAllocTest, MixedOrdersComeBackFullyCoalesced) {
+  init(config_of(4096));
+  std::mt19937 rng(7);
+  std::vector<std::pair<Page*, unsigned>> live;
+  for (int step = 0; step < 4000; ++step) {
+    if (live.empty() || rng() % 3 != 0) {
+      unsigned order = rng() % (kMaxOrder + 1);
+      bool nolock = order <= kPcpMaxOrder && rng() % 2 == 0;
+      Page* p = nolock ? alloc_pages_nolock(Gfp{}, order) : alloc_pages(kGfpKernel, order);
+      if (p != nullptr) {
+        EXPECT_EQ(page_to_pfn(p) % (std::size_t{1} << order), 0u);
+        live.emplace_back(p, order);
+      }
+    } else {
+      std::size_t i = rng() % live.size();
+      auto [p, order] = live[i];
+      live[i] = live.back();
+      live.pop_back();
+      if (rng() % 2 == 0) free_pages(p, order); else free_pages_nolock(p, order);
+    }
+    if (step % 500 == 0) {
+      InvariantResult r = check_invariants();
+      ASSERT_TRUE(r.ok) << "step " << step << ": " << r.what;
+    }
+  }
+  for (auto [p, order] : live) free_pages(p, order);
+  expect_everything_free();
+  EXPECT_EQ(zone_free_blocks(kMaxOrder), 4u);
+}
+
+TEST_F(PageAllocTest, ArenaThatIsNotAPowerOfTwoEndsInSmallerBlocks) {
+  init(config_of(1024 + 512 + 3));
+  EXPECT_EQ(zone_free_blocks(10), 1u);
+  EXPECT_EQ(zone_free_blocks(9), 1u);
+  EXPECT_EQ(zone_free_blocks(1), 1u);
+  EXPECT_EQ(zone_free_blocks(0), 1u);
+  std::size_t n = 0;
+  std::vector<Page*> pages;
+  while (Page* p = alloc_pages(kGfpKernel, 0)) pages.push_back(p), ++n;
+  EXPECT_EQ(n, arena_pages());
+  for (Page* p : pages) free_pages(p, 0);
+  expect_everything_free();
+}
+
+TEST_F(PageAllocTest, ConversionsRoundTrip) {
+  init(config_of(64));
+  Page* p = alloc_pages(kGfpKernel, 2);
+  ASSERT_NE(p, nullptr);
+  std::size_t pfn = page_to_pfn(p);
+  EXPECT_EQ(pfn_to_page(pfn), p);
+  EXPECT_EQ(virt_to_page(page_address(p)), p);
+  EXPECT_EQ(virt_to_page(static_cast<char*>(page_address(p)) + 3 * kPageSize + 17), pfn_to_page(pfn + 3));
+  EXPECT_EQ(pfn_to_page(64), nullptr);
+  int local = 0;
+  EXPECT_EQ(virt_to_page(&local), nullptr);
+  free_pages(p, 2);
+}
+
+TEST_F(PageAllocTest, BadConfigurationsAreNamed) {
+  PageAllocatorConfig c = config_of(0);
+  EXPECT_EQ(page_allocator_init(c), "pages must be 1..2^26");
+  c = config_of(64);
+  c.pcp_high = 1;
+  EXPECT_EQ(page_allocator_init(c), "pcp_high must be at least pcp_batch");
+  c = config_of(64, 10, 5, 20);
+  EXPECT_EQ(page_allocator_init(c), "watermarks must satisfy min <= low <= high <= pages");
+  init(config_of(64));
+  EXPECT_EQ(page_allocator_init(config_of(64)), "the page allocator is already initialised");
+}
+
+TEST_F(PageAllocTest, NolockPagesAreZeroedWithRefcountOne) {
+  init(config_of(256));
+  for (unsigned order = 0; order <= kPcpMaxOrder; ++order) {
+    Page* p = alloc_pages_nolock(Gfp{}, order);
+    ASSERT_NE(p, nullptr) << "order " << order;
+    EXPECT_EQ(page_refcount(p), 1);
+    EXPECT_TRUE(all_zero(p, order));
+    std::memset(page_address(p), 0xab, kPageSize << order);
+    free_pages_nolock(p, order);
+    Page* again = alloc_pages_nolock(Gfp{}, order);
+    ASSERT_EQ(again, p) << "the pcp list hands the hot block back";
+    EXPECT_TRUE(all_zero(again, order)) << "order " << order;
+    free_pages_nolock(again, order);
+  }
+  EXPECT_EQ(alloc_pages_nolock(Gfp{}, kPcpMaxOrder + 1), nullptr) << "orders above 3 are refused";
+  expect_everything_free();
+}
+
+TEST_F(PageAllocTest, SpinningAllocZeroesOnlyWhenAsked) {
+  init(config_of(64));
+  Page* p = alloc_pages(kGfpKernel, 0);
+  std::memset(page_address(p), 0xcd, kPageSize);
+  free_pages(p, 0);
+  Page* q = alloc_pages(kGfpKernel | kGfpZero, 0);
+  ASSERT_EQ(q, p);
+  EXPECT_TRUE(all_zero(q, 0));
+  free_pages(q, 0);
+}
+
+TEST_F(PageAllocTest, ThreadThatIsNotACpuGetsNullFromNolockAndCanStillFree) {
+  init(config_of(64));
+  Page* p = alloc_pages_nolock(Gfp{}, 0);
+  ASSERT_NE(p, nullptr);
+  Page* got = p;
+  std::thread([&] {
+    got = alloc_pages_nolock(Gfp{}, 0);
+    free_pages_nolock(p, 0);  // no pcp: straight to the buddy lists
+  }).join();
+  EXPECT_EQ(got, nullptr);
+  expect_everything_free();
+}
+
+TEST_F(PageAllocTest, NolockGfpWithOtherBitsIsReported) {
+  init(config_of(64));
+  EXPECT_DEATH((void)alloc_pages_nolock(kGfpKernel, 0),
+               "bad gfp: alloc_pages_nolock\\(\\): gfp may carry only kGfpAccount, got 0x3");
+}
+
+TEST_F(PageAllocTest, SpinningAllocFromNotACpuOrNmiIsReported) {
+  init(config_of(64));
+  EXPECT_DEATH(std::thread([] { (void)alloc_pages(kGfpKernel, 0); }).join(),
+               "not a cpu: alloc_pages\\(\\) called on a thread that is not a logical CPU");
+  EXPECT_DEATH(testing::run_in_nmi([] { (void)alloc_pages(kGfpAtomic, 0); }),
+               "context rule: alloc_pages\\(\\) in NMI context: use alloc_pages_nolock\\(\\)");
+  EXPECT_DEATH(testing::run_in_irq([] { (void)alloc_pages(kGfpKernel, 0); }),
+               "context rule: alloc_pages\\(\\) with kGfpDirectReclaim in irq context");
+}
+
+TEST_F(PageAllocTest, WatermarksGateEachKindOfCaller) {
+  init(config_of(1024, 64, 128, 192));
+  std::vector<Page*> pages;
+  while (Page* p = alloc_pages(kGfpNowait, 0)) pages.push_back(p);
+  EXPECT_EQ(pages.size(), 1024u - 64) << "plain callers stop at min";
+  EXPECT_EQ(alloc_pages_nolock(Gfp{}, 0), nullptr) << "nolock never takes reserves";
+  std::size_t reserve = 0;
+  while (Page* p = alloc_pages(kGfpAtomic, 0)) pages.push_back(p), ++reserve;
+  EXPECT_EQ(reserve, 32u) << "kGfpHigh callers go down to min/2";
+  EXPECT_EQ(alloc_pages(kGfpAtomic | kGfpNomemalloc, 0), nullptr);
+  EXPECT_EQ(alloc_pages(kGfpKernel, 0), nullptr) << "reclaim finds nothing to give back";
+  EXPECT_GT(page_stats().reclaim_runs, 0u);
+  for (Page* p : pages) free_pages(p, 0);
+  expect_everything_free();
+}
+
+TEST_F(PageAllocTest, DirectReclaimDrainsAnotherCpusPcp) {
+  init(config_of(256));
+  std::atomic<int> phase{0};
+  std::thread other([&] {
+    CpuScope cpu;
+    std::vector<Page*> mine;
+    for (int i = 0; i < 20; ++i) mine.push_back(alloc_pages(kGfpKernel, 0));
+    for (Page* p : mine) free_pages(p, 0);  // 20 <= high: they stay on this pcp
+    phase.store(1);
+    while (phase.load() != 2) std::this_thread::yield();
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  std::vector<Page*> pages;
+  while (Page* p = alloc_pages(kGfpAtomic, 0)) pages.push_back(p);
+  EXPECT_LT(pages.size(), 256u);
+  Page* reclaimed = alloc_pages(kGfpKernel, 0);
+  EXPECT_NE(reclaimed, nullptr) << "direct reclaim drains the other CPU's pcp";
+  EXPECT_GT(page_stats().reclaim_runs, 0u);
+  if (reclaimed) pages.push_back(reclaimed);
+  phase.store(2);
+  other.join();
+  for (Page* p : pages) free_pages(p, 0);
+  expect_everything_free();
+}
+
+TEST_F(PageAllocTest, CpuGoingOfflineDrainsItsPcp) {
+  init(config_of(256));
+  int id = -1;
+  std::thread([&] {
+    CpuScope cpu;
+    id = cpu.id();
+    Page* p = alloc_pages(kGfpKernel, 1);
+    free_pages(p, 1);
+    EXPECT_GT(pcp_count(id), 0);
+  }).join();
+  EXPECT_EQ(pcp_count(id), 0);
+  InvariantResult r = check_invariants();
+  EXPECT_TRUE(r.ok) << r.what;
+}
+
+TEST_F(PageAllocTest, PcpAboveHighReturnsABatchOnSpinningFreesOnly) {
+  init(config_of(512));
+  std::vector<Page*> pages;
+  for (int i = 0; i < 60; ++i) pages.push_back(alloc_pages(kGfpKernel, 0));
+  for (int i = 0; i < 30; ++i) free_pages_nolock(pages[i], 0);
+  EXPECT_GT(pcp_count(cpu_.id()), 24) << "a nolock free commits without the high check";
+  std::uint64_t bulk_before = page_stats().pcp_bulk_frees;
+  for (int i = 30; i < 60; ++i) free_pages(pages[i], 0);
+  EXPECT_LE(pcp_count(cpu_.id()), 24);
+  EXPECT_GT(page_stats().pcp_bulk_frees, bulk_before);
+  expect_everything_free();
+}
+
+TEST_F(PageAllocTest, GetAndPutPage) {
+  init(config_of(64));
+  Page* p = alloc_pages(kGfpKernel, 1);
+  get_page(p);
+  EXPECT_EQ(page_refcount(p), 2);
+  put_page(p);
+  EXPECT_EQ(page_refcount(p), 1);
+  put_page(p);  // the last reference frees it
+  expect_everything_free();
+}
+
+// --- NMIs at every site -------------------------------------------------------------
+
+std::atomic<Page*> g_given{nullptr};
+std::atomic<int> g_nmi_alloc_ok{0};
+std::atomic<int> g_nmi_alloc_null{0};
+std::atomic<int> g_nmi_not_zeroed{0};
+std::atomic<int> g_target[2]{-1, -1};
+std::atomic<int> g_hits[kSiteCount]{};
+std::atomic<bool> g_fired[kSiteCount]{};
+
+void nmi_allocates_and_frees(InterruptKind kind) {
+  if (kind != InterruptKind::kNmi) return;
+  for (unsigned order = 0; order <= kPcpMaxOrder; ++order) {
+    Page* p = alloc_pages_nolock(Gfp{}, order);
+    if (p == nullptr) {
+      g_nmi_alloc_null.fetch_add(1);
+      continue;
+    }
+    g_nmi_alloc_ok.fetch_add(1);
+    if (!all_zero(p, order)) g_nmi_not_zeroed.fetch_add(1);
+    std::memset(page_address(p), 0x5a, kPageSize << order);
+    free_pages_nolock(p, order);
+  }
+  if (Page* given = g_given.exchange(nullptr)) free_pages_nolock(given, 0);
+}
+
+void nmi_at_target_sites(Site site) {
+  int s = static_cast<int>(site);
+  g_hits[s].fetch_add(1);
+  if (!in_task() || (s != g_target[0].load() && s != g_target[1].load())) return;
+  if (g_fired[s].exchange(true)) return;
+  raise_nmi();
+}
+
+// Runs every path that has a site: refill, list edits, bulk free, drains,
+// buddy splits and merges, the deferred drain.
+void page_workload() {
+  std::vector<std::pair<Page*, unsigned>> live;
+  for (int i = 0; i < 40; ++i) live.emplace_back(alloc_pages(kGfpKernel, 0), 0);
+  for (unsigned order = 1; order <= 5; ++order) live.emplace_back(alloc_pages(kGfpKernel, order), order);
+  for (std::size_t i = 0; i < live.size(); ++i) {
+    auto [p, order] = live[i];
+    if (p == nullptr) continue;
+    if (i % 3 == 0) free_pages_nolock(p, order); else free_pages(p, order);
+  }
+  drain_local_pages();
+  drain_all_pages();
+}
+
+class PageSiteTest : public PageAllocTest, public ::testing::WithParamInterface<Site> {};
+
+TEST_P(PageSiteTest, NmiAtTheSiteAllocatesAndFreesWithoutLoss) {
+  init(config_of(1024));
+  const Site site = GetParam();
+  g_given.store(alloc_pages_nolock(Gfp{}, 0));
+  ASSERT_NE(g_given.load(), nullptr);
+  g_target[0].store(static_cast<int>(site));
+  // A deferred drain needs something deferred first: an NMI inside zone.lock.
+  g_target[1].store(site == Site::kDeferredDrain ? static_cast<int>(Site::kZoneLocked) : -1);
+  std::uint64_t deferred_before = page_stats().deferred_pushed;
+  set_interrupt_handler(InterruptKind::kNmi, nmi_allocates_and_frees);
+  set_site_hook(nmi_at_target_sites);
+  page_workload();
+  set_site_hook(nullptr);
+
+  EXPECT_TRUE(g_fired[static_cast<int>(site)].load()) << "the workload never reached " << site_name(site);
+  EXPECT_EQ(g_nmi_not_zeroed.load(), 0);
+  EXPECT_EQ(g_nmi_alloc_ok.load() + g_nmi_alloc_null.load(), static_cast<int>(kPcpMaxOrder + 1) * (g_target[1] >= 0 ? 2 : 1));
+  if (site == Site::kZoneLocked || site == Site::kZoneListEdit || site == Site::kZoneUnlock ||
+      site == Site::kPcpRefill || site == Site::kPcpBulkFree || site == Site::kPageDrain) {
+    // zone.lock is held: the NMI's free of the given page must defer.
+    EXPECT_GT(page_stats().deferred_pushed, deferred_before) << site_name(site);
+  }
+  if (site == Site::kDeferredDrain) EXPECT_GT(page_stats().deferred_drained, 0u);
+  expect_everything_free();
+  EXPECT_EQ(deferred_free_pages(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(EverySite, PageSiteTest,
+                         ::testing::Values(Site::kPcpLocked, Site::kPcpListEdit, Site::kPcpUnlock, Site::kZoneLocked,
+                                           Site::kZoneListEdit, Site::kZoneUnlock, Site::kPcpRefill,
+                                           Site::kPcpBulkFree, Site::kDeferredDrain, Site::kPageDrain),
+                         [](const ::testing::TestParamInfo<Site>& info) { return std::string(site_name(info.param)); });
+
+// An NMI lands inside a deferred push (between reading the head and the CAS)
+// and pushes too: the task's CAS must fail and retry, losing neither page.
+// Deterministic: a second CPU holds zone.lock (parked at kZoneLocked) while
+// this CPU frees without locks.
+std::atomic<int> g_parker_cpu{-1};
+std::atomic<bool> g_park{false};
+std::atomic<bool> g_parked{false};
+
+void park_or_interrupt(Site site) {
+  if (site == Site::kZoneLocked && current_cpu() == g_parker_cpu.load() && g_park.load()) {
+    g_parked.store(true);
+    while (g_park.load()) std::this_thread::yield();
+  }
+  if (site == Site::kDeferredPush && in_task() && current_cpu() != g_parker_cpu.load() &&
+      !g_fired[static_cast<int>(site)].exchange(true))
+    raise_nmi();
+}
+
+TEST_F(PageAllocTest, NmiInsideADeferredPushLosesNothing) {
+  init(config_of(256));
+  // Order 4 bypasses the pcp lists, so a nolock free meets zone.lock directly.
+  Page* task_block = alloc_pages(kGfpKernel, 4);
+  g_given.store(alloc_pages(kGfpKernel, 4));
+  set_interrupt_handler(InterruptKind::kNmi, [](InterruptKind) {
+    if (Page* given = g_given.exchange(nullptr)) free_pages_nolock(given, 4);
+  });
+  set_site_hook(park_or_interrupt);
+  g_park.store(true);
+  Page* parker_block = nullptr;
+  std::thread parker([&] {
+    CpuScope cpu;
+    g_parker_cpu.store(cpu.id());
+    parker_block = alloc_pages(kGfpKernel, 6);  // parks at kZoneLocked, holding zone.lock
+  });
+  while (!g_parked.load()) std::this_thread::yield();
+  std::uint64_t pushed_before = page_stats().deferred_pushed;
+  free_pages_nolock(task_block, 4);  // zone.lock busy: deferred, and the NMI defers inside the push
+  EXPECT_TRUE(g_fired[static_cast<int>(Site::kDeferredPush)].load());
+  EXPECT_EQ(g_given.load(), nullptr) << "the NMI ran";
+  EXPECT_EQ(page_stats().deferred_pushed - pushed_before, 2u);
+  g_park.store(false);
+  parker.join();
+  set_site_hook(nullptr);
+  // The parker, a spinning holder of zone.lock, drained both blocks once
+  // it went on from kZoneLocked.
+  EXPECT_EQ(page_stats().deferred_drained, 2u);
+  EXPECT_EQ(deferred_free_pages(), 0u);
+  InvariantResult r = check_invariants();
+  EXPECT_TRUE(r.ok) << r.what;
+  free_pages(parker_block, 6);
+  expect_everything_free();
+  EXPECT_EQ(deferred_free_pages(), 0u);
+}
+
+}  // namespace
+}  // namespace anyctx
