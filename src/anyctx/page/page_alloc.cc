@@ -757,7 +757,32 @@ InvariantResult check_invariants() ANYCTX_NO_TSA {
     accounted += block_pages(order);
   };
 
-  for (int cpu = 0; cpu < kMaxCpus; ++cpu) g_pcp.on(cpu).lock.lock();
+  // Each pcp under its own lock, then the zone (lock order pcp -> zone; the
+  // caller keeps the allocator quiet, so the parts add up to one picture).
+  for (int cpu = 0; cpu < kMaxCpus && result.ok; ++cpu) {
+    Pcp& pcp = g_pcp.on(cpu);
+    pcp.lock.lock();
+    std::size_t pages = 0;
+    for (unsigned o = 0; o <= kPcpMaxOrder; ++o) {
+      const PageList& list = pcp.lists[o];
+      std::size_t length = 0;
+      for (Page* p = list.head; p != nullptr && result.ok; p = p->next == list.head ? nullptr : p->next) {
+        ++length;
+        if (state_of(p) != PageState::kPcp || order_of(p) != o)
+          fail(pfn_str(page_to_pfn(p)) + " on cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) +
+               " pcp list has state " + page_state_name(state_of(p)));
+        claim(p, o, "pcp list");
+        pages += block_pages(o);
+      }
+      if (result.ok && length != list.length)
+        fail("cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) + " pcp list length mismatch");
+    }
+    if (result.ok && static_cast<int>(pages) != pcp.count.load())
+      fail("cpu " + std::to_string(cpu) + "'s pcp lists hold " + std::to_string(pages) + " pages, its count says " +
+           std::to_string(pcp.count.load()));
+    pcp.lock.unlock();
+  }
+
   IrqFlags flags = g_zone.lock.lock_irqsave();
 
   std::size_t buddy_pages = 0;
@@ -787,28 +812,6 @@ InvariantResult check_invariants() ANYCTX_NO_TSA {
     fail("buddy lists hold " + std::to_string(buddy_pages) + " pages, zone free count says " +
          std::to_string(g_zone.free_pages.load()));
 
-  for (int cpu = 0; cpu < kMaxCpus && result.ok; ++cpu) {
-    Pcp& pcp = g_pcp.on(cpu);
-    std::size_t pages = 0;
-    for (unsigned o = 0; o <= kPcpMaxOrder; ++o) {
-      const PageList& list = pcp.lists[o];
-      std::size_t length = 0;
-      for (Page* p = list.head; p != nullptr && result.ok; p = p->next == list.head ? nullptr : p->next) {
-        ++length;
-        if (state_of(p) != PageState::kPcp || order_of(p) != o)
-          fail(pfn_str(page_to_pfn(p)) + " on cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) +
-               " pcp list has state " + page_state_name(state_of(p)));
-        claim(p, o, "pcp list");
-        pages += block_pages(o);
-      }
-      if (result.ok && length != list.length)
-        fail("cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) + " pcp list length mismatch");
-    }
-    if (result.ok && static_cast<int>(pages) != pcp.count.load())
-      fail("cpu " + std::to_string(cpu) + "'s pcp lists hold " + std::to_string(pages) + " pages, its count says " +
-           std::to_string(pcp.count.load()));
-  }
-
   for (Page* p = g_zone.deferred_free.load(); p != nullptr && result.ok; p = p->deferred_next) {
     if (state_of(p) != PageState::kDeferred)
       fail(pfn_str(page_to_pfn(p)) + " on the deferred stack has state " + page_state_name(state_of(p)));
@@ -831,7 +834,6 @@ InvariantResult check_invariants() ANYCTX_NO_TSA {
          " frames are in no place (lost: neither free on a list nor allocated)");
 
   g_zone.lock.unlock_irqrestore(flags);
-  for (int cpu = kMaxCpus - 1; cpu >= 0; --cpu) g_pcp.on(cpu).lock.unlock();
   return result;
 }
 

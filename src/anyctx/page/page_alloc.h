@@ -123,7 +123,7 @@ struct InvariantResult {
   std::string what;  // the first violation, naming the pfn
 };
 
-// Checks, with every pcp.lock and zone.lock held: every frame is in exactly
+// Checks, each pcp under its lock and then the zone under zone.lock: every frame is in exactly
 // one place (buddy, a pcp list, the deferred stack, allocated) and the counts
 // add up to the arena; free blocks are aligned to their order, in range and
 // not overlapping; no two free buddies of one order sit uncoalesced on the
