@@ -35,7 +35,7 @@ enum class PageState : std::uint8_t {
 
 const char* page_state_name(PageState state);
 
-struct Page {
+struct alignas(64) Page {
   Page* next = nullptr;           // buddy or pcp list links
   Page* prev = nullptr;
   Page* deferred_next = nullptr;  // deferred-free stack link
@@ -45,7 +45,7 @@ struct Page {
   std::atomic<std::int16_t> owner_cpu{-1};  // last allocator (diagnostics)
   std::atomic<std::uint8_t> owner_context{0};
 };
-static_assert(sizeof(Page) <= 64, "a page descriptor must fit one cache line");
+static_assert(sizeof(Page) == 64, "a page descriptor is one cache line (pfn arithmetic is a shift)");
 
 // Return: the first byte of the frame. Context: any.
 void* page_address(const Page* page);

@@ -103,15 +103,25 @@ struct Pcp {
   PageList lists[kPcpMaxOrder + 1];  // guarded by lock
 };
 
-struct Stats {
-  std::atomic<std::uint64_t> alloc_ok[2][3]{};
-  std::atomic<std::uint64_t> alloc_failed[2][3]{};
-  std::atomic<std::uint64_t> freed[2][3]{};
-  std::atomic<std::uint64_t> deferred_pushed{0};
-  std::atomic<std::uint64_t> deferred_drained{0};
-  std::atomic<std::uint64_t> pcp_refills{0};
-  std::atomic<std::uint64_t> pcp_bulk_frees{0};
-  std::atomic<std::uint64_t> reclaim_runs{0};
+// Statistics without an atomic RMW on the fast paths: a slot per CPU and
+// context level. On one CPU only one frame of each level runs at a time
+// (interrupts nest strictly and never at their own level), so each slot has
+// a single writer and load + store is exact. Threads that are not CPUs share
+// slots updated with fetch_add.
+enum Stat : int {
+  kStatAllocOk,  // + path index (0 spinning, 1 nolock)
+  kStatAllocFailed = kStatAllocOk + 2,
+  kStatFreed = kStatAllocFailed + 2,
+  kStatDeferredPushed = kStatFreed + 2,
+  kStatDeferredDrained,
+  kStatPcpRefills,
+  kStatPcpBulkFrees,
+  kStatReclaimRuns,
+  kStatCount
+};
+
+struct StatSlots {
+  std::atomic<std::uint64_t> v[3][kStatCount]{};
 };
 
 struct Arena {
@@ -123,7 +133,8 @@ struct Arena {
 Arena g_arena;
 Zone g_zone;
 PerCpu<Pcp> g_pcp;
-Stats g_stats;
+PerCpu<StatSlots> g_cpu_stats;
+StatSlots g_shared_stats;
 std::atomic<BadPagePolicy> g_policy{kDebug || ANYCTX_ASAN || ANYCTX_TSAN ? BadPagePolicy::kAbort
                                                                        : BadPagePolicy::kReportAndLeak};
 std::atomic<std::uint64_t> g_bad_page_reports{0};
@@ -134,7 +145,24 @@ std::size_t block_pages(unsigned order) { return std::size_t{1} << order; }
 int path_index(Gfp gfp) { return allows_spinning(gfp) ? 0 : 1; }
 int context_index() { return static_cast<int>(context_level()); }
 
-void count(std::atomic<std::uint64_t>& counter) { counter.fetch_add(1, std::memory_order_relaxed); }
+void stat_inc(int stat) {
+  int cpu = current_cpu();
+  int ctx = context_index();
+  if (cpu == kNoCpu) {
+    g_shared_stats.v[ctx][stat].fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  std::atomic<std::uint64_t>& slot = g_cpu_stats.on(cpu).v[ctx][stat];
+  slot.store(slot.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+std::uint64_t stat_sum(int stat, int ctx) {
+  std::uint64_t sum = g_shared_stats.v[ctx][stat].load(std::memory_order_relaxed);
+  g_cpu_stats.for_each([&](int, StatSlots& s) { sum += s.v[ctx][stat].load(std::memory_order_relaxed); });
+  return sum;
+}
+
+std::uint64_t stat_sum(int stat) { return stat_sum(stat, 0) + stat_sum(stat, 1) + stat_sum(stat, 2); }
 
 PageState state_of(const Page* p) { return p->state.load(std::memory_order_relaxed); }
 unsigned order_of(const Page* p) { return p->order.load(std::memory_order_relaxed); }
@@ -241,7 +269,7 @@ void deferred_push(Page* page, unsigned order) {
     ANYCTX_SITE(kDeferredPush);
   } while (!g_zone.deferred_free.compare_exchange_weak(head, page, std::memory_order_release,
                                                        std::memory_order_relaxed));
-  count(g_stats.deferred_pushed);
+  stat_inc(kStatDeferredPushed);
 }
 
 void deferred_drain_locked() {
@@ -250,7 +278,7 @@ void deferred_drain_locked() {
     Page* next = page->deferred_next;
     page->deferred_next = nullptr;
     buddy_free_locked(page, order_of(page));
-    count(g_stats.deferred_drained);
+    stat_inc(kStatDeferredDrained);
     ANYCTX_SITE(kDeferredDrain);
     page = next;
   }
@@ -274,7 +302,7 @@ bool pcp_refill_locked(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
     ANYCTX_SITE(kPcpRefill);
   }
   zone_unlock(flags);
-  if (got > 0) count(g_stats.pcp_refills);
+  if (got > 0) stat_inc(kStatPcpRefills);
   return got > 0;
 }
 
@@ -297,7 +325,7 @@ std::size_t pcp_free_bulk_locked(Pcp& pcp, long pages) {
     ANYCTX_SITE(kPcpBulkFree);
   }
   zone_unlock(flags);
-  count(g_stats.pcp_bulk_frees);
+  stat_inc(kStatPcpBulkFrees);
   return moved;
 }
 
@@ -331,29 +359,44 @@ std::size_t drain_shrinker() { return drain_all_pages(); }
 
 // --- alloc / free cores -----------------------------------------------------------
 
-// Takes a block: from this CPU's pcp list when the pcp is free (refilling it
-// from the buddy lists if empty), else straight from the buddy lists.
-Page* rmqueue(Gfp gfp, unsigned order, int cpu, std::size_t mark) {
-  if (order <= kPcpMaxOrder && cpu != kNoCpu) {
-    Pcp& pcp = g_pcp.on(cpu);
-    if (pcp_trylock(pcp)) {
-      PageList& list = pcp.lists[order];
-      Page* page = nullptr;
-      if (!list.empty() || pcp_refill_locked(pcp, order, gfp, mark)) {
-        page = list.pop_front();
-        ANYCTX_SITE(kPcpListEdit);
-        pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
-      }
-      pcp_unlock(pcp);
-      return page;
-    }
-    // An interrupted frame of this CPU (or a drain) holds the pcp.
+// Refills an empty pcp list and takes its first block; releases the pcp.
+ANYCTX_COLD Page* rmqueue_refill_slow(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
+  Page* page = nullptr;
+  if (pcp_refill_locked(pcp, order, gfp, mark)) {
+    page = pcp.lists[order].pop_front();
+    ANYCTX_SITE(kPcpListEdit);
+    pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
   }
+  pcp_unlock(pcp);
+  return page;
+}
+
+// Takes a block straight from the buddy lists.
+ANYCTX_COLD Page* rmqueue_buddy_slow(Gfp gfp, unsigned order, std::size_t mark) {
   IrqFlags flags;
   if (!zone_lock(gfp, flags)) return nullptr;
   Page* page = buddy_alloc_locked(order, mark);
   zone_unlock(flags);
   return page;
+}
+
+// Takes a block: from this CPU's pcp list when the pcp is free (refilling it
+// from the buddy lists if empty), else straight from the buddy lists.
+ANYCTX_ALWAYS_INLINE Page* rmqueue(Gfp gfp, unsigned order, int cpu, std::size_t mark) {
+  if (order <= kPcpMaxOrder && cpu != kNoCpu) {
+    Pcp& pcp = g_pcp.on(cpu);
+    if (ANYCTX_LIKELY(pcp_trylock(pcp))) {
+      PageList& list = pcp.lists[order];
+      if (ANYCTX_UNLIKELY(list.empty())) return rmqueue_refill_slow(pcp, order, gfp, mark);
+      Page* page = list.pop_front();
+      ANYCTX_SITE(kPcpListEdit);
+      pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
+      pcp_unlock(pcp);
+      return page;
+    }
+    // An interrupted frame of this CPU (or a drain) holds the pcp.
+  }
+  return rmqueue_buddy_slow(gfp, order, mark);
 }
 
 Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
@@ -367,28 +410,9 @@ Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
   return page;
 }
 
-// A block whose last reference is gone goes back: to this CPU's pcp when
-// free (a spinning caller then trims the pcp above `high`; a nolock caller
-// commits without that check), else to the buddy lists, else — nolock and
-// zone.lock busy — onto the deferred stack.
-void free_block(Page* page, unsigned order, Gfp gfp) {
-  poison_block(page, order);
-  int cpu = current_cpu();
-  if (order <= kPcpMaxOrder && cpu != kNoCpu) {
-    Pcp& pcp = g_pcp.on(cpu);
-    if (pcp_trylock(pcp)) {
-      set_head(page, PageState::kPcp, order);
-      pcp.lists[order].push_front(page);
-      ANYCTX_SITE(kPcpListEdit);
-      pcp_count_add(pcp, static_cast<long>(block_pages(order)));
-      if (allows_spinning(gfp)) {
-        int over = pcp.count.load(std::memory_order_relaxed) - pcp.high;
-        if (over > 0) pcp_free_bulk_locked(pcp, over + pcp.batch);
-      }
-      pcp_unlock(pcp);
-      return;
-    }
-  }
+// The pcp was busy or the block too large: to the buddy lists, or — nolock
+// and zone.lock busy — onto the deferred stack.
+ANYCTX_COLD void free_block_slow(Page* page, unsigned order, Gfp gfp) {
   IrqFlags flags;
   if (zone_lock(gfp, flags)) {
     buddy_free_locked(page, order);
@@ -396,6 +420,30 @@ void free_block(Page* page, unsigned order, Gfp gfp) {
     return;
   }
   deferred_push(page, order);
+}
+
+// A block whose last reference is gone goes back: to this CPU's pcp when
+// free (a spinning caller then trims the pcp above `high`; a nolock caller
+// commits without that check), else through free_block_slow().
+ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp) {
+  poison_block(page, order);
+  int cpu = current_cpu();
+  if (order <= kPcpMaxOrder && cpu != kNoCpu) {
+    Pcp& pcp = g_pcp.on(cpu);
+    if (ANYCTX_LIKELY(pcp_trylock(pcp))) {
+      set_head(page, PageState::kPcp, order);
+      pcp.lists[order].push_front(page);
+      ANYCTX_SITE(kPcpListEdit);
+      pcp_count_add(pcp, static_cast<long>(block_pages(order)));
+      if (allows_spinning(gfp)) {
+        int over = pcp.count.load(std::memory_order_relaxed) - pcp.high;
+        if (ANYCTX_UNLIKELY(over > 0)) pcp_free_bulk_locked(pcp, over + pcp.batch);
+      }
+      pcp_unlock(pcp);
+      return;
+    }
+  }
+  free_block_slow(page, order, gfp);
 }
 
 // --- bad page -----------------------------------------------------------------
@@ -539,14 +587,12 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
     pcp.high = c.pcp_high;
     pcp.batch = c.pcp_batch;
   });
-  for (auto& row : g_stats.alloc_ok) for (auto& v : row) v.store(0);
-  for (auto& row : g_stats.alloc_failed) for (auto& v : row) v.store(0);
-  for (auto& row : g_stats.freed) for (auto& v : row) v.store(0);
-  g_stats.deferred_pushed.store(0);
-  g_stats.deferred_drained.store(0);
-  g_stats.pcp_refills.store(0);
-  g_stats.pcp_bulk_frees.store(0);
-  g_stats.reclaim_runs.store(0);
+  auto clear = [](StatSlots& slots) {
+    for (auto& row : slots.v)
+      for (auto& v : row) v.store(0);
+  };
+  clear(g_shared_stats);
+  g_cpu_stats.for_each([&](int, StatSlots& slots) { clear(slots); });
 
   // Largest aligned blocks first; an arena that is not a multiple of 2^10
   // ends in smaller blocks.
@@ -591,28 +637,31 @@ Page* alloc_pages(Gfp gfp, unsigned order) {
   }
   int path = path_index(gfp);
   if (order > kMaxOrder || fault_should_fail(order, FaultPath::kSpinning)) {
-    count(g_stats.alloc_failed[path][context_index()]);
+    stat_inc(kStatAllocFailed + path);
     return nullptr;
   }
   std::size_t min = allows_reserves(gfp) ? g_zone.watermark_min / 2 : g_zone.watermark_min;
   std::size_t mark = allows_direct_reclaim(gfp) ? g_zone.watermark_low : min;
   for (int attempt = 0;; ++attempt) {
     if (Page* page = rmqueue(gfp, order, cpu, mark)) {
-      count(g_stats.alloc_ok[path][context_index()]);
+      stat_inc(kStatAllocOk + path);
       return prep_new_page(page, order, gfp);
     }
     if (!allows_direct_reclaim(gfp) || attempt == kMaxReclaimRetries) break;
-    count(g_stats.reclaim_runs);
+    stat_inc(kStatReclaimRuns);
     reclaim_run();
     mark = min;
   }
-  count(g_stats.alloc_failed[path][context_index()]);
+  stat_inc(kStatAllocFailed + path);
   return nullptr;
 }
 
 void free_pages(Page* page, unsigned order) {
+  if constexpr (kDebug) {
+    if (in_nmi()) (Report("context rule") << "free_pages() in NMI context: use free_pages_nolock()").fatal();
+  }
   if (!free_pages_prepare("free_pages", page, order)) return;
-  count(g_stats.freed[0][context_index()]);
+  stat_inc(kStatFreed + 0);
   free_block(page, order, kGfpKernel);
 }
 
@@ -622,23 +671,23 @@ Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
   }
   int cpu = current_cpu();
   if (order > kPcpMaxOrder || cpu == kNoCpu || fault_should_fail(order, FaultPath::kNolock)) {
-    count(g_stats.alloc_failed[1][context_index()]);
+    stat_inc(kStatAllocFailed + 1);
     return nullptr;
   }
   // No reclaim bit: allows_spinning() is false, so every lock is a trylock.
   Gfp nolock = gfp | kGfpZero | kGfpNomemalloc | kGfpNowarn | kGfpComp;
   Page* page = rmqueue(nolock, order, cpu, g_zone.watermark_min);
   if (page == nullptr) {
-    count(g_stats.alloc_failed[1][context_index()]);
+    stat_inc(kStatAllocFailed + 1);
     return nullptr;
   }
-  count(g_stats.alloc_ok[1][context_index()]);
+  stat_inc(kStatAllocOk + 1);
   return prep_new_page(page, order, nolock);
 }
 
 void free_pages_nolock(Page* page, unsigned order) {
   if (!free_pages_prepare("free_pages_nolock", page, order)) return;
-  count(g_stats.freed[1][context_index()]);
+  stat_inc(kStatFreed + 1);
   free_block(page, order, Gfp{});
 }
 
@@ -677,11 +726,11 @@ void drain_local_pages() { drain_pcp(require_cpu("drain_local_pages")); }
 std::size_t drain_all_pages() {
   std::size_t moved = 0;
   for (int cpu = 0; cpu < kMaxCpus; ++cpu) moved += drain_pcp(cpu);
-  std::uint64_t before = g_stats.deferred_drained.load(std::memory_order_relaxed);
+  std::uint64_t before = stat_sum(kStatDeferredDrained);
   IrqFlags flags;
   zone_lock(kGfpKernel, flags);  // drains the deferred stack
   zone_unlock(flags);
-  return moved + (g_stats.deferred_drained.load(std::memory_order_relaxed) - before);
+  return moved + (stat_sum(kStatDeferredDrained) - before);
 }
 
 void set_bad_page_policy(BadPagePolicy policy) { g_policy.store(policy); }
@@ -692,16 +741,16 @@ PageStats page_stats() {
   PageStats s{};
   for (int p = 0; p < 2; ++p) {
     for (int c = 0; c < 3; ++c) {
-      s.alloc_ok[p][c] = g_stats.alloc_ok[p][c].load(std::memory_order_relaxed);
-      s.alloc_failed[p][c] = g_stats.alloc_failed[p][c].load(std::memory_order_relaxed);
-      s.freed[p][c] = g_stats.freed[p][c].load(std::memory_order_relaxed);
+      s.alloc_ok[p][c] = stat_sum(kStatAllocOk + p, c);
+      s.alloc_failed[p][c] = stat_sum(kStatAllocFailed + p, c);
+      s.freed[p][c] = stat_sum(kStatFreed + p, c);
     }
   }
-  s.deferred_pushed = g_stats.deferred_pushed.load(std::memory_order_relaxed);
-  s.deferred_drained = g_stats.deferred_drained.load(std::memory_order_relaxed);
-  s.pcp_refills = g_stats.pcp_refills.load(std::memory_order_relaxed);
-  s.pcp_bulk_frees = g_stats.pcp_bulk_frees.load(std::memory_order_relaxed);
-  s.reclaim_runs = g_stats.reclaim_runs.load(std::memory_order_relaxed);
+  s.deferred_pushed = stat_sum(kStatDeferredPushed);
+  s.deferred_drained = stat_sum(kStatDeferredDrained);
+  s.pcp_refills = stat_sum(kStatPcpRefills);
+  s.pcp_bulk_frees = stat_sum(kStatPcpBulkFrees);
+  s.reclaim_runs = stat_sum(kStatReclaimRuns);
   return s;
 }
 

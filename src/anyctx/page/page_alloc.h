@@ -61,7 +61,8 @@ void page_allocator_shutdown();
 
 // Context: task or IRQ (direct reclaim: task). Return: a block of 2^order
 // frames with refcount 1 (zeroed with kGfpZero), or nullptr when memory is
-// exhausted even after reclaim.
+// exhausted even after reclaim, or order > kMaxOrder. (kGfpAccount takes
+// effect with the memcg layer.)
 Page* alloc_pages(Gfp gfp, unsigned order);
 // Frees a block from alloc_pages / alloc_pages_nolock; the caller holds the
 // last reference. Context: task or IRQ.

@@ -2,6 +2,7 @@
 // reason; abort by default, report-count-and-leak by policy.
 #include <gtest/gtest.h>
 
+#include "anyctx/testing/interrupts.h"
 #include "anyctx/testing/page_fixture.h"
 
 namespace anyctx {
@@ -88,6 +89,14 @@ TEST_F(PageAllocTest, ReportAndLeakPolicyCountsAndLeavesThePageAlone) {
   free_pages(p, 1);
   set_bad_page_policy(BadPagePolicy::kAbort);
   expect_everything_free();
+}
+
+TEST_F(PageAllocTest, SpinningFreeFromNmiIsReported) {
+  init(config_of(64));
+  Page* p = alloc_pages(kGfpKernel, 0);
+  EXPECT_DEATH(testing::run_in_nmi([&] { free_pages(p, 0); }),
+               "context rule: free_pages\\(\\) in NMI context: use free_pages_nolock\\(\\)");
+  free_pages(p, 0);
 }
 
 #if ANYCTX_ASAN
