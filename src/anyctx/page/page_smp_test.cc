@@ -52,6 +52,7 @@ TEST_F(PageAllocTest, CpusFreeEachOthersPagesWithInterruptsArriving) {
   set_interrupt_handler(InterruptKind::kNmi, allocating_handler);
   constexpr int kWorkers = 3;
   constexpr int kIters = 3000;
+  constexpr int kInterrupts = 300;  // the workers keep going until all are sent
   std::mutex mu;
   std::vector<std::pair<Page*, unsigned>> shared;
   std::atomic<int> cpu_ids[kWorkers];
@@ -64,7 +65,7 @@ TEST_F(PageAllocTest, CpusFreeEachOthersPagesWithInterruptsArriving) {
     workers.emplace_back([&, w] {
       CpuScope cpu;
       cpu_ids[w].store(cpu.id());
-      for (int i = 0; i < kIters; ++i) {
+      for (int i = 0; i < kIters || !done.load(); ++i) {
         unsigned order = static_cast<unsigned>(i % 3);
         Page* p = i % 2 == 0 ? alloc_pages(kGfpKernel, order) : alloc_pages_nolock(Gfp{}, order);
         if (p != nullptr) {
@@ -88,22 +89,22 @@ TEST_F(PageAllocTest, CpusFreeEachOthersPagesWithInterruptsArriving) {
       }
     });
   }
+  std::atomic<int> delivered{0};
   std::thread interrupter([&] {
-    int n = 0;
-    while (!done.load()) {
-      int w = n % kWorkers;
-      int id = cpu_ids[w].load();
-      if (id >= 0) send_interrupt(id, n % 2 == 0 ? InterruptKind::kIrq : InterruptKind::kNmi);
-      ++n;
+    for (int n = 0; n < kInterrupts; ++n) {
+      int id = cpu_ids[n % kWorkers].load();
+      if (id >= 0 && send_interrupt(id, n % 2 == 0 ? InterruptKind::kIrq : InterruptKind::kNmi))
+        delivered.fetch_add(1);
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
+    done.store(true);
   });
-  for (auto& t : workers) t.join();
-  done.store(true);
   interrupter.join();
+  for (auto& t : workers) t.join();
 
   EXPECT_EQ(corrupt.load(), 0) << "a page's content changed while another CPU owned it";
   EXPECT_EQ(g_handler_corrupt.load(), 0);
+  EXPECT_GT(delivered.load(), kInterrupts / 2) << "the workers were not online";
   EXPECT_GT(g_handler_allocs.load(), 0) << "no interrupt handler allocated";
   for (auto [p, order] : shared) free_pages(p, order);
   expect_everything_free();
