@@ -249,6 +249,29 @@ TEST_F(PageAllocTest, GetAndPutPage) {
   expect_everything_free();
 }
 
+// The oracle itself: a corrupted descriptor is named, not passed over.
+TEST_F(PageAllocTest, InvariantCheckNamesACorruptedPage) {
+  init(config_of(64));
+  Page* p = alloc_pages(kGfpKernel, 0);
+  std::size_t pfn = page_to_pfn(p);
+  p->state.store(PageState::kBuddy);  // claims to be free, but is on no list
+  InvariantResult r = check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.what, "pfn " + std::to_string(pfn) + " has state buddy but is on no list");
+  p->state.store(PageState::kTail);  // now nobody accounts for it
+  r = check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.what, "1 of 64 frames are in no place (lost: neither free on a list nor allocated)");
+  p->state.store(PageState::kAllocated);
+  p->order.store(1);  // claims its neighbour, which sits on a free list
+  r = check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.what.find("already found in another block or list"), std::string::npos) << r.what;
+  p->order.store(0);
+  free_pages(p, 0);
+  expect_everything_free();
+}
+
 // --- NMIs at every site -------------------------------------------------------------
 
 std::atomic<Page*> g_given{nullptr};
