@@ -16,8 +16,9 @@ namespace {
 
 constexpr std::size_t kMinAltstackBytes = 64 * 1024;
 
-std::atomic<int> g_irq_signal{0};  // 0 = defaults not applied yet
-std::atomic<int> g_nmi_signal{0};
+// Both signal numbers in one word, so a reader never sees half a
+// configuration: irq << 8 | nmi; 0 until configured or defaulted.
+std::atomic<std::uint32_t> g_signals{0};
 std::atomic<std::size_t> g_altstack_bytes{256 * 1024};
 std::atomic<InterruptHandler> g_handler[2]{};
 std::atomic<std::uint64_t> g_dropped{0};
@@ -79,11 +80,20 @@ void nmi_signal_entry(int, siginfo_t*, void*) {
   errno = saved_errno;
 }
 
-void ensure_defaults() {
-  if (g_irq_signal.load(std::memory_order_acquire) != 0) return;
+std::uint32_t encode_signals(int irq, int nmi) {
+  return static_cast<std::uint32_t>(irq) << 8 | static_cast<std::uint32_t>(nmi);
+}
+int irq_signal_of(std::uint32_t word) { return static_cast<int>(word >> 8); }
+int nmi_signal_of(std::uint32_t word) { return static_cast<int>(word & 0xff); }
+
+// Return: the configured signals, the defaults on first use.
+std::uint32_t signals() {
+  std::uint32_t word = g_signals.load(std::memory_order_acquire);
+  if (ANYCTX_LIKELY(word != 0)) return word;
   InterruptConfig d = InterruptConfig::defaults();
-  int expected = 0;
-  if (g_irq_signal.compare_exchange_strong(expected, d.irq_signal)) g_nmi_signal.store(d.nmi_signal);
+  std::uint32_t expected = 0;
+  std::uint32_t wanted = encode_signals(d.irq_signal, d.nmi_signal);
+  return g_signals.compare_exchange_strong(expected, wanted, std::memory_order_acq_rel) ? wanted : expected;
 }
 
 void install_one(int signo, void (*entry)(int, siginfo_t*, void*), const sigset_t& mask,
@@ -122,27 +132,27 @@ std::string_view interrupts_configure(const InterruptConfig& c) {
   if (cpus_online() != 0) return "cannot reconfigure interrupts while CPUs are online";
   std::lock_guard<std::mutex> guard(g_install_mu);
   if (g_installed) {
-    sigaction(g_irq_signal.load(), &g_old_irq, nullptr);
-    sigaction(g_nmi_signal.load(), &g_old_nmi, nullptr);
+    std::uint32_t old = signals();
+    sigaction(irq_signal_of(old), &g_old_irq, nullptr);
+    sigaction(nmi_signal_of(old), &g_old_nmi, nullptr);
     g_installed = false;
   }
-  g_irq_signal.store(c.irq_signal);
-  g_nmi_signal.store(c.nmi_signal);
+  g_signals.store(encode_signals(c.irq_signal, c.nmi_signal), std::memory_order_release);
   g_altstack_bytes.store(c.altstack_bytes);
   return {};
 }
 
 InterruptConfig interrupts_config() {
-  ensure_defaults();
-  return InterruptConfig{g_irq_signal.load(), g_nmi_signal.load(), g_altstack_bytes.load()};
+  std::uint32_t word = signals();
+  return InterruptConfig{irq_signal_of(word), nmi_signal_of(word), g_altstack_bytes.load()};
 }
 
 void interrupts_install() {
-  ensure_defaults();
   std::lock_guard<std::mutex> guard(g_install_mu);
   if (g_installed) return;
-  int irq = g_irq_signal.load();
-  int nmi = g_nmi_signal.load();
+  std::uint32_t word = signals();
+  int irq = irq_signal_of(word);
+  int nmi = nmi_signal_of(word);
   sigset_t irq_mask, nmi_mask;
   sigemptyset(&irq_mask);
   sigaddset(&irq_mask, irq);  // no IRQ inside an IRQ

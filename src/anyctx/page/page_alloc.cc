@@ -500,8 +500,9 @@ bool free_pages_prepare(const char* entry, Page* page, unsigned order) {
     if (head != nullptr && state_of(head) == PageState::kAllocated)
       return bad_page(entry, page, "not the head of a block: inside the allocated block at pfn ",
                       page_to_pfn(head), " of order ", order_of(head));
-    return bad_page(entry, page, "double free: inside a free block",
-                    head != nullptr ? page_to_pfn(head) : ~0ull);
+    if (head == nullptr) return bad_page(entry, page, "double free: not the head of any block");
+    return bad_page(entry, page, "double free: inside the free block at pfn ", page_to_pfn(head), " of order ",
+                    order_of(head));
   }
   if (s != PageState::kAllocated) {
     return bad_page(entry, page, s == PageState::kBuddy      ? "double free: already free on the buddy lists"

@@ -58,7 +58,9 @@ TEST_F(PageAllocTest, DoubleFreeIsReported) {
                "bad page: free_pages\\(\\): pfn [0-9]+ \\(state pcp, order 0, refcount 0\\): double free: already free "
                "on a pcp list");
   drain_all_pages();  // now it is merged into a larger free block
-  EXPECT_DEATH(free_pages_nolock(p, 0), "bad page: free_pages_nolock\\(\\): pfn [0-9]+ .*double free");
+  EXPECT_DEATH(free_pages_nolock(p, 0),
+               "bad page: free_pages_nolock\\(\\): pfn [0-9]+ \\(state (tail|buddy), .*\\): double free: "
+               "(inside the free block at pfn [0-9]+ of order [0-9]+|already free on the buddy lists)");
 }
 
 TEST_F(PageAllocTest, FreeWithReferencesLeftIsReported) {
