@@ -30,10 +30,9 @@
   X(kZoneListEdit, "in the middle of a buddy split or merge")                \
   X(kZoneUnlock, "just before zone.lock is released")                        \
   X(kPcpRefill, "between pages of a pcp refill from the buddy lists")        \
-  X(kPcpBulkFree, "between pages of a bulk free from a pcp list")            \
+  X(kPcpBulkFree, "between pages of a bulk free or drain of a pcp list")    \
   X(kDeferredPush, "between reading the deferred-free head and the CAS")     \
-  X(kDeferredDrain, "between pages of a deferred-free drain")                \
-  X(kPageDrain, "between pages of a pcp drain")
+  X(kDeferredDrain, "between pages of a deferred-free drain")
 
 namespace anyctx {
 

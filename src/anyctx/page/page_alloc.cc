@@ -306,8 +306,9 @@ bool pcp_refill_locked(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
   return got > 0;
 }
 
-// Returns at least `pages` pages (oldest first, orders round-robin) to the
-// buddy lists; a spinning caller only. Return: pages moved.
+// Returns at least `pages` pages (oldest first, orders round-robin; all of
+// them if there are fewer) to the buddy lists. Spinning callers only: the
+// trim above `high` and the drains. Return: pages moved.
 std::size_t pcp_free_bulk_locked(Pcp& pcp, long pages) {
   IrqFlags flags;
   zone_lock(kGfpKernel, flags);
@@ -329,26 +330,13 @@ std::size_t pcp_free_bulk_locked(Pcp& pcp, long pages) {
   return moved;
 }
 
+// Returns all of `cpu`'s pcp pages to the buddy lists (waits for its lock).
 std::size_t drain_pcp(int cpu) ANYCTX_NO_TSA {
   Pcp& pcp = g_pcp.on(cpu);
   pcp.lock.lock();
   ANYCTX_SITE(kPcpLocked);
-  std::size_t moved = 0;
-  if (pcp.count.load(std::memory_order_relaxed) > 0) {
-    IrqFlags flags;
-    zone_lock(kGfpKernel, flags);
-    for (PageList& list : pcp.lists) {
-      while (!list.empty()) {
-        Page* page = list.pop_back();
-        unsigned o = order_of(page);
-        pcp_count_add(pcp, -static_cast<long>(block_pages(o)));
-        buddy_free_locked(page, o);
-        moved += block_pages(o);
-        ANYCTX_SITE(kPageDrain);
-      }
-    }
-    zone_unlock(flags);
-  }
+  int pages = pcp.count.load(std::memory_order_relaxed);
+  std::size_t moved = pages > 0 ? pcp_free_bulk_locked(pcp, pages) : 0;
   pcp_unlock(pcp);
   return moved;
 }

@@ -341,7 +341,7 @@ TEST_P(PageSiteTest, NmiAtTheSiteAllocatesAndFreesWithoutLoss) {
   EXPECT_EQ(g_nmi_not_zeroed.load(), 0);
   EXPECT_EQ(g_nmi_alloc_ok.load() + g_nmi_alloc_null.load(), static_cast<int>(kPcpMaxOrder + 1) * (g_target[1] >= 0 ? 2 : 1));
   if (site == Site::kZoneLocked || site == Site::kZoneListEdit || site == Site::kZoneUnlock ||
-      site == Site::kPcpRefill || site == Site::kPcpBulkFree || site == Site::kPageDrain) {
+      site == Site::kPcpRefill || site == Site::kPcpBulkFree) {
     // zone.lock is held: the NMI's free of the given page must defer.
     EXPECT_GT(page_stats().deferred_pushed, deferred_before) << site_name(site);
   }
@@ -353,7 +353,7 @@ TEST_P(PageSiteTest, NmiAtTheSiteAllocatesAndFreesWithoutLoss) {
 INSTANTIATE_TEST_SUITE_P(EverySite, PageSiteTest,
                          ::testing::Values(Site::kPcpLocked, Site::kPcpListEdit, Site::kPcpUnlock, Site::kZoneLocked,
                                            Site::kZoneListEdit, Site::kZoneUnlock, Site::kPcpRefill,
-                                           Site::kPcpBulkFree, Site::kDeferredDrain, Site::kPageDrain),
+                                           Site::kPcpBulkFree, Site::kDeferredDrain),
                          [](const ::testing::TestParamInfo<Site>& info) { return std::string(site_name(info.param)); });
 
 // An NMI lands inside a deferred push (between reading the head and the CAS)
