@@ -177,6 +177,37 @@ TEST_F(ContextTest, IrqSaveScopeRestores) {
   EXPECT_EQ(g_seen.irq_runs, 1);
 }
 
+int g_exit_runs = 0;
+bool g_exit_in_irq = false;
+bool g_exit_masked = false;
+int g_exit_after_handler = -1;
+void record_irq_exit() {
+  ++g_exit_runs;
+  g_exit_in_irq = in_irq();
+  g_exit_masked = irqs_disabled();
+  g_exit_after_handler = g_seen.irq_runs;
+}
+
+TEST_F(ContextTest, IrqExitCallbacksRunAfterEachIrqHandler) {
+  ASSERT_TRUE(irq_exit_callback_add(record_irq_exit));
+  raise_irq();
+  EXPECT_EQ(g_exit_runs, 1);
+  EXPECT_TRUE(g_exit_in_irq);
+  EXPECT_TRUE(g_exit_masked);
+  EXPECT_EQ(g_exit_after_handler, 1) << "after the handler ran";
+  {
+    IrqSaveScope masked;
+    raise_irq();
+    EXPECT_EQ(g_exit_runs, 1);
+  }
+  EXPECT_EQ(g_exit_runs, 2) << "a replayed IRQ exits through the callbacks too";
+  raise_nmi();
+  EXPECT_EQ(g_exit_runs, 2) << "NMIs do not";
+  EXPECT_TRUE(irq_exit_callback_remove(record_irq_exit));
+  raise_irq();
+  EXPECT_EQ(g_exit_runs, 2);
+}
+
 TEST_F(ContextTest, ContextNames) {
   EXPECT_STREQ(context_name(ContextLevel::kTask), "task");
   EXPECT_STREQ(context_name(ContextLevel::kIrq), "irq");

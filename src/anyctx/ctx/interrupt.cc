@@ -23,6 +23,8 @@ std::atomic<std::size_t> g_altstack_bytes{256 * 1024};
 std::atomic<InterruptHandler> g_handler[2]{};
 std::atomic<std::uint64_t> g_dropped{0};
 
+std::atomic<IrqExitFn> g_irq_exit_fns[kMaxIrqExitCallbacks]{};  // written under g_install_mu
+
 std::mutex g_install_mu;
 bool g_installed = false;           // guarded by g_install_mu
 struct sigaction g_old_irq, g_old_nmi;  // guarded by g_install_mu
@@ -49,6 +51,8 @@ void run_irqs_then_unmask(ThreadState& t) {
     depth_add(t.irq_depth, +1);
     barrier_against_interrupts();
     call_handler(InterruptKind::kIrq);
+    for (auto& fn : g_irq_exit_fns)
+      if (IrqExitFn f = fn.load(std::memory_order_acquire)) f();
     barrier_against_interrupts();
     depth_add(t.irq_depth, -1);
     t.irqs_masked.store(false, std::memory_order_relaxed);
@@ -166,6 +170,30 @@ void interrupts_install() {
 
 void set_interrupt_handler(InterruptKind kind, InterruptHandler handler) {
   g_handler[static_cast<int>(kind)].store(handler, std::memory_order_release);
+}
+
+bool irq_exit_callback_add(IrqExitFn fn) {
+  std::lock_guard<std::mutex> guard(g_install_mu);
+  for (auto& slot : g_irq_exit_fns)
+    if (slot.load(std::memory_order_relaxed) == fn) return true;
+  for (auto& slot : g_irq_exit_fns) {
+    if (slot.load(std::memory_order_relaxed) == nullptr) {
+      slot.store(fn, std::memory_order_release);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool irq_exit_callback_remove(IrqExitFn fn) {
+  std::lock_guard<std::mutex> guard(g_install_mu);
+  for (auto& slot : g_irq_exit_fns) {
+    if (slot.load(std::memory_order_relaxed) == fn) {
+      slot.store(nullptr, std::memory_order_release);
+      return true;
+    }
+  }
+  return false;
 }
 
 void raise_irq() { send_to_self(interrupts_config().irq_signal); }

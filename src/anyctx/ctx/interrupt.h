@@ -59,6 +59,17 @@ using InterruptHandler = void (*)(InterruptKind kind);
 // Sets what IRQs (or NMIs) do; nullptr = nothing. Context: any.
 void set_interrupt_handler(InterruptKind kind, InterruptHandler handler);
 
+// Work that runs each time an IRQ handler finishes, still in IRQ context
+// with IRQs masked (the userspace irq_exit): a layer that defers work from
+// interrupt context (slab's deferred frees) processes it here. It must be
+// IRQ-safe: trylocks, or locks whose holders mask IRQs.
+using IrqExitFn = void (*)();
+inline constexpr int kMaxIrqExitCallbacks = 8;
+// Context: task. Return: false when kMaxIrqExitCallbacks are registered.
+[[nodiscard]] bool irq_exit_callback_add(IrqExitFn fn);
+// Context: task. Return: false when `fn` was not registered.
+bool irq_exit_callback_remove(IrqExitFn fn);
+
 // Delivers to this thread. Context: any.
 void raise_irq();
 void raise_nmi();

@@ -18,11 +18,13 @@
 
 #include "anyctx/ctx/config.h"
 
-// X(name, "description")
-#define ANYCTX_SITE_LIST(X)                                                \
+// X(name, "description"), one list per layer; ANYCTX_SITE_LIST joins them.
+#define ANYCTX_LOCK_SITES(X)                                               \
   X(kSpinWait, "spinning on a busy spinlock (between plain reads)")       \
   X(kLocalLockHeld, "just after a local lock or local trylock is taken")  \
-  X(kLocalLockRelease, "just before a local lock or local trylock is released") \
+  X(kLocalLockRelease, "just before a local lock or local trylock is released")
+
+#define ANYCTX_PAGE_SITES(X)                                                 \
   X(kPcpLocked, "a pcp.lock was just taken")                                 \
   X(kPcpListEdit, "in the middle of a pcp list insert or removal")           \
   X(kPcpUnlock, "just before a pcp.lock is released")                        \
@@ -33,6 +35,15 @@
   X(kPcpBulkFree, "between pages of a bulk free or drain of a pcp list")    \
   X(kDeferredPush, "between reading the deferred-free head and the CAS")     \
   X(kDeferredDrain, "between pages of a deferred-free drain")
+
+// The memcg layer's sites (memcg/).
+#define ANYCTX_MEMCG_SITES(X)
+
+// The slab layer's sites (slab/).
+#define ANYCTX_SLAB_SITES(X)
+
+// New lists go at the end, so existing ids stay put.
+#define ANYCTX_SITE_LIST(X) ANYCTX_LOCK_SITES(X) ANYCTX_PAGE_SITES(X) ANYCTX_MEMCG_SITES(X) ANYCTX_SLAB_SITES(X)
 
 namespace anyctx {
 
