@@ -35,10 +35,17 @@ enum class PageState : std::uint8_t {
 
 const char* page_state_name(PageState state);
 
+class MemCgroup;
+
 struct alignas(64) Page {
   Page* next = nullptr;           // buddy or pcp list links
   Page* prev = nullptr;
   Page* deferred_next = nullptr;  // deferred-free stack link
+  // The cgroup this block is charged to (kGfpAccount), on its head frame.
+  std::atomic<MemCgroup*> memcg{nullptr};
+  // Free for the block's owner while it is allocated, on every frame of the
+  // block (the slab layer keeps its slab here); the allocator never reads it.
+  std::atomic<void*> owner_private{nullptr};
   std::atomic<std::int32_t> refcount{0};
   std::atomic<PageState> state{PageState::kTail};
   std::atomic<std::uint8_t> order{0};  // of the block this frame heads
