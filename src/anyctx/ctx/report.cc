@@ -2,10 +2,17 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 
 namespace anyctx {
+
+namespace {
+std::atomic<ReportHook> g_report_hook{nullptr};
+}  // namespace
+
+ReportHook set_report_hook(ReportHook hook) { return g_report_hook.exchange(hook); }
 
 Report::Report(const char* kind) {
   *this << "anyctx: " << kind << ": ";
@@ -82,6 +89,7 @@ void Report::emit() const {
 
 void Report::fatal() const {
   emit();
+  if (ReportHook hook = g_report_hook.load()) hook(text());
   std::abort();
 }
 

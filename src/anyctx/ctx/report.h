@@ -5,8 +5,8 @@
 //  - Report formats into a fixed buffer on the stack: no allocation, no lock,
 //    no stdio. Text past the buffer is cut and marked with "...".
 //  - emit() writes one line "anyctx: <kind>: <text>\n" to stderr with write(2).
-//  - fatal() emits, then aborts. Misuse and deadlock reports are fatal: the
-//    program cannot continue correctly after them.
+//  - fatal() emits, calls the report hook (if any), then aborts. Misuse and
+//    deadlock reports are fatal: the program cannot continue correctly.
 // Context: any (task, IRQ, NMI).
 #pragma once
 
@@ -17,6 +17,12 @@
 #include "anyctx/ctx/src_loc.h"
 
 namespace anyctx {
+
+// Called with the text of a fatal report just before the process aborts,
+// so a harness can add what it was doing. Must be async-signal-safe.
+using ReportHook = void (*)(std::string_view text);
+// Context: any. Return: the previous hook.
+ReportHook set_report_hook(ReportHook hook);
 
 class Report {
  public:

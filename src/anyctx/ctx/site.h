@@ -37,10 +37,24 @@
   X(kDeferredDrain, "between pages of a deferred-free drain")
 
 // The memcg layer's sites (memcg/).
-#define ANYCTX_MEMCG_SITES(X)
+#define ANYCTX_MEMCG_SITES(X)                                                  \
+  X(kStockLocked, "a CPU's memcg stock was just taken (consume, refill, drain)") \
+  X(kStockEdit, "between the updates of a memcg stock's cgroup and pages")     \
+  X(kStockUnlock, "just before a memcg stock is released")                     \
+  X(kChargeWalk, "between levels of a memcg charge, rollback or uncharge")     \
+  X(kEventPush, "between reading the memcg pending-event head and the CAS")
 
 // The slab layer's sites (slab/).
-#define ANYCTX_SLAB_SITES(X)
+#define ANYCTX_SLAB_SITES(X)                                                      \
+  X(kSlabCpuLocked, "a CPU slab lock was just taken")                             \
+  X(kSlabFreelistEdit, "in the middle of a CPU freelist push or pop")             \
+  X(kSlabCpuUnlock, "just before a CPU slab lock is released")                    \
+  X(kSlabListLocked, "a cache's list_lock was just taken")                        \
+  X(kSlabListEdit, "in the middle of a slab freelist or partial list edit")       \
+  X(kSlabListUnlock, "just before a cache's list_lock is released")               \
+  X(kSlabNewSlab, "a new slab's pages arrived, before it becomes a CPU slab")     \
+  X(kSlabDeferredPush, "between reading a CPU's deferred-free head and the CAS")  \
+  X(kSlabDeferredDrain, "between objects of a slab deferred-free drain")
 
 // New lists go at the end, so existing ids stay put.
 #define ANYCTX_SITE_LIST(X) ANYCTX_LOCK_SITES(X) ANYCTX_PAGE_SITES(X) ANYCTX_MEMCG_SITES(X) ANYCTX_SLAB_SITES(X)

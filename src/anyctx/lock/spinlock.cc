@@ -27,7 +27,16 @@ constexpr unsigned kSpinsPerYield = 128;
 
 }  // namespace
 
+namespace {
+thread_local constinit const Spinlock* t_spinning_on = nullptr;
+}  // namespace
+
+const Spinlock* spinlock_spinning_on() { return t_spinning_on; }
+
 void Spinlock::lock_slow(SrcLoc at) {
+  // Interrupts nest strictly, so saving and restoring keeps the innermost.
+  const Spinlock* outer = t_spinning_on;
+  if constexpr (kDebug) t_spinning_on = this;
   unsigned spins = 0;
   for (;;) {
     std::uint32_t word;
@@ -41,8 +50,9 @@ void Spinlock::lock_slow(SrcLoc at) {
       cpu_relax();
       if (++spins % kSpinsPerYield == 0) sched_yield();
     }
-    if (acquire_word(at)) return;
+    if (acquire_word(at)) break;
   }
+  if constexpr (kDebug) t_spinning_on = outer;
 }
 
 void Spinlock::check_may_spin(SrcLoc at) const {

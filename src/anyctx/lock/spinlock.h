@@ -62,6 +62,12 @@ class ANYCTX_CAPABILITY("spinlock") Spinlock {
 
   // Context: any. Return: whether some frame holds the lock (a snapshot).
   bool is_locked() const { return word_.load(std::memory_order_relaxed) != 0; }
+  // Context: any. Return: the CPU holding the lock, or kNoCpu when it is free,
+  // held by a thread that is not a CPU, or ANYCTX_DEBUG is 0 (a snapshot).
+  int owner_cpu() const {
+    std::uint32_t w = word_.load(std::memory_order_relaxed);
+    return !kDebug || w == 0 || (w & 0xffff) == kUnknownCpu ? kNoCpu : static_cast<int>(w & 0xffff);
+  }
   const char* class_name() const { return class_name_; }
 
  private:
@@ -82,6 +88,11 @@ class ANYCTX_CAPABILITY("spinlock") Spinlock {
   std::atomic<std::uint32_t> owner_line_{0};
 #endif
 };
+
+// Context: any. Return: the spinlock this thread is spinning on in lock_slow
+// (innermost frame), or nullptr; always nullptr when ANYCTX_DEBUG is 0. For
+// deadlock reports.
+const Spinlock* spinlock_spinning_on();
 
 // --- inline fast paths -------------------------------------------------------
 

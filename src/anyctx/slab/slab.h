@@ -1,0 +1,145 @@
+// anyctx/slab/slab.h — kmalloc: size-class object caches over the page
+// allocator, with entry points that are safe to call from any context.
+//
+// Contract:
+//  - slab_init() after page_allocator_init(); slab_shutdown() before
+//    page_allocator_shutdown(). Both task context, quiesced.
+//  - Size classes are the powers of two 8..8192 bytes. An object of class N
+//    is N bytes, aligned to N. kmalloc(n) returns an object of the smallest
+//    class >= n (n = 0 counts as 1); above kKmallocMaxSize it returns nullptr
+//    (there is no large-kmalloc path: use alloc_pages).
+//  - kmalloc(size, gfp) / kfree(p) may spin: task or IRQ context, on a CPU
+//    (a thread that is not a CPU gets a fatal `not a cpu` report). gfp as for
+//    alloc_pages: kGfpDirectReclaim only in task context; a gfp without
+//    either reclaim bit takes every slab lock by trylock as nolock does.
+//  - kmalloc_nolock(size, gfp): any context. gfp may carry only kGfpZero and
+//    kGfpAccount (anything else is a fatal `bad gfp` report). Never spins:
+//    the CPU slab lock and the cache's list_lock by trylock, new slabs from
+//    alloc_pages_nolock. When this CPU's lock of the size class is held by
+//    the frame this call interrupted, it tries once in the next class (so it
+//    may return a larger object). nullptr means "no memory in this context":
+//    a lock was busy, the page allocator said no, or the thread is not a CPU.
+//  - kfree_nolock(p): any context, also on a thread that is not a CPU.
+//    Frees into this CPU's slab when p belongs to it and its lock is free;
+//    otherwise p goes on this CPU's lock-free deferred list (CAS push,
+//    take-all by exchange). That CPU frees its deferred objects when it
+//    leaves IRQ context, at its next kmalloc/kfree, at slab_drain_*(), when
+//    it goes offline; the shrinker and slab_drain_all() take every CPU's.
+//    A thread that is not a CPU has no per-CPU lists: it frees under the
+//    cache's list_lock taken by trylock, else onto one shared deferred list
+//    that spinning slow paths, drains and the shrinker empty. Never spins,
+//    never loses an object.
+//  - Accounting: kGfpAccount objects come from separate caches
+//    ("kmalloc-cg-N") whose slab pages are allocated with kGfpAccount. Slabs
+//    are charged, not objects: a slab is charged whole to the cgroup that is
+//    current on the thread that allocates its pages, and uncharged when its
+//    pages go back; objects carved from it later share that charge.
+//  - Bad input: kfree / kfree_nolock of a pointer that is not a live object
+//    (outside the arena, on a page that is not a slab, not the start of an
+//    object, already free) is a `bad slab free` report naming the cache, the
+//    slab and the reason; then, by policy, abort (the default in debug and
+//    sanitizer builds) or count the report and leave the memory alone.
+//    Double frees are detected exactly: each slab has an allocation bitmap
+//    updated with one atomic RMW per kmalloc and one per kfree.
+//  - Hardened freelists: the link in a free object is stored encoded with a
+//    per-cache secret and the object's own address; a link that decodes
+//    outside its slab or off an object boundary is a `slab freelist
+//    corruption` report naming the cache and the slab, and is not followed
+//    (under the leak policy the rest of that list is abandoned).
+//  - ASan builds poison free objects and the bytes past the requested size.
+//  - Empty slabs go back to the page allocator (each cache keeps up to
+//    kSlabKeepPartial partial or empty slabs on its list; drains return all
+//    empty ones).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "anyctx/ctx/gfp.h"
+#include "anyctx/page/page_alloc.h"
+
+namespace anyctx {
+
+inline constexpr std::size_t kKmallocMinSize = 8;
+inline constexpr std::size_t kKmallocMaxSize = 8192;
+inline constexpr int kKmallocClasses = 11;                    // 8, 16, ..., 8192
+inline constexpr int kKmallocCaches = 2 * kKmallocClasses;  // plain, then accounted
+inline constexpr int kSlabKeepPartial = 2;
+
+// Sets up the kmalloc caches over the page allocator's arena and registers
+// the IRQ-exit, CPU-offline and shrinker hooks. Context: task, after
+// page_allocator_init. Return: empty on success, else what went wrong.
+std::string_view slab_init();
+// Unregisters the hooks and forgets every slab. Context: task, quiesced.
+void slab_shutdown();
+
+// Context: task or IRQ, on a CPU (kGfpDirectReclaim: task). Return: an
+// object of at least `size` bytes (zeroed with kGfpZero), or nullptr when
+// size > kKmallocMaxSize or memory is exhausted.
+void* kmalloc(std::size_t size, Gfp gfp);
+// Frees an object from kmalloc or kmalloc_nolock; nullptr is ignored.
+// Context: task or IRQ, on a CPU. Return: nothing (bad input is reported).
+void kfree(const void* p);
+
+// Context: any; gfp may carry only kGfpZero and kGfpAccount. Return: an
+// object of at least `size` bytes, or nullptr (no memory in this context).
+void* kmalloc_nolock(std::size_t size, Gfp gfp);
+// Frees like kfree without ever waiting; nullptr is ignored. Context: any,
+// also a thread that is not a CPU. Return: nothing.
+void kfree_nolock(const void* p);
+
+// Context: any (arithmetic). Return: the cache index (0..kKmallocCaches-1)
+// kmalloc(size, gfp) uses, or -1 above kKmallocMaxSize.
+int kmalloc_cache_index(std::size_t size, Gfp gfp);
+// Context: any. Return: the object size of the cache holding live object
+// `p`, or 0 when p is not inside a slab.
+std::size_t kmalloc_object_size(const void* p);
+
+// Frees this CPU's deferred objects and returns its CPU slabs to their
+// caches, giving empty slabs back. Context: task, on a CPU. Return: pages
+// given back to the page allocator.
+std::size_t slab_drain_local();
+// slab_drain_local() when called on a CPU, then every CPU's deferred list and
+// the shared one, then every empty slab on the partial lists. Other CPUs'
+// CPU slabs stay with them (no cross-CPU call here: they are returned at
+// their own drain or offline). It is also the shrinker. Context: task.
+// Return: pages given back to the page allocator.
+std::size_t slab_drain_all();
+
+void set_slab_bad_free_policy(BadPagePolicy policy);
+BadPagePolicy slab_bad_free_policy();
+// Context: any. Return: bad-free and freelist-corruption reports so far.
+std::uint64_t slab_bad_free_reports();
+
+struct SlabCacheStats {
+  const char* name;            // "kmalloc-64", "kmalloc-cg-64"
+  std::size_t object_size;
+  unsigned order;              // of each slab's page block
+  unsigned objects_per_slab;
+  std::uint64_t slabs;           // slabs_allocated - slabs_freed
+  std::uint64_t objects_in_use;  // allocs - frees
+  std::uint64_t allocs, frees, alloc_failed;
+  std::uint64_t slabs_allocated, slabs_freed;
+  std::uint64_t deferred_pushed, deferred_freed;
+  std::uint64_t next_class_allocs;  // kmalloc_nolock calls served by the next class
+};
+// Context: any (a snapshot of NMI-safe per-CPU counters). Return: the
+// counters of cache `index` (0..kKmallocCaches-1).
+SlabCacheStats slab_cache_stats(int index);
+// Context: any (a snapshot). Return: objects pushed on deferred lists and
+// not yet freed from them, over all caches.
+std::uint64_t slab_deferred_pending();
+
+// Checks, per cache, each under its list_lock: every live slab's frames
+// point at it; slab counts match the counters; objects in use (allocation
+// bits) equal allocs - frees; every free object is on exactly one list (its
+// slab's freelist, the CPU freelist of the CPU owning its slab, or a
+// deferred list) exactly once and no allocated object is on any; list
+// lengths match their counts; the partial lists hold exactly the slabs that
+// are neither a CPU's nor full; deferred lists hold what the counters say.
+// Context: task, quiesced (no slab call in flight on any CPU).
+// Return: ok, or the first violation naming the cache and slab.
+InvariantResult slab_check_invariants();
+
+}  // namespace anyctx

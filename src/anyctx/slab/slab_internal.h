@@ -1,0 +1,178 @@
+// anyctx/slab/slab_internal.h — internal: the slab layer's data structures
+// and small helpers, shared by slab.cc, slab_check.cc and the slab tests.
+// Not part of the API.
+//
+// Metadata placement: out of band. A slab's descriptor (Slab) lives in a
+// table with one entry per page frame, indexed by the pfn of the slab's head
+// frame, and every frame of the slab's block points at it through
+// Page::owner_private. So kfree finds its slab with one load after
+// virt_to_page, objects start at the block's first byte (power-of-two
+// classes fill it exactly and stay aligned to their size), no object
+// overflow can reach allocator metadata, and ASan can poison a free object
+// whole. The table costs sizeof(Slab) per frame of address space (reserved
+// with MAP_NORESERVE, touched only for frames that head a slab).
+//
+// Who guards what:
+//  - CpuSlab: its CPU's LocalTryLock, always taken with IRQs masked, so only
+//    an NMI can find it held by an interrupted frame.
+//  - Slab::free, Slab::cpu, Slab::on_partial, KmemCache::partial: the
+//    cache's list_lock (taken with IRQs masked). A slab that is some CPU's
+//    CPU slab ("frozen", cpu != kNoCpu) is on no list; remote frees still go
+//    to its Slab::free. Lock order: CPU slab lock -> list_lock -> page
+//    allocator locks; never two list_locks at once.
+//  - Slab::allocated: one bit per object, atomic RMW from any CPU.
+//  - Deferred lists: lock-free stacks through the first word of the objects.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "anyctx/ctx/config.h"
+#include "anyctx/ctx/context.h"
+#include "anyctx/ctx/cpu.h"
+#include "anyctx/lock/local_lock.h"
+#include "anyctx/lock/spinlock.h"
+#include "anyctx/page/page.h"
+#include "anyctx/slab/slab.h"
+
+#if ANYCTX_ASAN
+#include <sanitizer/asan_interface.h>
+#define ANYCTX_SLAB_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
+#define ANYCTX_SLAB_UNPOISON(addr, size) ASAN_UNPOISON_MEMORY_REGION(addr, size)
+#else
+#define ANYCTX_SLAB_POISON(addr, size) ((void)(addr), (void)(size))
+#define ANYCTX_SLAB_UNPOISON(addr, size) ((void)(addr), (void)(size))
+#endif
+
+namespace anyctx::detail {
+
+inline constexpr unsigned kSlabMaxObjects = 512;  // kmalloc-8 in one page
+inline constexpr unsigned kSlabBitmapWords = kSlabMaxObjects / 64;
+
+// A list of free objects of one slab. `head` is a plain address (metadata);
+// each object's first word holds the encoded address of the next.
+struct Freelist {
+  std::uintptr_t head = 0;
+  std::uint32_t count = 0;
+};
+
+struct KmemCache;
+
+struct alignas(64) Slab {
+  KmemCache* cache = nullptr;  // nullptr: this table entry is not a live slab
+  char* base = nullptr;        // first object = first byte of the block
+  Slab* next = nullptr;        // partial list (list_lock); release chains
+  Slab* prev = nullptr;
+  Freelist free;               // objects freed back to the slab (list_lock)
+  std::int16_t cpu = kNoCpu;   // whose CPU slab this is, or kNoCpu
+  std::uint16_t objects = 0;
+  std::uint8_t on_partial = 0;
+  std::uint8_t corrupted = 0;  // a freelist of it was abandoned (leak policy)
+  alignas(64) std::atomic<std::uint64_t> allocated[kSlabBitmapWords]{};
+};
+static_assert(sizeof(Slab) == 128);
+
+struct KmemCache {
+  char name[24] = {};
+  std::uint32_t size = 0;
+  std::uint8_t shift = 0;
+  std::uint8_t order = 0;
+  std::uint16_t objects = 0;
+  int index = 0;
+  Gfp page_gfp;               // kGfpAccount for the accounted caches
+  std::uintptr_t secret = 0;  // freelist link key
+  Spinlock list_lock{"slab.list_lock"};
+  Slab* partial = nullptr;    // circular, through Slab::next/prev (list_lock)
+  std::size_t nr_partial = 0;
+};
+
+struct CpuSlab {
+  LocalTryLock lock{"slab.cpu_lock"};
+  Slab* slab = nullptr;  // this CPU's slab of the cache, frozen
+  Freelist free;         // objects of `slab` only
+};
+
+struct CpuSlabs {
+  CpuSlab caches[kKmallocCaches];
+  std::atomic<std::uintptr_t> deferred{0};  // head of this CPU's deferred list
+};
+
+// Statistics: a slot per CPU, context level and cache; one writer per slot
+// (interrupts nest strictly and never at their own level), so a relaxed load
+// and store count exactly without an RMW. Threads that are not CPUs share
+// slots updated with fetch_add.
+enum SlabStat : int {
+  kSlabStatAllocs,
+  kSlabStatAllocFailed,
+  kSlabStatFrees,
+  kSlabStatSlabsAllocated,
+  kSlabStatSlabsFreed,
+  kSlabStatDeferredPushed,
+  kSlabStatDeferredFreed,
+  kSlabStatNextClass,
+  kSlabStatCount
+};
+
+struct SlabStatSlots {
+  std::atomic<std::uint64_t> v[3][kKmallocCaches][kSlabStatCount]{};
+};
+
+extern KmemCache g_caches[kKmallocCaches];
+extern PerCpu<CpuSlabs> g_cpu_slabs;
+extern std::atomic<std::uintptr_t> g_shared_deferred;
+extern std::uintptr_t g_deferred_secret;
+extern Slab* g_slab_table;
+extern std::size_t g_slab_table_entries;
+
+std::uint64_t slab_stat_sum(int cache, int stat);
+void slab_stat_add(int cache, int stat, std::uint64_t delta);
+
+// --- links inside free objects ----------------------------------------------
+
+inline std::uintptr_t link_key(std::uintptr_t secret, std::uintptr_t slot) {
+  return secret ^ std::rotl(slot, 29);
+}
+inline std::uintptr_t encode_link(std::uintptr_t secret, std::uintptr_t next, std::uintptr_t slot) {
+  return next ^ link_key(secret, slot);
+}
+inline std::uintptr_t decode_link(std::uintptr_t secret, std::uintptr_t stored, std::uintptr_t slot) {
+  return stored ^ link_key(secret, slot);
+}
+
+// Free objects stay poisoned; only the link word is opened around an access.
+ANYCTX_ALWAYS_INLINE std::uintptr_t load_link_word(std::uintptr_t slot) {
+  void* p = reinterpret_cast<void*>(slot);
+  ANYCTX_SLAB_UNPOISON(p, sizeof(std::uintptr_t));
+  std::uintptr_t v;
+  std::memcpy(&v, p, sizeof v);
+  ANYCTX_SLAB_POISON(p, sizeof(std::uintptr_t));
+  return v;
+}
+ANYCTX_ALWAYS_INLINE void store_link_word(std::uintptr_t slot, std::uintptr_t v) {
+  void* p = reinterpret_cast<void*>(slot);
+  ANYCTX_SLAB_UNPOISON(p, sizeof(std::uintptr_t));
+  std::memcpy(p, &v, sizeof v);
+  ANYCTX_SLAB_POISON(p, sizeof(std::uintptr_t));
+}
+
+// Return: whether `addr` is the start of an object of `s`.
+inline bool is_object_of(const Slab* s, std::uintptr_t addr) {
+  std::uintptr_t rel = addr - reinterpret_cast<std::uintptr_t>(s->base);
+  const KmemCache* c = s->cache;
+  return rel < (std::uintptr_t{s->objects} << c->shift) && (rel & (c->size - 1)) == 0;
+}
+
+inline unsigned object_index(const Slab* s, std::uintptr_t addr) {
+  return static_cast<unsigned>((addr - reinterpret_cast<std::uintptr_t>(s->base)) >> s->cache->shift);
+}
+
+// Return: the live slab whose frames hold `addr`, or nullptr (outside the
+// arena, not a slab page, a stale or foreign owner_private).
+Slab* slab_of(const void* addr);
+
+inline std::size_t slab_pfn(const Slab* s) { return static_cast<std::size_t>(s - g_slab_table); }
+
+}  // namespace anyctx::detail

@@ -1,0 +1,754 @@
+// The deterministic executor. Map of this file:
+//   state        per-run globals: slots, CPUs, injections, locks, trace
+//   turn         who runs: one atomic word, futex sleeps
+//   reports      oracle failures and the step they happened in
+//   shadow       live allocations, overlap and content checks
+//   ops          one op in one context, legalised against the state
+//   interrupts   injections: pending queues and the signal-side handler
+//   site hook    injections, switches, spin hand-over, deadlock detection
+//   cpus         the threads, quiesce, final oracles
+#include "harness/executor.h"
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <optional>
+#include <thread>
+
+#include "anyctx/ctx/context.h"
+#include "anyctx/ctx/cpu.h"
+#include "anyctx/ctx/interrupt.h"
+#include "anyctx/ctx/report.h"
+#include "anyctx/ctx/site.h"
+#include "anyctx/lock/local_lock.h"
+#include "anyctx/lock/spinlock.h"
+#include "anyctx/page/fault.h"
+#include "anyctx/page/page_alloc.h"
+#include "harness/text.h"
+
+namespace anyctx::harness {
+namespace {
+
+// --- state -----------------------------------------------------------------------
+
+enum class SlotKind : std::uint8_t { kEmpty, kReserved, kPage };
+
+struct Slot {
+  SlotKind kind = SlotKind::kEmpty;
+  Page* page = nullptr;
+  unsigned order = 0;
+  int refs = 0;
+  std::uint8_t pattern = 0;
+};
+
+// Where a frame is, for reports: the task frame of a CPU or an injection.
+struct Frame {
+  int injection = -1;  // -1: the CPU's own ops
+  int op = -1;
+  OpKind kind = OpKind::kAllocPages;
+};
+
+constexpr int kMaxFrames = 4;  // task, irq, nmi (+ one spare)
+
+struct CpuState {
+  int index = 0;
+  bool done = false;
+  bool in_op = false;      // inside a top-level op (not at a boundary)
+  bool spinning = false;   // last event was kSpinWait
+  const Spinlock* spin_lock = nullptr;
+  int depth = 0;           // frames in use
+  Frame frames[kMaxFrames];
+};
+
+struct LockModel {
+  int cpu = -1;    // holder's program CPU, -1 = free
+  int frame = -1;  // holder's frame depth on that CPU
+};
+
+struct LocalLockSlot {
+  LocalTryLock lock{"harness.L"};
+};
+
+struct Exec {
+  const TargetSpec* target = nullptr;
+  const Program* program = nullptr;
+  RunOptions options;
+  int ncpus = 1;
+  bool active = false;     // the site hook acts
+  bool quiescing = false;  // the site hook only counts
+  Slot slots[kSlots];
+  CpuState cpus[kMaxProgramCpus];
+  bool fired[kMaxInjections] = {};
+  int hits[kMaxInjections] = {};
+  std::size_t next_switch = 0;
+  std::uint64_t events = 0;
+  int spin_streak = 0;
+  bool sabotaged = false;
+  std::uint64_t trace = 0;
+  LockModel spin_model[2];
+  LockModel local_model[kMaxProgramCpus];
+  RunStats stats;
+};
+
+Exec g;
+Spinlock g_lock_a{"harness.A"};
+Spinlock g_lock_b{"harness.B"};
+PerCpu<LocalLockSlot> g_local_locks;
+
+thread_local constinit int t_cpu = -1;  // this thread's program CPU, -1 = none
+
+// Injections raised but not yet run, per kind, on this thread.
+struct Pending {
+  int items[kMaxInjections];
+  int count = 0;
+};
+thread_local constinit Pending t_pending[2]{};
+
+void trace(std::uint64_t a, std::uint64_t b = 0) {
+  constexpr std::uint64_t kPrime = 1099511628211ull;
+  g.trace = (g.trace ^ (a * 0x9e3779b97f4a7c15ull + b)) * kPrime;
+}
+
+// --- turn --------------------------------------------------------------------------
+
+constexpr int kMainTurn = -2;
+constexpr int kExitTurnBase = 100;  // kExitTurnBase + i: CPU i may go offline
+
+std::atomic<int> g_turn{0};
+
+long futex(std::atomic<int>* addr, int op, int value) {
+  return syscall(SYS_futex, reinterpret_cast<int*>(addr), op, value, nullptr, nullptr, 0);
+}
+
+void give_turn(int to) {
+  g_turn.store(to, std::memory_order_release);
+  futex(&g_turn, FUTEX_WAKE_PRIVATE, 1 << 30);
+}
+
+void wait_turn(int me) {
+  for (;;) {
+    int now = g_turn.load(std::memory_order_acquire);
+    if (now == me) return;
+    futex(&g_turn, FUTEX_WAIT_PRIVATE, now);
+  }
+}
+
+// Hands the CPU to `to` and sleeps until it comes back.
+void switch_to(int me, int to) {
+  if (to == me) return;
+  ++g.stats.switches;
+  trace(0x5157, static_cast<std::uint64_t>(me) << 8 | static_cast<std::uint64_t>(to));
+  give_turn(to);
+  wait_turn(me);
+}
+
+// Return: the next unfinished CPU after `me` (round robin), or -1.
+int next_runnable(int me) {
+  for (int i = 1; i <= g.ncpus; ++i) {
+    int c = (me + i) % g.ncpus;
+    if (c != me && !g.cpus[c].done) return c;
+  }
+  return -1;
+}
+
+// --- reports --------------------------------------------------------------------------
+
+const char* ctx_word(Ctx c) { return c == Ctx::kTask ? "task" : c == Ctx::kIrq ? "irq" : "nmi"; }
+
+void describe_step(Report& r) {
+  if (t_cpu < 0 || g.program == nullptr) return;
+  const CpuState& cpu = g.cpus[t_cpu];
+  r << " [program cpu " << t_cpu << " (anyctx cpu " << current_cpu() << ")";
+  for (int d = 0; d < cpu.depth; ++d) {
+    const Frame& f = cpu.frames[d];
+    r << (d == 0 ? ": " : " > ");
+    if (f.injection >= 0) {
+      const Injection& inj = g.program->injections[static_cast<std::size_t>(f.injection)];
+      r << ctx_word(inj.kind) << " injection " << f.injection;
+    } else {
+      r << "task";
+    }
+    if (f.op >= 0) r << " op " << f.op << " " << op_name(f.kind);
+  }
+  r << "; event " << g.events << "]";
+}
+
+[[noreturn]] void fail(Report& r) {
+  describe_step(r);
+  r.fatal();
+}
+
+// Library reports get the step too: printed after them, before the abort.
+void report_hook(std::string_view) {
+  if (t_cpu < 0) return;
+  Report r("harness step");
+  r << "the report above happened at";
+  describe_step(r);
+  r.emit();
+}
+
+// --- shadow --------------------------------------------------------------------------
+
+constexpr std::size_t kPatternBytes = 64;
+
+std::uint8_t pattern_for(int slot) {
+  return static_cast<std::uint8_t>((slot * 37 + g.events * 11) | 1);
+}
+
+// The checked bytes of a block: the head and tail of every page.
+template <class Fn>
+void for_each_checked(Page* page, unsigned order, Fn&& fn) {
+  auto* base = static_cast<unsigned char*>(page_address(page));
+  for (std::size_t i = 0; i < (std::size_t{1} << order); ++i) {
+    fn(base + i * kPageSize, kPatternBytes);
+    fn(base + (i + 1) * kPageSize - kPatternBytes, kPatternBytes);
+  }
+}
+
+void shadow_check_new(int slot_index, Page* page, unsigned order, bool zeroed) {
+  std::size_t first = page_to_pfn(page), last = first + (std::size_t{1} << order);
+  for (int i = 0; i < kSlots; ++i) {
+    const Slot& s = g.slots[i];
+    if (s.kind != SlotKind::kPage) continue;
+    std::size_t a = page_to_pfn(s.page), b = a + (std::size_t{1} << s.order);
+    if (first < b && a < last) {
+      Report r("harness: shadow map");
+      r << "new block pfn " << first << ".." << last - 1 << " for slot " << slot_index
+        << " overlaps the live block pfn " << a << ".." << b - 1 << " of slot " << i;
+      fail(r);
+    }
+  }
+  if (zeroed) {
+    for_each_checked(page, order, [&](unsigned char* p, std::size_t n) {
+      for (std::size_t k = 0; k < n; ++k) {
+        if (p[k] != 0) {
+          Report r("harness: shadow map");
+          r << "block pfn " << first << " for slot " << slot_index << " should be zeroed but byte "
+            << static_cast<std::size_t>(p + k - static_cast<unsigned char*>(page_address(page))) << " is "
+            << static_cast<unsigned>(p[k]);
+          fail(r);
+        }
+      }
+    });
+  }
+}
+
+void shadow_fill(Slot& s) {
+  for_each_checked(s.page, s.order, [&](unsigned char* p, std::size_t n) { std::memset(p, s.pattern, n); });
+}
+
+void shadow_verify(int slot_index, const Slot& s) {
+  for_each_checked(s.page, s.order, [&](unsigned char* p, std::size_t n) {
+    for (std::size_t k = 0; k < n; ++k) {
+      if (p[k] != s.pattern) {
+        Report r("harness: shadow map");
+        r << "slot " << slot_index << " block pfn " << page_to_pfn(s.page) << " order " << s.order
+          << ": content changed while allocated: byte "
+          << static_cast<std::size_t>(p + k - static_cast<unsigned char*>(page_address(s.page))) << " is "
+          << static_cast<unsigned>(p[k]) << ", wrote " << static_cast<unsigned>(s.pattern);
+        fail(r);
+      }
+    }
+  });
+}
+
+// --- ops --------------------------------------------------------------------------
+
+Ctx current_ctx() {
+  ContextLevel l = context_level();
+  return l == ContextLevel::kTask ? Ctx::kTask : l == ContextLevel::kIrq ? Ctx::kIrq : Ctx::kNmi;
+}
+
+Gfp spinning_gfp(Ctx ctx) { return ctx == Ctx::kTask ? kGfpKernel : kGfpAtomic; }
+
+bool op_alloc_pages(const Op& op, Ctx ctx) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kEmpty) return false;
+  s.kind = SlotKind::kReserved;  // an interrupt inside the call must not take it
+  Page* page;
+  if (op.path == Path::kNolock && g.options.sabotage != Sabotage::kSpinningInNmi) {
+    page = alloc_pages_nolock((op.arg & kFlagAccount) ? kGfpAccount : Gfp{}, op.order);
+  } else {
+    Gfp gfp = spinning_gfp(ctx);
+    if (op.arg & kFlagZero) gfp |= kGfpZero;
+    if (op.arg & kFlagAccount) gfp |= kGfpAccount;
+    page = alloc_pages(gfp, op.order);
+  }
+  trace(0xa110c, page ? page_to_pfn(page) + 1 : 0);
+  if (page == nullptr) {
+    s.kind = SlotKind::kEmpty;
+    return true;
+  }
+  shadow_check_new(op.slot, page, op.order, op.path == Path::kNolock || (op.arg & kFlagZero));
+  s = Slot{SlotKind::kPage, page, op.order, 1, pattern_for(op.slot)};
+  shadow_fill(s);
+  return true;
+}
+
+bool op_free_pages(const Op& op, Ctx ctx) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kPage) return false;
+  shadow_verify(op.slot, s);
+  if (s.refs > 1) {  // shared: drop one reference (there is no nolock put)
+    if (op.path == Path::kNolock || ctx == Ctx::kNmi) return false;
+    --s.refs;
+    put_page(s.page);
+    return true;
+  }
+  Slot taken = s;
+  s = Slot{};  // out of the slot before the call: an interrupt must not see it
+  trace(0xf4ee, page_to_pfn(taken.page));
+  if (op.path == Path::kNolock && g.options.sabotage != Sabotage::kSpinningInNmi) free_pages_nolock(taken.page, taken.order);
+  else free_pages(taken.page, taken.order);
+  return true;
+}
+
+bool op_get_page(const Op& op) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kPage || s.refs >= 8) return false;
+  get_page(s.page);
+  ++s.refs;
+  return true;
+}
+
+bool op_put_page(const Op& op) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kPage) return false;
+  shadow_verify(op.slot, s);
+  if (--s.refs > 0) {
+    put_page(s.page);
+    return true;
+  }
+  Slot taken = s;
+  s = Slot{};
+  put_page(taken.page);  // the last reference: frees
+  return true;
+}
+
+bool op_write_verify(const Op& op) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kPage) return false;
+  shadow_verify(op.slot, s);
+  s.pattern = pattern_for(op.slot);
+  shadow_fill(s);
+  return true;
+}
+
+// --- lock ops against the model --------------------------------------------------
+
+int frame_id() { return g.cpus[t_cpu].depth - 1; }
+
+[[noreturn]] void lock_model_mismatch(const char* lock, const char* op, bool got, const LockModel& m) {
+  Report r("harness: lock model");
+  r << op << " " << lock << " returned " << got << " but the model says the lock is ";
+  if (m.cpu < 0) r << "free";
+  else r << "held by program cpu " << m.cpu << " frame " << m.frame;
+  fail(r);
+}
+
+Spinlock& spin_of(const Op& op) { return op.order == 0 ? g_lock_a : g_lock_b; }
+const char* spin_name(const Op& op) { return op.order == 0 ? "A" : "B"; }
+
+// lock() is legal when no frame of this CPU holds the lock (else it would
+// self-deadlock) and this CPU holds no lock later in the order A < B (else
+// two CPUs could deadlock ABBA): a program-level rule, not a library one.
+bool spin_lock_may_wait(const Op& op) {
+  if (g.options.sabotage == Sabotage::kNoLockLegalization) return true;
+  const LockModel& m = g.spin_model[op.order];
+  if (m.cpu == t_cpu) return false;
+  return !(op.order == 0 && g.spin_model[1].cpu == t_cpu);
+}
+
+bool op_spin(const Op& op, Ctx ctx) ANYCTX_NO_TSA {
+  LockModel& m = g.spin_model[op.order];
+  Spinlock& l = spin_of(op);
+  switch (op.kind) {
+    case OpKind::kSpinLock:
+      if (ctx != Ctx::kNmi && spin_lock_may_wait(op)) {
+        l.lock();
+        m = LockModel{t_cpu, frame_id()};
+        return true;
+      }
+      [[fallthrough]];
+    case OpKind::kSpinTryLock: {
+      bool expect = m.cpu < 0;
+      bool got = l.try_lock();
+      if (got != expect) lock_model_mismatch(spin_name(op), "spin_trylock", got, m);
+      if (got) m = LockModel{t_cpu, frame_id()};
+      return true;
+    }
+    case OpKind::kSpinUnlock:
+      if (m.cpu != t_cpu || m.frame != frame_id()) return false;
+      m = LockModel{};
+      l.unlock();
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool op_local(const Op& op, Ctx ctx) ANYCTX_NO_TSA {
+  LockModel& m = g.local_model[t_cpu];
+  LocalTryLock& l = g_local_locks.this_cpu().lock;
+  switch (op.kind) {
+    case OpKind::kLocalLock:
+      if (ctx != Ctx::kNmi && m.cpu < 0) {
+        l.lock();
+        m = LockModel{t_cpu, frame_id()};
+        return true;
+      }
+      [[fallthrough]];
+    case OpKind::kLocalTryLock: {
+      bool expect = m.cpu < 0;
+      bool got = l.try_lock();
+      if (got != expect) lock_model_mismatch("L", "local_trylock", got, m);
+      if (got) m = LockModel{t_cpu, frame_id()};
+      return true;
+    }
+    case OpKind::kLocalUnlock:
+      if (m.cpu != t_cpu || m.frame != frame_id()) return false;
+      m = LockModel{};
+      l.unlock();
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A frame ends holding locks: release them, B before A (reverse order). The
+// model, not the static analysis, knows who holds what (ANYCTX_NO_TSA).
+void release_frame_locks() ANYCTX_NO_TSA {
+  int f = frame_id();
+  if (g.local_model[t_cpu].cpu == t_cpu && g.local_model[t_cpu].frame == f) {
+    g.local_model[t_cpu] = LockModel{};
+    g_local_locks.this_cpu().lock.unlock();
+  }
+  for (int i = 1; i >= 0; --i) {
+    if (g.spin_model[i].cpu == t_cpu && g.spin_model[i].frame == f) {
+      g.spin_model[i] = LockModel{};
+      (i == 0 ? g_lock_a : g_lock_b).unlock();
+    }
+  }
+}
+
+void site_event(int site);
+void cycle_cpu();
+
+bool run_op(const Op& op, Ctx ctx) {
+  switch (op.kind) {
+    case OpKind::kAllocPages: return op_alloc_pages(op, ctx);
+    case OpKind::kFreePages: return op_free_pages(op, ctx);
+    case OpKind::kGetPage: return op_get_page(op);
+    case OpKind::kPutPage: return op_put_page(op);
+    case OpKind::kWriteVerify: return op_write_verify(op);
+    case OpKind::kDrainLocal: drain_local_pages(); return true;
+    case OpKind::kDrainAll: drain_all_pages(); return true;
+    case OpKind::kCpuCycle:
+      // A CPU cannot go offline inside a local-lock section.
+      if (g.local_model[t_cpu].cpu == t_cpu) return false;
+      cycle_cpu();
+      return true;
+    case OpKind::kSpinLock: case OpKind::kSpinTryLock: case OpKind::kSpinUnlock: return op_spin(op, ctx);
+    case OpKind::kLocalLock: case OpKind::kLocalTryLock: case OpKind::kLocalUnlock: return op_local(op, ctx);
+    default: {
+      Report r("harness: unsupported op");
+      r << op_name(op.kind) << " is not built into this executor";
+      fail(r);
+    }
+  }
+}
+
+// Runs a frame's ops: the CPU's own (injection -1) or an injection's.
+void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
+  CpuState& cpu = g.cpus[t_cpu];
+  int depth = cpu.depth++;
+  cpu.frames[depth] = Frame{injection, -1, OpKind::kAllocPages};
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    cpu.frames[depth].op = static_cast<int>(i);
+    cpu.frames[depth].kind = ops[i].kind;
+    if (injection < 0) cpu.in_op = true;  // from the boundary on: an injection there is inside the op
+    site_event(kOpBoundary);
+    bool ran = run_op(ops[i], ctx);
+    trace(0x0b, static_cast<std::uint64_t>(ops[i].kind) << 1 | (ran ? 1 : 0));
+    ++(ran ? g.stats.ops_run : g.stats.ops_skipped);
+    if (injection < 0) {
+      cpu.in_op = false;
+      bool others_idle = true;
+      for (int c = 0; c < g.ncpus; ++c) others_idle = others_idle && (c == t_cpu || !g.cpus[c].in_op);
+      if (g.options.invariants_each_op && others_idle) {
+        InvariantResult inv = check_invariants();
+        if (!inv.ok) {
+          Report r("harness: invariants");
+          r << inv.what;
+          fail(r);
+        }
+      }
+    }
+  }
+  cpu.frames[depth].op = -1;
+  release_frame_locks();
+  --cpu.depth;
+}
+
+// --- interrupts ---------------------------------------------------------------------
+
+void interrupt_handler(InterruptKind kind) {
+  if (t_cpu < 0 || !g.active) return;
+  Pending& q = t_pending[kind == InterruptKind::kNmi ? 1 : 0];
+  // Run in arrival order; an injection raised meanwhile joins the queue.
+  for (int i = 0; i < q.count; ++i) {
+    int index = q.items[i];
+    const Injection& inj = g.program->injections[static_cast<std::size_t>(index)];
+    trace(0x1e0, static_cast<std::uint64_t>(index));
+    run_frame(inj.ops, index, inj.kind);
+  }
+  q.count = 0;
+}
+
+void fire(int index) {
+  const Injection& inj = g.program->injections[static_cast<std::size_t>(index)];
+  g.fired[index] = true;
+  ++g.stats.injections_fired;
+  Pending& q = t_pending[inj.kind == Ctx::kNmi ? 1 : 0];
+  q.items[q.count++] = index;
+  if (inj.kind == Ctx::kNmi) raise_nmi(); else raise_irq();
+}
+
+// --- sabotage (test seams) ------------------------------------------------------------------
+
+// Applied at an op boundary (no allocator lock held) at or after the event.
+// Return: whether it could be applied now (else it is tried at the next one).
+bool apply_sabotage() {
+  switch (g.options.sabotage) {
+    case Sabotage::kCorruptLiveBlock:
+      for (Slot& s : g.slots) {
+        if (s.kind == SlotKind::kPage) {
+          static_cast<unsigned char*>(page_address(s.page))[1] ^= 0xff;
+          return true;
+        }
+      }
+      return false;
+    case Sabotage::kCorruptFreePage:
+      for (std::size_t pfn = arena_pages(); pfn-- > 0;) {  // from the top: the last to be split
+        Page* p = pfn_to_page(pfn);
+        if (p->state.load() == PageState::kBuddy) {
+          p->state.store(PageState::kAllocated);
+          return true;
+        }
+      }
+      return false;
+    case Sabotage::kLeakPage:
+      if (current_ctx() != Ctx::kTask) return false;
+      (void)alloc_pages(kGfpKernel, 0);
+      return true;
+    case Sabotage::kLockModelLie:
+      g.spin_model[0] = LockModel{0, 0};
+      return true;
+    default:
+      return true;
+  }
+}
+
+// --- site hook ---------------------------------------------------------------------------
+
+[[noreturn]] void report_global_deadlock() {
+  Report r("harness: global deadlock");
+  r << "every unfinished cpu spins:";
+  for (int c = 0; c < g.ncpus; ++c) {
+    const CpuState& cpu = g.cpus[c];
+    if (cpu.done) continue;
+    r << " program cpu " << c;
+    if (cpu.spin_lock != nullptr) {
+      r << " on '" << cpu.spin_lock->class_name() << "' held by anyctx cpu " << cpu.spin_lock->owner_cpu() << ";";
+    } else {
+      r << " (lock unknown);";
+    }
+  }
+  fail(r);
+}
+
+void on_spin_wait(int me) {
+  CpuState& cpu = g.cpus[me];
+  cpu.spinning = true;
+  cpu.spin_lock = spinlock_spinning_on();
+  int alive = 0;
+  for (int c = 0; c < g.ncpus; ++c) alive += g.cpus[c].done ? 0 : 1;
+  if (++g.spin_streak > 2 * alive + 2) report_global_deadlock();
+  int to = next_runnable(me);
+  if (to < 0) report_global_deadlock();  // nobody else can release it
+  switch_to(me, to);
+}
+
+void site_event(int site) {
+  int me = t_cpu;
+  if (me < 0 || !g.active || g.quiescing) return;
+  ++g.events;
+  if (site == kOpBoundary && !g.sabotaged && g.events >= g.options.sabotage_event) g.sabotaged = apply_sabotage();
+  Ctx level = current_ctx();
+  trace(static_cast<std::uint64_t>(site) << 4 | static_cast<std::uint64_t>(level), static_cast<std::uint64_t>(me));
+  for (std::size_t i = 0; i < g.program->injections.size(); ++i) {
+    const Injection& inj = g.program->injections[i];
+    if (g.fired[i] || inj.cpu != me || inj.site != site || inj.level != level) continue;
+    if (++g.hits[i] == inj.nth) fire(static_cast<int>(i));
+  }
+  if (site == static_cast<int>(Site::kSpinWait)) {
+    on_spin_wait(me);
+    return;
+  }
+  g.cpus[me].spinning = false;
+  g.spin_streak = 0;
+  while (g.next_switch < g.program->schedule.size() && g.program->schedule[g.next_switch].event <= g.events) {
+    int to = g.program->schedule[g.next_switch++].cpu;
+    if (to != me && !g.cpus[to].done) switch_to(me, to);
+  }
+}
+
+void site_hook(Site site) { site_event(static_cast<int>(site)); }
+
+// --- cpus ---------------------------------------------------------------------------------
+
+thread_local std::optional<CpuScope>* t_scope = nullptr;
+
+void cycle_cpu() {
+  trace(0xc7c1e);
+  t_scope->reset();    // offline: the per-CPU caches drain
+  t_scope->emplace();  // online again (the lowest free id)
+}
+
+// One program CPU: wait for the turn, run, hand over, wait to go offline.
+void cpu_main(int index, bool own_thread) {
+  t_cpu = index;
+  if (own_thread) wait_turn(index);  // register in turn: CPU ids are deterministic
+  std::optional<CpuScope> scope;
+  scope.emplace();
+  t_scope = &scope;
+  run_frame(g.program->cpus[static_cast<std::size_t>(index)], -1, Ctx::kTask);
+  g.cpus[index].done = true;
+  if (own_thread) {
+    int to = next_runnable(index);
+    give_turn(to >= 0 ? to : kMainTurn);
+    wait_turn(kExitTurnBase + index);
+  }
+  scope.reset();
+  t_scope = nullptr;
+  t_cpu = -1;
+}
+
+void set_fault_plan(const FaultSpec& f) {
+  if (f.nth == 0 && f.percent == 0) return;
+  FaultPlan plan;
+  plan.fail_nth = f.nth;
+  plan.probability_ppm = f.percent * 10'000u;
+  plan.contexts = f.contexts;
+  plan.paths = f.paths;
+  plan.seed = f.seed + 1u;
+  fault_plan_set(plan);
+}
+
+[[noreturn]] void final_failure(const char* what, const std::string& detail) {
+  Report r("harness: after quiesce");
+  r << what << detail;
+  r.fatal();
+}
+
+// Everything freed and drained: no page lost, nothing deferred, invariants.
+void final_oracles() {
+  CpuScope cpu;  // the checks allocate nolock: this thread must be a CPU
+  for (int i = 0; i < kSlots; ++i) {
+    Slot& s = g.slots[i];
+    if (s.kind != SlotKind::kPage) continue;
+    for (; s.refs > 1; --s.refs) put_page(s.page);
+    free_pages(s.page, s.order);
+    s = Slot{};
+  }
+  drain_all_pages();
+  InvariantResult inv = check_invariants();
+  if (!inv.ok) final_failure("invariants: ", inv.what);
+  if (std::size_t d = deferred_free_pages(); d != 0)
+    final_failure("liveness: ", std::to_string(d) + " pages still on the deferred-free stack after drain_all_pages");
+  if (zone_free_pages() != arena_pages())
+    final_failure("conservation: ", std::to_string(arena_pages() - zone_free_pages()) +
+                                        " pages are neither free nor held by the program");
+  Page* p = alloc_pages_nolock(Gfp{}, 0);
+  if (p == nullptr) final_failure("liveness: ", "alloc_pages_nolock fails on a free, quiet zone");
+  free_pages_nolock(p, 0);
+  drain_all_pages();
+}
+
+}  // namespace
+
+RunStats run_program(const TargetSpec& target, const Program& program, const RunOptions& options) {
+  g = Exec{};
+  g.target = &target;
+  g.program = &program;
+  g.options = options;
+  g.ncpus = static_cast<int>(program.cpus.size());
+  for (int c = 0; c < g.ncpus; ++c) g.cpus[c].index = c;
+
+  PageAllocatorConfig config;
+  config.pages = options.arena_pages;
+  config.pcp_batch = 4;
+  config.pcp_high = 12;
+  if (std::string_view err = page_allocator_init(config); !err.empty()) {
+    (Report("harness setup") << "page_allocator_init: " << err).fatal();
+  }
+  set_bad_page_policy(BadPagePolicy::kAbort);
+  set_fault_plan(program.fault);
+  set_interrupt_handler(InterruptKind::kIrq, interrupt_handler);
+  set_interrupt_handler(InterruptKind::kNmi, interrupt_handler);
+  ReportHook old_hook = set_report_hook(report_hook);
+  set_site_hook(site_hook);
+  g.active = true;
+
+  if (g.ncpus == 1) {
+    cpu_main(0, false);
+  } else {
+    g_turn.store(0, std::memory_order_release);
+    std::thread threads[kMaxProgramCpus];
+    for (int c = 0; c < g.ncpus; ++c) threads[c] = std::thread(cpu_main, c, true);
+    wait_turn(kMainTurn);
+    g.quiescing = true;
+    for (int c = 0; c < g.ncpus; ++c) {
+      give_turn(kExitTurnBase + c);
+      threads[c].join();
+    }
+  }
+  g.quiescing = true;
+  fault_plan_clear();
+  final_oracles();
+
+  g.active = false;
+  set_site_hook(nullptr);
+  set_report_hook(old_hook);
+  set_interrupt_handler(InterruptKind::kIrq, nullptr);
+  set_interrupt_handler(InterruptKind::kNmi, nullptr);
+  page_allocator_shutdown();
+  g.stats.trace_hash = g.trace;
+  g.stats.events = g.events;
+  return g.stats;
+}
+
+RunStats run_text_or_die(std::string_view text) {
+  ParseResult parsed = parse(text, *target_spec("all"));
+  if (!parsed.ok()) (Report("harness: program text") << parsed.error).fatal();
+  return run_program(*parsed.target, parsed.program);
+}
+
+int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t size) {
+  std::string_view bytes(reinterpret_cast<const char*>(data), size);
+  if (is_text_program(bytes)) {
+    ParseResult parsed = parse(bytes, target);
+    if (parsed.ok() && parsed.target == &target) {
+      run_program(target, parsed.program);
+      return 0;
+    }
+  }
+  Program program = decode(target, std::span<const std::uint8_t>(data, size));
+  run_program(target, program);
+  return 0;
+}
+
+}  // namespace anyctx::harness

@@ -1,0 +1,77 @@
+// harness/executor.h — the deterministic executor and its oracles.
+//
+// Contract:
+//  - run_program() runs a program on real threads, one per program CPU
+//    (CPU 0 of a one-CPU program runs on the calling thread), exactly one
+//    running at a time. The running CPU changes only where the schedule says
+//    (at a global event count; events are site hits and op boundaries), when
+//    a CPU finishes, and when a CPU spins on a lock (kSpinWait): then it
+//    hands over, so the holder can run. Interrupts are real signals raised
+//    synchronously (pthread_kill to itself) at the injection's site hit.
+//    Same program, same execution: the trace hash is a function of the
+//    program alone.
+//  - Oracles, each a fatal report naming the oracle, the CPU, the frame
+//    (task or which injection) and the op: allocator invariants after every
+//    top-level op while every other CPU is between ops, and in full at the
+//    end; a shadow map of live allocations (no overlap; the content pattern
+//    written at allocation is intact at free); the lock model (a try_lock
+//    succeeds exactly when the model says the lock is free); global deadlock
+//    (every unfinished CPU spinning); liveness after quiesce (deferred lists
+//    empty, a nolock allocation succeeds while the zone has free pages, no
+//    page lost). The library's own debug reports (self-deadlock, context
+//    rules, bad page, ...) are oracles too; the executor adds the step to
+//    them.
+//  - The code that runs in signal handlers allocates nothing and takes no
+//    lock (fixed arrays; only the running CPU touches executor state).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "harness/program.h"
+
+namespace anyctx::harness {
+
+// Test seams: each makes one oracle's condition true on purpose, so a test
+// can show that the oracle fires; applied at the first op boundary at or
+// after `sabotage_event`. The fuzz targets never set one.
+enum class Sabotage : std::uint8_t {
+  kNone,
+  kCorruptLiveBlock,    // at the event: flip a byte of a live block (shadow map)
+  kCorruptFreePage,     // at the event: mark a free frame allocated (invariants)
+  kLeakPage,            // at the event: allocate a page and forget it (conservation)
+  kLockModelLie,        // at the event: the model believes lock A is held (lock model)
+  kNoLockLegalization,  // spin_lock always waits (self-deadlock, global deadlock)
+  kSpinningInNmi,       // allocations in an NMI take the spinning path (context rule)
+};
+
+struct RunOptions {
+  std::size_t arena_pages = 256;
+  bool invariants_each_op = true;
+  Sabotage sabotage = Sabotage::kNone;
+  std::uint64_t sabotage_event = 1;
+};
+
+struct RunStats {
+  std::uint64_t trace_hash = 0;
+  std::uint64_t events = 0;
+  int ops_run = 0;
+  int ops_skipped = 0;  // slot in the wrong state, lock legalised away, ...
+  int injections_fired = 0;
+  int switches = 0;
+};
+
+// Runs `program` (valid for `target`); aborts with a report on any oracle.
+// Context: task, not a CPU, no other anyctx user in the process.
+RunStats run_program(const TargetSpec& target, const Program& program, const RunOptions& options = {});
+
+// Parses (aborting with the parse error) and runs a text program.
+RunStats run_text_or_die(std::string_view text);
+
+// The fuzz entry: a text program (kTextMagic) is parsed — an input that does
+// not parse is decoded as bytes instead — anything else is decoded for
+// `target`; then it runs. Return: 0.
+int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
+
+}  // namespace anyctx::harness

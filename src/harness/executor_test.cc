@@ -1,0 +1,174 @@
+// The executor: programs run, the same program runs the same way, and every
+// oracle fires when its condition is made true on purpose.
+#include "harness/executor.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "harness/text.h"
+
+namespace anyctx::harness {
+namespace {
+
+Program parse_or_fail(const char* text) {
+  ParseResult r = parse(text, *target_spec("all"));
+  EXPECT_TRUE(r.ok()) << r.error;
+  return r.program;
+}
+
+class ExecutorTest : public ::testing::Test {
+ protected:
+  void SetUp() override { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
+};
+
+constexpr const char* kPagesWithNmiInsideZoneLock = R"(# anyctx program v1
+target page_ops
+cpu 0
+  alloc_pages spinning order=0 slot=0
+  alloc_pages spinning order=5 slot=1
+  free_pages nolock slot=0
+  free_pages spinning slot=1
+  drain_all
+inject nmi cpu=0 site=ZoneLocked level=task nth=1
+  alloc_pages nolock order=0 slot=2
+  free_pages nolock slot=2
+  alloc_pages nolock order=3 slot=3
+)";
+
+TEST_F(ExecutorTest, RunsAProgramWithAnInjectedNmi) {
+  Program p = parse_or_fail(kPagesWithNmiInsideZoneLock);
+  RunStats s = run_program(*target_spec("page_ops"), p);
+  EXPECT_EQ(s.injections_fired, 1);
+  EXPECT_EQ(s.ops_run + s.ops_skipped, 5 + 3);
+  EXPECT_GT(s.events, 8u);
+}
+
+TEST_F(ExecutorTest, SameProgramSameTrace) {
+  std::mt19937 rng(9);
+  for (const char* name : {"page_ops", "page_smp", "lock_ops"}) {
+    const TargetSpec& t = *target_spec(name);
+    for (int i = 0; i < 25; ++i) {
+      std::vector<std::uint8_t> bytes(rng() % 200);
+      for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
+      Program p = decode(t, bytes);
+      RunStats a = run_program(t, p);
+      RunStats b = run_program(t, p);
+      ASSERT_EQ(a.trace_hash, b.trace_hash) << name << " input " << i << "\n" << print(t, p);
+      ASSERT_EQ(a.events, b.events);
+    }
+  }
+}
+
+TEST_F(ExecutorTest, CpusHandOverWhereTheScheduleSaysAndWhileSpinning) {
+  const char* text = R"(# anyctx program v1
+target lock_ops
+cpu 0
+  spin_lock lock=A
+  local_lock
+  spin_unlock lock=A
+cpu 1
+  spin_lock lock=A
+  spin_trylock lock=B
+switch event=2 cpu=1
+)";
+  RunStats s = run_program(*target_spec("lock_ops"), parse_or_fail(text));
+  EXPECT_GE(s.switches, 2) << "cpu 1 spins on A, so cpu 0 gets the CPU back";
+  EXPECT_EQ(s.ops_skipped, 0);
+}
+
+// --- every oracle fires --------------------------------------------------------------------
+
+TEST_F(ExecutorTest, ShadowMapFiresOnChangedContent) {
+  RunOptions o;
+  o.sabotage = Sabotage::kCorruptLiveBlock;
+  o.sabotage_event = 3;
+  const char* text = "cpu 0\n  alloc_pages spinning order=0 slot=0\n  write_verify slot=0\n  free_pages spinning slot=0\n";
+  EXPECT_DEATH(run_program(*target_spec("page_ops"), parse_or_fail(text), o),
+               "harness: shadow map: slot 0 block pfn [0-9]+ order 0: content changed while allocated.*\\[program "
+               "cpu 0 \\(anyctx cpu 0\\): task op [0-9] (write_verify|free_pages)");
+}
+
+TEST_F(ExecutorTest, InvariantsFireOnACorruptedFrame) {
+  RunOptions o;
+  o.sabotage = Sabotage::kCorruptFreePage;
+  o.sabotage_event = 2;
+  const char* text = "cpu 0\n  alloc_pages spinning order=0 slot=0\n  drain_local\n";
+  EXPECT_DEATH(run_program(*target_spec("page_ops"), parse_or_fail(text), o),
+               "harness: invariants: pfn [0-9]+ .*\\[program cpu 0");
+}
+
+TEST_F(ExecutorTest, ConservationFiresOnALostPage) {
+  RunOptions o;
+  o.sabotage = Sabotage::kLeakPage;
+  o.sabotage_event = 1;
+  o.invariants_each_op = false;
+  const char* text = "cpu 0\n  drain_local\n";
+  EXPECT_DEATH(run_program(*target_spec("page_ops"), parse_or_fail(text), o),
+               "harness: after quiesce: conservation: 1 pages are neither free nor held by the program");
+}
+
+TEST_F(ExecutorTest, LockModelFiresOnAWrongTryLock) {
+  RunOptions o;
+  o.sabotage = Sabotage::kLockModelLie;
+  o.sabotage_event = 1;
+  const char* text = "target lock_ops\ncpu 0\n  spin_trylock lock=A\n";
+  EXPECT_DEATH(run_program(*target_spec("lock_ops"), parse_or_fail(text), o),
+               "harness: lock model: spin_trylock A returned true but the model says the lock is held by program "
+               "cpu 0 frame 0");
+}
+
+TEST_F(ExecutorTest, SelfDeadlockIsReportedWithTheStep) {
+  RunOptions o;
+  o.sabotage = Sabotage::kNoLockLegalization;
+  const char* text = R"(target lock_ops
+cpu 0
+  spin_lock lock=A
+  spin_unlock lock=A
+inject irq cpu=0 site=OpBoundary level=task nth=2
+  spin_lock lock=A
+)";
+  EXPECT_DEATH(run_program(*target_spec("lock_ops"), parse_or_fail(text), o),
+               "anyctx: self-deadlock: cpu 0 \\(irq\\) spins on spinlock 'harness.A'.*interrupted task frame(.|\n)*"
+               "harness step: .*task op 1 spin_unlock > irq injection 0 op 0 spin_lock");
+}
+
+TEST_F(ExecutorTest, GlobalDeadlockNamesEachCpusLock) {
+  RunOptions o;
+  o.sabotage = Sabotage::kNoLockLegalization;
+  const char* text = R"(target lock_ops
+cpu 0
+  spin_lock lock=B
+  spin_lock lock=A
+cpu 1
+  spin_lock lock=A
+  spin_lock lock=B
+switch event=2 cpu=1
+)";
+  EXPECT_DEATH(run_program(*target_spec("lock_ops"), parse_or_fail(text), o),
+               "harness: global deadlock: every unfinished cpu spins: program cpu 0 on 'harness.A' held by anyctx cpu "
+               "1; program cpu 1 on 'harness.B' held by anyctx cpu 0;");
+}
+
+TEST_F(ExecutorTest, ContextRuleFiresOnSpinningInNmi) {
+  RunOptions o;
+  o.sabotage = Sabotage::kSpinningInNmi;
+  const char* text = R"(cpu 0
+  drain_local
+inject nmi cpu=0 site=OpBoundary level=task nth=1
+  alloc_pages nolock order=0 slot=1
+)";
+  EXPECT_DEATH(run_program(*target_spec("page_ops"), parse_or_fail(text), o),
+               "anyctx: context rule: alloc_pages\\(\\) in NMI context(.|\n)*harness step: .*nmi injection 0 op 0 "
+               "alloc_pages");
+}
+
+TEST_F(ExecutorTest, FuzzEntryTakesTextAndBytes) {
+  const std::string text = kPagesWithNmiInsideZoneLock;
+  EXPECT_EQ(fuzz_one(*target_spec("page_ops"), reinterpret_cast<const std::uint8_t*>(text.data()), text.size()), 0);
+  const std::uint8_t bytes[] = {0, 0, 4, 0, 0x02, 1, 1, 0x02, 0};
+  EXPECT_EQ(fuzz_one(*target_spec("page_ops"), bytes, sizeof bytes), 0);
+}
+
+}  // namespace
+}  // namespace anyctx::harness

@@ -1,0 +1,53 @@
+// harness/text.h — the text form of a program: print, parse, and print as a
+// C++ regression test.
+//
+// Contract:
+//  - print() writes the canonical text; parse(print(p)) == p for every valid
+//    program of the target. The first line is kTextMagic, which is how the
+//    fuzz entry and the replayer tell a text program from a binary one.
+//  - parse() accepts what print() writes, with comments (#...) and blank
+//    lines anywhere and the words of an op in any order; anything else is an
+//    error "line N: expected ..., got ..." naming what was wrong. A parsed
+//    program is also validated against its target.
+//
+//      # anyctx program v1
+//      target page_smp
+//      fault nth=3 percent=0 contexts=task,irq,nmi paths=spinning,nolock seed=7
+//      cpu 0
+//        alloc_pages nolock order=2 zero slot=1
+//        free_pages spinning slot=1
+//      cpu 1
+//        kmalloc nolock size=64 account slot=3
+//      inject nmi cpu=0 site=ZoneLocked level=task nth=1
+//        alloc_pages nolock order=0 slot=2
+//      switch event=5 cpu=1
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "harness/program.h"
+
+namespace anyctx::harness {
+
+inline constexpr std::string_view kTextMagic = "# anyctx program v1";
+
+std::string print(const TargetSpec& target, const Program& program);
+
+struct ParseResult {
+  const TargetSpec* target = nullptr;  // from the `target` line
+  Program program;
+  std::string error;  // empty on success
+  bool ok() const { return error.empty(); }
+};
+
+// `default_target` is used when the text has no `target` line.
+ParseResult parse(std::string_view text, const TargetSpec& default_target);
+
+// Return: whether `bytes` start with kTextMagic.
+bool is_text_program(std::string_view bytes);
+
+// A gtest test that replays the program and passes when it runs clean.
+std::string print_regression_test(const TargetSpec& target, const Program& program, std::string_view test_name);
+
+}  // namespace anyctx::harness
