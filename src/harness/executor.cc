@@ -390,28 +390,32 @@ bool op_spin(const Op& op, Ctx ctx) ANYCTX_NO_TSA {
   }
 }
 
+// The local trylock hits its sites (kLocalLockHeld, kLocalLockRelease) while
+// it is held, inside lock()/unlock(): the model says "held" from before the
+// call until after it, so an interrupt at those sites sees it held.
 bool op_local(const Op& op, Ctx ctx) ANYCTX_NO_TSA {
   LockModel& m = g.local_model[t_cpu];
   LocalTryLock& l = g_local_locks.this_cpu().lock;
   switch (op.kind) {
     case OpKind::kLocalLock:
       if (ctx != Ctx::kNmi && m.cpu < 0) {
-        l.lock();
         m = LockModel{t_cpu, frame_id()};
+        l.lock();
         return true;
       }
       [[fallthrough]];
     case OpKind::kLocalTryLock: {
-      bool expect = m.cpu < 0;
+      LockModel before = m;
+      bool expect = before.cpu < 0;
+      if (expect) m = LockModel{t_cpu, frame_id()};
       bool got = l.try_lock();
-      if (got != expect) lock_model_mismatch("L", "local_trylock", got, m);
-      if (got) m = LockModel{t_cpu, frame_id()};
+      if (got != expect) lock_model_mismatch("L", "local_trylock", got, before);
       return true;
     }
     case OpKind::kLocalUnlock:
       if (m.cpu != t_cpu || m.frame != frame_id()) return false;
-      m = LockModel{};
       l.unlock();
+      m = LockModel{};
       return true;
     default:
       return false;
@@ -423,8 +427,8 @@ bool op_local(const Op& op, Ctx ctx) ANYCTX_NO_TSA {
 void release_frame_locks() ANYCTX_NO_TSA {
   int f = frame_id();
   if (g.local_model[t_cpu].cpu == t_cpu && g.local_model[t_cpu].frame == f) {
-    g.local_model[t_cpu] = LockModel{};
     g_local_locks.this_cpu().lock.unlock();
+    g.local_model[t_cpu] = LockModel{};
   }
   for (int i = 1; i >= 0; --i) {
     if (g.spin_model[i].cpu == t_cpu && g.spin_model[i].frame == f) {
@@ -461,6 +465,18 @@ bool run_op(const Op& op, Ctx ctx) {
   }
 }
 
+// Return: whether `kind` can change allocator state (worth an invariant check).
+bool touches_allocator(OpKind kind) {
+  switch (kind) {
+    case OpKind::kWriteVerify: case OpKind::kMemcgSwitch: case OpKind::kMemcgSetMax: case OpKind::kSpinLock:
+    case OpKind::kSpinTryLock: case OpKind::kSpinUnlock: case OpKind::kLocalLock: case OpKind::kLocalTryLock:
+    case OpKind::kLocalUnlock:
+      return false;
+    default:
+      return true;
+  }
+}
+
 // Runs a frame's ops: the CPU's own (injection -1) or an injection's.
 void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
   CpuState& cpu = g.cpus[t_cpu];
@@ -478,7 +494,7 @@ void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
       cpu.in_op = false;
       bool others_idle = true;
       for (int c = 0; c < g.ncpus; ++c) others_idle = others_idle && (c == t_cpu || !g.cpus[c].in_op);
-      if (g.options.invariants_each_op && others_idle) {
+      if (g.options.invariants_each_op && others_idle && touches_allocator(ops[i].kind)) {
         InvariantResult inv = check_invariants();
         if (!inv.ok) {
           Report r("harness: invariants");
@@ -688,12 +704,18 @@ RunStats run_program(const TargetSpec& target, const Program& program, const Run
   g.ncpus = static_cast<int>(program.cpus.size());
   for (int c = 0; c < g.ncpus; ++c) g.cpus[c].index = c;
 
-  PageAllocatorConfig config;
-  config.pages = options.arena_pages;
-  config.pcp_batch = 4;
-  config.pcp_high = 12;
-  if (std::string_view err = page_allocator_init(config); !err.empty()) {
-    (Report("harness setup") << "page_allocator_init: " << err).fatal();
+  // The allocator outlives a run: every run ends with it fully free, drained
+  // and coalesced (the final oracles check exactly that), which is the state
+  // a fresh one starts in, so reusing it keeps runs independent and cheap.
+  if (arena_pages() != options.arena_pages) {
+    page_allocator_shutdown();
+    PageAllocatorConfig config;
+    config.pages = options.arena_pages;
+    config.pcp_batch = 4;
+    config.pcp_high = 12;
+    if (std::string_view err = page_allocator_init(config); !err.empty()) {
+      (Report("harness setup") << "page_allocator_init: " << err).fatal();
+    }
   }
   set_bad_page_policy(BadPagePolicy::kAbort);
   set_fault_plan(program.fault);
@@ -725,7 +747,6 @@ RunStats run_program(const TargetSpec& target, const Program& program, const Run
   set_report_hook(old_hook);
   set_interrupt_handler(InterruptKind::kIrq, nullptr);
   set_interrupt_handler(InterruptKind::kNmi, nullptr);
-  page_allocator_shutdown();
   g.stats.trace_hash = g.trace;
   g.stats.events = g.events;
   return g.stats;

@@ -63,6 +63,8 @@ struct RunStats {
 };
 
 // Runs `program` (valid for `target`); aborts with a report on any oracle.
+// The page allocator is initialised on the first run and kept (every run
+// leaves it fully free and coalesced, as a fresh one is).
 // Context: task, not a CPU, no other anyctx user in the process.
 RunStats run_program(const TargetSpec& target, const Program& program, const RunOptions& options = {});
 

@@ -29,33 +29,38 @@ std::atomic<CpuOfflineFn> g_offline_fns[kMaxOfflineCallbacks]{};  // written und
 
 std::size_t page_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
 
-// Maps a stack with a guard page below it and makes it this thread's
-// alternate signal stack.
+// Makes the slot's signal stack (a guard page below it) this thread's
+// alternate signal stack. A slot keeps its mapping when its CPU goes
+// offline, and the next CPU with that id reuses it when the size still fits:
+// threads that come and go (a fuzzer runs thousands a second) then cost two
+// sigaltstack calls, not a map and an unmap.
 void altstack_attach(CpuSlot& slot, int cpu) {
   std::size_t guard = page_bytes();
   std::size_t bytes = interrupts_config().altstack_bytes;
   bytes = (bytes + guard - 1) / guard * guard;
-  void* map = mmap(nullptr, bytes + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (map == MAP_FAILED) {
-    (Report("cpu online") << "cpu " << cpu << ": cannot map a " << bytes
-                          << "-byte signal stack, errno " << errno).fatal();
+  if (slot.altstack_map != nullptr && slot.altstack_map_bytes != bytes + guard) {
+    munmap(slot.altstack_map, slot.altstack_map_bytes);
+    slot.altstack_map = nullptr;
   }
-  mprotect(map, guard, PROT_NONE);
+  if (slot.altstack_map == nullptr) {
+    void* map = mmap(nullptr, bytes + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) {
+      (Report("cpu online") << "cpu " << cpu << ": cannot map a " << bytes
+                            << "-byte signal stack, errno " << errno).fatal();
+    }
+    mprotect(map, guard, PROT_NONE);
+    slot.altstack_map = map;
+    slot.altstack_map_bytes = bytes + guard;
+  }
   stack_t ss{};
-  ss.ss_sp = static_cast<char*>(map) + guard;
+  ss.ss_sp = static_cast<char*>(slot.altstack_map) + guard;
   ss.ss_size = bytes;
   if (sigaltstack(&ss, &slot.previous_altstack) != 0) {
     (Report("cpu online") << "cpu " << cpu << ": sigaltstack failed, errno " << errno).fatal();
   }
-  slot.altstack_map = map;
-  slot.altstack_map_bytes = bytes + guard;
 }
 
-void altstack_detach(CpuSlot& slot) {
-  sigaltstack(&slot.previous_altstack, nullptr);
-  munmap(slot.altstack_map, slot.altstack_map_bytes);
-  slot.altstack_map = nullptr;
-}
+void altstack_detach(CpuSlot& slot) { sigaltstack(&slot.previous_altstack, nullptr); }
 
 [[noreturn]] void report_offline_misuse(int cpu, const char* what) {
   (Report("cpu offline") << "CpuScope of cpu " << cpu << " ends " << what).fatal();
