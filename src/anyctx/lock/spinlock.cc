@@ -46,7 +46,11 @@ void Spinlock::lock_slow(SrcLoc at) {
         if (cpu != kNoCpu && (word & 0xffff) == static_cast<std::uint32_t>(cpu))
           report_self_deadlock(word, at);
       }
+      // The site runs harness code (a hand-over to another CPU, an injected
+      // NMI): TSan must see it as ordinary code, not as part of lock().
+      ANYCTX_TSAN_MUTEX(__tsan_mutex_pre_divert(this, 0));
       ANYCTX_SITE(kSpinWait);
+      ANYCTX_TSAN_MUTEX(__tsan_mutex_post_divert(this, 0));
       cpu_relax();
       if (++spins % kSpinsPerYield == 0) sched_yield();
     }
