@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 
 #include "harness/text.h"
@@ -75,6 +78,38 @@ switch event=2 cpu=1
   RunStats s = run_program(*target_spec("lock_ops"), parse_or_fail(text));
   EXPECT_GE(s.switches, 2) << "cpu 1 spins on A, so cpu 0 gets the CPU back";
   EXPECT_EQ(s.ops_skipped, 0);
+}
+
+// Every checked-in input (seeds and regressions) runs twice the same way.
+TEST_F(ExecutorTest, EveryCorpusInputReplaysIdentically) {
+  namespace fs = std::filesystem;
+  int files = 0;
+  for (const auto& dir : fs::directory_iterator(fs::path(ANYCTX_SOURCE_DIR) / "corpus")) {
+    std::string name = dir.path().filename().string();
+    std::string base = name.substr(0, name.find("-regressions"));
+    const TargetSpec* t = target_spec(base == "program_text" ? "all" : base);
+    if (t == nullptr) continue;
+    for (const auto& file : fs::directory_iterator(dir.path())) {
+      std::ifstream in(file.path(), std::ios::binary);
+      std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      Program p;
+      const TargetSpec* target = t;
+      if (is_text_program(bytes)) {
+        ParseResult r = parse(bytes, *t);
+        ASSERT_TRUE(r.ok()) << file.path() << ": " << r.error;
+        p = r.program;
+        target = r.target;
+      } else {
+        p = decode(*t, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
+      }
+      RunStats a = run_program(*target, p);
+      RunStats b = run_program(*target, p);
+      EXPECT_EQ(a.trace_hash, b.trace_hash) << file.path();
+      EXPECT_EQ(a.events, b.events) << file.path();
+      ++files;
+    }
+  }
+  EXPECT_GT(files, 5);
 }
 
 // --- every oracle fires --------------------------------------------------------------------
