@@ -71,7 +71,8 @@ inline constexpr int kSlabKeepPartial = 2;
 // the IRQ-exit, CPU-offline and shrinker hooks. Context: task, after
 // page_allocator_init. Return: empty on success, else what went wrong.
 std::string_view slab_init();
-// Unregisters the hooks and forgets every slab. Context: task, quiesced.
+// Unregisters the hooks and forgets every slab (their pages stay allocated).
+// Context: task, quiesced. Return: nothing.
 void slab_shutdown();
 
 // Context: task or IRQ, on a CPU (kGfpDirectReclaim: task). Return: an
@@ -107,7 +108,10 @@ std::size_t slab_drain_local();
 // Return: pages given back to the page allocator.
 std::size_t slab_drain_all();
 
+// Sets what a bad free or a corrupt freelist does after its report.
+// Context: task. Return: nothing.
 void set_slab_bad_free_policy(BadPagePolicy policy);
+// Context: any. Return: the policy in force.
 BadPagePolicy slab_bad_free_policy();
 // Context: any. Return: bad-free and freelist-corruption reports so far.
 std::uint64_t slab_bad_free_reports();

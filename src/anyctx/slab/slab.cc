@@ -1,0 +1,913 @@
+// The slab layer. Map of this file:
+//   state        caches, per-CPU slabs, the slab table, statistics
+//   reports      bad free, freelist corruption, context rules
+//   freelists    push / pop through encoded, validated links; allocation bits
+//   locks        branch on allows_spinning() first, then lock or trylock
+//   slabs        new, release, partial list, deactivate
+//   deferred     push, drain
+//   alloc        fast path, alloc_slow
+//   free         fast paths, free_slow, kfree_nolock_slow
+//   hooks        IRQ exit, CPU offline, drains (the shrinker)
+//   entry points and lifecycle
+#include "anyctx/slab/slab.h"
+
+#include <sys/mman.h>
+#include <sys/random.h>
+
+#include <chrono>
+#include <cstdio>
+#include <new>
+
+#include "anyctx/ctx/interrupt.h"
+#include "anyctx/ctx/reclaim.h"
+#include "anyctx/ctx/report.h"
+#include "anyctx/ctx/site.h"
+#include "anyctx/slab/slab_internal.h"
+
+namespace anyctx {
+
+// --- state -------------------------------------------------------------------
+
+namespace detail {
+KmemCache g_caches[kKmallocCaches];
+PerCpu<CpuSlabs> g_cpu_slabs;
+std::atomic<std::uintptr_t> g_shared_deferred{0};
+std::uintptr_t g_deferred_secret = 0;
+Slab* g_slab_table = nullptr;
+std::size_t g_slab_table_entries = 0;
+}  // namespace detail
+
+namespace {
+
+using namespace detail;
+
+PerCpu<SlabStatSlots> g_stats;
+SlabStatSlots g_shared_stats;
+std::atomic<BadPagePolicy> g_policy{kDebug || ANYCTX_ASAN || ANYCTX_TSAN ? BadPagePolicy::kAbort
+                                                                       : BadPagePolicy::kReportAndLeak};
+std::atomic<std::uint64_t> g_reports{0};
+bool g_initialised = false;  // task context only (init / shutdown)
+
+// What a retired CPU slab does when it turns out empty.
+enum class EmptySlab : std::uint8_t {
+  kKeepSpare,  // stay on the partial list while it is short
+  kRelease,    // back to the page allocator
+};
+
+void stat_add(int cache, int stat, std::uint64_t delta = 1) {
+  int cpu = current_cpu();
+  int ctx = static_cast<int>(context_level());
+  if (cpu == kNoCpu) {
+    g_shared_stats.v[ctx][cache][stat].fetch_add(delta, std::memory_order_relaxed);
+    return;
+  }
+  std::atomic<std::uint64_t>& slot = g_stats.on(cpu).v[ctx][cache][stat];
+  slot.store(slot.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+}
+
+ANYCTX_ALWAYS_INLINE int size_index(std::size_t size, Gfp gfp) {
+  if (ANYCTX_UNLIKELY(size > kKmallocMaxSize)) return -1;
+  int cls = size <= kKmallocMinSize ? 0 : static_cast<int>(std::bit_width(size - 1)) - 3;
+  return gfp.has(kGfpAccount) ? cls + kKmallocClasses : cls;
+}
+
+std::size_t block_pages(const KmemCache& c) { return std::size_t{1} << c.order; }
+
+// --- reports -----------------------------------------------------------------
+
+enum class BadFree : std::uint8_t { kOutsideArena, kNotSlabPage, kNotObjectStart, kDoubleFree };
+
+void finish_report(const Report& r) {
+  g_reports.fetch_add(1, std::memory_order_relaxed);
+  if (g_policy.load(std::memory_order_relaxed) == BadPagePolicy::kAbort) r.fatal();
+  r.emit();
+}
+
+ANYCTX_COLD void bad_free(const char* entry, const void* p, BadFree why) {
+  Report r("bad slab free");
+  r << entry << "(" << p << "): ";
+  switch (why) {
+    case BadFree::kOutsideArena:
+      r << "no cache: not a slab object: outside the page arena";
+      break;
+    case BadFree::kNotSlabPage: {
+      const Page* pg = virt_to_page(p);
+      r << "no cache: not a slab object: pfn " << page_to_pfn(pg) << " (page state "
+        << page_state_name(pg->state.load(std::memory_order_relaxed)) << ") is not a slab page";
+      break;
+    }
+    case BadFree::kNotObjectStart: {
+      const Slab* s = slab_of(p);
+      const KmemCache& c = *s->cache;
+      std::uintptr_t rel = reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(s->base);
+      r << "cache " << c.name << ", slab pfn " << slab_pfn(s) << ": not the start of an object: "
+        << static_cast<unsigned long long>(rel & (c.size - 1)) << " bytes into object "
+        << static_cast<unsigned long long>(rel >> c.shift);
+      break;
+    }
+    case BadFree::kDoubleFree: {
+      const Slab* s = slab_of(p);
+      r << "cache " << s->cache->name << ", slab pfn " << slab_pfn(s) << ": double free: object "
+        << object_index(s, reinterpret_cast<std::uintptr_t>(p)) << " is already free";
+      break;
+    }
+  }
+  finish_report(r);
+}
+
+// Reports a bad link (or a bad object) on `fl`, a freelist of `s`, and
+// abandons the list: the rest of it is leaked, the slab never released.
+ANYCTX_COLD void freelist_corrupt(Slab* s, Freelist& fl, const char* which, std::uintptr_t obj,
+                                  std::uintptr_t next, const char* what) {
+  Report r("slab freelist corruption");
+  r << "cache " << s->cache->name << ", slab pfn " << slab_pfn(s) << ", " << which;
+  if (current_cpu() != kNoCpu) r << " (on cpu " << current_cpu() << ")";
+  r << ": free object " << reinterpret_cast<const void*>(obj) << " (object " << object_index(s, obj) << "): ";
+  if (what == nullptr) {
+    r << "its link decodes to " << reinterpret_cast<const void*>(next)
+      << ", which is not an object of this slab; not followed";
+  } else {
+    r << what;
+  }
+  fl = Freelist{};
+  s->corrupted = 1;
+  finish_report(r);
+}
+
+ANYCTX_COLD void deferred_corrupt(std::uintptr_t obj, std::uintptr_t next) {
+  Report r("slab freelist corruption");
+  const Slab* s = slab_of(reinterpret_cast<void*>(obj));
+  r << "deferred-free list: the link in object " << reinterpret_cast<const void*>(obj);
+  if (s != nullptr) r << " (cache " << s->cache->name << ", slab pfn " << slab_pfn(s) << ")";
+  r << " decodes to " << reinterpret_cast<const void*>(next) << ", which is not a free slab object; not followed";
+  finish_report(r);
+}
+
+[[noreturn, maybe_unused]] ANYCTX_COLD void report_context(const char* what) { (Report("context rule") << what).fatal(); }
+
+[[noreturn]] ANYCTX_COLD void report_bad_gfp(Gfp gfp) {
+  (Report("bad gfp") << "kmalloc_nolock(): gfp may carry only kGfpZero and kGfpAccount, got ").hex(gfp.bits()).fatal();
+}
+
+// --- freelists ---------------------------------------------------------------
+
+ANYCTX_ALWAYS_INLINE void site(Site s) {
+#if ANYCTX_SITES
+  site_hit(s);
+#else
+  (void)s;
+#endif
+}
+
+ANYCTX_ALWAYS_INLINE void freelist_push(const KmemCache& c, Freelist& fl, std::uintptr_t obj, Site at) {
+  store_link_word(obj, encode_link(c.secret, fl.head, obj));
+  site(at);
+  fl.head = obj;
+  ++fl.count;
+}
+
+// Return: the first object of `fl` (a list of `s`), or 0 when the list is
+// empty or its link is bad (reported; the list is then abandoned).
+ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at, const char* which) {
+  std::uintptr_t obj = fl.head;
+  if (obj == 0) return 0;
+  std::uintptr_t next = decode_link(s->cache->secret, load_link_word(obj), obj);
+  site(at);
+  bool last = fl.count == 1;
+  if (ANYCTX_UNLIKELY(next == 0 ? !last : (last || !is_object_of(s, next)))) {
+    freelist_corrupt(s, fl, which, obj, next,
+                     next == 0 ? "its link ends the list, but the list's count says more follow"
+                     : last    ? "its link goes on, but the list's count says it is the last"
+                               : nullptr);
+    return 0;
+  }
+  fl.head = next;
+  --fl.count;
+  return obj;
+}
+
+ANYCTX_ALWAYS_INLINE std::uint64_t object_bit(unsigned index) { return std::uint64_t{1} << (index & 63); }
+
+// Return: false when the object's bit was already set.
+ANYCTX_ALWAYS_INLINE bool mark_allocated(Slab* s, unsigned index) {
+  std::uint64_t bit = object_bit(index);
+  return (s->allocated[index >> 6].fetch_or(bit, std::memory_order_relaxed) & bit) == 0;
+}
+
+// Return: false when the object's bit was already clear (a double free).
+ANYCTX_ALWAYS_INLINE bool mark_free(Slab* s, unsigned index) {
+  std::uint64_t bit = object_bit(index);
+  return (s->allocated[index >> 6].fetch_and(~bit, std::memory_order_relaxed) & bit) != 0;
+}
+
+// Takes an object off the CPU freelist and marks it allocated. Return: the
+// object, or 0 when the list is empty (or was found corrupt and abandoned).
+ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop(CpuSlab& cs) {
+  std::uintptr_t obj = freelist_pop(cs.slab, cs.free, Site::kSlabFreelistEdit, "CPU freelist");
+  if (ANYCTX_UNLIKELY(obj != 0 && !mark_allocated(cs.slab, object_index(cs.slab, obj)))) {
+    freelist_corrupt(cs.slab, cs.free, "CPU freelist", obj, 0,
+                     "it is on the freelist but marked allocated (a free into a busy list, or a use after free); "
+                     "not handed out");
+    return 0;
+  }
+  return obj;
+}
+
+// --- locks -------------------------------------------------------------------
+
+// Branch first (the seed's option (b)): a caller that may not spin tries once.
+bool list_lock(KmemCache& c, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
+  if (!allows_spinning(gfp)) {
+    if (!c.list_lock.try_lock_irqsave(flags)) return false;
+  } else {
+    flags = c.list_lock.lock_irqsave();
+  }
+  ANYCTX_SITE(kSlabListLocked);
+  return true;
+}
+
+void list_unlock(KmemCache& c, IrqFlags flags) ANYCTX_NO_TSA {
+  ANYCTX_SITE(kSlabListUnlock);
+  c.list_lock.unlock_irqrestore(flags);
+}
+
+// The CPU slab lock, always with IRQs masked: only an NMI can find it held.
+bool cpu_lock(CpuSlab& cs, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
+  if (!allows_spinning(gfp)) {
+    if (!cs.lock.try_lock_irqsave(flags)) return false;
+  } else {
+    flags = cs.lock.lock_irqsave();
+  }
+  ANYCTX_SITE(kSlabCpuLocked);
+  return true;
+}
+
+void cpu_unlock(CpuSlab& cs, IrqFlags flags) ANYCTX_NO_TSA {
+  ANYCTX_SITE(kSlabCpuUnlock);
+  cs.lock.unlock_irqrestore(flags);
+}
+
+// --- slabs -------------------------------------------------------------------
+
+void partial_add(KmemCache& c, Slab* s) {
+  if (c.partial == nullptr) {
+    s->next = s->prev = s;
+    c.partial = s;
+  } else {
+    Slab* tail = c.partial->prev;
+    s->prev = tail;
+    s->next = c.partial;
+    tail->next = s;
+    c.partial->prev = s;
+  }
+  s->on_partial = 1;
+  ++c.nr_partial;
+  ANYCTX_SITE(kSlabListEdit);
+}
+
+void partial_remove(KmemCache& c, Slab* s) {
+  if (s->next == s) {
+    c.partial = nullptr;
+  } else {
+    s->prev->next = s->next;
+    s->next->prev = s->prev;
+    if (c.partial == s) c.partial = s->next;
+  }
+  s->next = s->prev = nullptr;
+  s->on_partial = 0;
+  --c.nr_partial;
+}
+
+// A slab of `c` with every object on its own freelist, or nullptr. Spinning
+// callers get pages from alloc_pages (which may reclaim: no slab lock may be
+// held), others from alloc_pages_nolock.
+Slab* new_slab(KmemCache& c, Gfp gfp) {
+  Page* page = allows_spinning(gfp) ? alloc_pages((gfp & ~(kGfpZero | kGfpAccount)) | c.page_gfp, c.order)
+                                    : alloc_pages_nolock(c.page_gfp, c.order);
+  if (page == nullptr) return nullptr;
+  std::size_t pfn = page_to_pfn(page);
+  Slab* s = new (&g_slab_table[pfn]) Slab();
+  s->cache = &c;
+  s->base = static_cast<char*>(page_address(page));
+  s->objects = c.objects;
+  // Address order, the first object on top. The block is unpoisoned here.
+  std::uintptr_t base = reinterpret_cast<std::uintptr_t>(s->base);
+  std::uintptr_t next = 0;
+  for (unsigned i = c.objects; i-- > 0;) {
+    std::uintptr_t obj = base + (std::uintptr_t{i} << c.shift);
+    std::uintptr_t link = encode_link(c.secret, next, obj);
+    std::memcpy(reinterpret_cast<void*>(obj), &link, sizeof link);
+    next = obj;
+  }
+  s->free = Freelist{base, c.objects};
+  ANYCTX_SLAB_POISON(s->base, std::size_t{c.objects} << c.shift);
+  for (std::size_t i = 0; i < block_pages(c); ++i) pfn_to_page(pfn + i)->owner_private.store(s, std::memory_order_release);
+  stat_add(c.index, kSlabStatSlabsAllocated);
+  ANYCTX_SITE(kSlabNewSlab);
+  return s;
+}
+
+// Gives a chain of empty slabs (through Slab::next) back to the page
+// allocator. Return: pages given back.
+std::size_t release_slabs(Slab* chain, Gfp gfp) {
+  std::size_t pages = 0;
+  while (chain != nullptr) {
+    Slab* s = chain;
+    chain = s->next;
+    KmemCache& c = *s->cache;
+    std::size_t pfn = slab_pfn(s);
+    for (std::size_t i = 0; i < block_pages(c); ++i) pfn_to_page(pfn + i)->owner_private.store(nullptr, std::memory_order_relaxed);
+    s->cache = nullptr;
+    s->next = nullptr;
+    stat_add(c.index, kSlabStatSlabsFreed);
+    if (allows_spinning(gfp)) {
+      free_pages(pfn_to_page(pfn), c.order);
+    } else {
+      free_pages_nolock(pfn_to_page(pfn), c.order);
+    }
+    pages += block_pages(c);
+  }
+  return pages;
+}
+
+// Makes `s` the CPU slab of `cs`: its freelist becomes the CPU freelist.
+void freeze(CpuSlab& cs, Slab* s, int cpu) {
+  s->cpu = static_cast<std::int16_t>(cpu);
+  cs.slab = s;
+  cs.free = s->free;
+  s->free = Freelist{};
+}
+
+// Frees `obj` into its slab (list_lock held), moving the slab onto the
+// partial list when it was full. Return: the slab when it became empty and
+// the partial list is long enough to let it go.
+Slab* free_to_slab_locked(KmemCache& c, Slab* s, std::uintptr_t obj) {
+  freelist_push(c, s->free, obj, Site::kSlabListEdit);
+  if (s->cpu != kNoCpu) return nullptr;  // a CPU slab: its CPU takes these back
+  if (!s->on_partial) {
+    partial_add(c, s);
+    return nullptr;
+  }
+  if (s->free.count == s->objects && c.nr_partial > kSlabKeepPartial && !s->corrupted) {
+    partial_remove(c, s);
+    return s;
+  }
+  return nullptr;
+}
+
+// Retires the CPU slab of `cs` (its lock and list_lock held): the CPU
+// freelist goes back into the slab, which goes on the partial list unless
+// it is full, or is returned for release when empty and `empty` allows.
+Slab* deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty) {
+  Slab* s = cs.slab;
+  if (s == nullptr) return nullptr;
+  if (s->free.count == 0) {
+    s->free = cs.free;
+  } else {
+    while (std::uintptr_t obj = freelist_pop(s, cs.free, Site::kSlabFreelistEdit, "CPU freelist"))
+      freelist_push(c, s->free, obj, Site::kSlabListEdit);
+  }
+  cs.free = Freelist{};
+  cs.slab = nullptr;
+  s->cpu = kNoCpu;
+  if (s->free.count == s->objects && !s->corrupted &&
+      (empty == EmptySlab::kRelease || c.nr_partial >= static_cast<std::size_t>(kSlabKeepPartial)))
+    return s;
+  if (s->free.count > 0) partial_add(c, s);
+  return nullptr;
+}
+
+// --- deferred ----------------------------------------------------------------
+
+void deferred_push(std::atomic<std::uintptr_t>& head, std::uintptr_t obj, int cache) {
+  std::uintptr_t old = head.load(std::memory_order_relaxed);
+  do {
+    store_link_word(obj, encode_link(g_deferred_secret, old, obj));
+    ANYCTX_SITE(kSlabDeferredPush);
+  } while (!head.compare_exchange_weak(old, obj, std::memory_order_release, std::memory_order_relaxed));
+  stat_add(cache, kSlabStatDeferredPushed);
+}
+
+// Return: whether `next` may follow on a deferred list: a free object of a
+// live slab.
+bool deferred_link_ok(std::uintptr_t next) {
+  if (next == 0) return true;
+  Slab* s = slab_of(reinterpret_cast<void*>(next));
+  if (s == nullptr || !is_object_of(s, next)) return false;
+  unsigned i = object_index(s, next);
+  return (s->allocated[i >> 6].load(std::memory_order_relaxed) & object_bit(i)) == 0;
+}
+
+void free_object(Slab* s, std::uintptr_t obj, int cpu);
+
+// Takes a whole deferred list and frees its objects the spinning way, from
+// `cpu` (kNoCpu: a thread that is not a CPU, straight into the slabs).
+// Return: objects freed.
+ANYCTX_COLD std::size_t drain_deferred(std::atomic<std::uintptr_t>& head, int cpu) {
+  std::uintptr_t obj = head.exchange(0, std::memory_order_acquire);
+  std::size_t n = 0;
+  while (obj != 0) {
+    std::uintptr_t next = decode_link(g_deferred_secret, load_link_word(obj), obj);
+    if (ANYCTX_UNLIKELY(!deferred_link_ok(next))) {
+      deferred_corrupt(obj, next);
+      next = 0;
+    }
+    Slab* s = slab_of(reinterpret_cast<void*>(obj));
+    int cache = s->cache->index;
+    free_object(s, obj, cpu);
+    stat_add(cache, kSlabStatDeferredFreed);
+    ++n;
+    ANYCTX_SITE(kSlabDeferredDrain);
+    obj = next;
+  }
+  return n;
+}
+
+// --- alloc -------------------------------------------------------------------
+
+// The CPU freelist is empty (the CPU lock held, IRQs masked by `flags`).
+// In order: objects freed remotely into the CPU slab; a partial slab; a new
+// slab. A spinning caller drops the CPU lock around the page allocation
+// (reclaim may drain this CPU's slabs) and retires whatever CPU slab an
+// interrupt installed meanwhile. Releases the CPU lock.
+// Return: an allocated object, or 0.
+ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gfp, IrqFlags flags) ANYCTX_NO_TSA {
+  if (ANYCTX_UNLIKELY(g_slab_table == nullptr))
+    (Report("slab misuse") << "kmalloc before slab_init() (or after slab_shutdown())").fatal();
+  Slab* release = nullptr;
+  IrqFlags lf;
+  if (list_lock(c, gfp, lf)) {
+    Slab* s = cs.slab;
+    if (s != nullptr && s->free.count > 0) {
+      cs.free = s->free;  // remote frees come home
+      s->free = Freelist{};
+      ANYCTX_SITE(kSlabListEdit);
+    } else {
+      if (s != nullptr) {  // full: on no list until a free makes it partial
+        s->cpu = kNoCpu;
+        cs.slab = nullptr;
+      }
+      while (Slab* p = c.partial) {
+        partial_remove(c, p);
+        if (p->free.count == 0) continue;  // a list abandoned as corrupt: leaked
+        freeze(cs, p, cpu);
+        break;
+      }
+    }
+    list_unlock(c, lf);
+  } else if (cs.slab != nullptr) {
+    // Nolock and list_lock busy: the CPU slab cannot be retired now.
+    cpu_unlock(cs, flags);
+    return 0;
+  }
+
+  if (cs.free.head == 0) {
+    Slab* fresh;
+    if (allows_spinning(gfp)) {
+      cpu_unlock(cs, flags);
+      fresh = new_slab(c, gfp);
+      flags = cs.lock.lock_irqsave();
+      ANYCTX_SITE(kSlabCpuLocked);
+      if (fresh != nullptr && cs.slab != nullptr) {
+        list_lock(c, gfp, lf);
+        release = deactivate_locked(c, cs, EmptySlab::kKeepSpare);
+        list_unlock(c, lf);
+      }
+    } else {
+      fresh = new_slab(c, gfp);  // alloc_pages_nolock: never waits, never reclaims
+    }
+    if (fresh != nullptr) freeze(cs, fresh, cpu);
+  }
+
+  std::uintptr_t obj = cpu_pop(cs);
+  cpu_unlock(cs, flags);
+  if (release != nullptr) release_slabs(release, gfp);
+  if (allows_spinning(gfp) && g_shared_deferred.load(std::memory_order_relaxed) != 0)
+    drain_deferred(g_shared_deferred, cpu);
+  return obj;
+}
+
+// Pops from the CPU freelist (lock held on entry, released on return).
+ANYCTX_ALWAYS_INLINE std::uintptr_t alloc_locked(KmemCache& c, CpuSlab& cs, int cpu, Gfp gfp, IrqFlags flags) {
+  std::uintptr_t obj = cpu_pop(cs);
+  if (ANYCTX_UNLIKELY(obj == 0)) return alloc_slow(c, cs, cpu, gfp, flags);
+  cpu_unlock(cs, flags);
+  return obj;
+}
+
+ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, std::size_t size, Gfp gfp) {
+  stat_add(c.index, kSlabStatAllocs);
+  void* p = reinterpret_cast<void*>(obj);
+  ANYCTX_SLAB_UNPOISON(p, c.size);
+  if (gfp.has(kGfpZero)) {
+    std::memset(p, 0, c.size);
+  } else {
+    std::memset(p, 0, sizeof(std::uintptr_t));  // the encoded link stays ours
+  }
+  if (size == 0) size = 1;
+  ANYCTX_SLAB_POISON(static_cast<char*>(p) + size, c.size - size);
+  return p;
+}
+
+// --- free --------------------------------------------------------------------
+
+// Validates `p` and clears its allocation bit. Return: its slab, or nullptr
+// after a report (p is then left alone).
+ANYCTX_ALWAYS_INLINE Slab* free_prepare(const char* entry, const void* p) {
+  Slab* s = slab_of(p);
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  if (ANYCTX_UNLIKELY(s == nullptr)) {
+    bad_free(entry, p, virt_to_page(p) == nullptr ? BadFree::kOutsideArena : BadFree::kNotSlabPage);
+    return nullptr;
+  }
+  if (ANYCTX_UNLIKELY(!is_object_of(s, obj))) {
+    bad_free(entry, p, BadFree::kNotObjectStart);
+    return nullptr;
+  }
+  if (ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj)))) {
+    bad_free(entry, p, BadFree::kDoubleFree);
+    return nullptr;
+  }
+  stat_add(s->cache->index, kSlabStatFrees);
+  ANYCTX_SLAB_POISON(const_cast<void*>(p), s->cache->size);
+  return s;
+}
+
+// Frees into the slab itself under list_lock (waits for it); releases the
+// slab when that emptied it.
+ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
+  IrqFlags lf;
+  list_lock(c, kGfpKernel, lf);
+  Slab* release = free_to_slab_locked(c, s, obj);
+  list_unlock(c, lf);
+  if (release != nullptr) release_slabs(release, kGfpKernel);
+}
+
+// The spinning free of an object whose bit is already clear: onto this
+// CPU's freelist when it is the CPU slab, else into the slab.
+ANYCTX_ALWAYS_INLINE void free_object_inline(Slab* s, std::uintptr_t obj, int cpu) {
+  KmemCache& c = *s->cache;
+  if (cpu != kNoCpu) {
+    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
+    IrqFlags flags;
+    cpu_lock(cs, kGfpKernel, flags);
+    if (ANYCTX_LIKELY(cs.slab == s)) {
+      freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+      cpu_unlock(cs, flags);
+      return;
+    }
+    cpu_unlock(cs, flags);
+  }
+  free_slow(c, s, obj);
+}
+
+void free_object(Slab* s, std::uintptr_t obj, int cpu) { free_object_inline(s, obj, cpu); }
+
+// kfree_nolock could not use the CPU slab: defer on this CPU's list; a
+// thread that is not a CPU tries the slab under list_lock, else the shared
+// list.
+ANYCTX_COLD void kfree_nolock_slow(Slab* s, std::uintptr_t obj, int cpu) {
+  KmemCache& c = *s->cache;
+  if (cpu != kNoCpu) {
+    deferred_push(g_cpu_slabs.on(cpu).deferred, obj, c.index);
+    return;
+  }
+  IrqFlags lf;
+  if (list_lock(c, Gfp{}, lf)) {
+    Slab* release = free_to_slab_locked(c, s, obj);
+    list_unlock(c, lf);
+    if (release != nullptr) release_slabs(release, Gfp{});
+    return;
+  }
+  deferred_push(g_shared_deferred, obj, c.index);
+}
+
+// --- hooks -------------------------------------------------------------------
+
+// Returns every CPU slab of `cpu` (the calling CPU) to its cache; empty
+// ones go back to the page allocator. Return: pages given back.
+std::size_t flush_cpu_slabs(int cpu) ANYCTX_NO_TSA {
+  Slab* release = nullptr;
+  for (int i = 0; i < kKmallocCaches; ++i) {
+    KmemCache& c = g_caches[i];
+    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[i];
+    IrqFlags flags, lf;
+    cpu_lock(cs, kGfpKernel, flags);
+    if (cs.slab != nullptr) {
+      list_lock(c, kGfpKernel, lf);
+      if (Slab* s = deactivate_locked(c, cs, EmptySlab::kRelease)) {
+        s->next = release;
+        release = s;
+      }
+      list_unlock(c, lf);
+    }
+    cpu_unlock(cs, flags);
+  }
+  return release_slabs(release, kGfpKernel);
+}
+
+// Return: pages given back from empty slabs on the partial lists.
+std::size_t release_empty_partials() {
+  std::size_t pages = 0;
+  for (KmemCache& c : g_caches) {
+    Slab* release = nullptr;
+    IrqFlags lf;
+    list_lock(c, kGfpKernel, lf);
+    for (std::size_t n = c.nr_partial; n > 0; --n) {
+      Slab* s = c.partial;
+      c.partial = s->next;  // rotate: every slab is looked at once
+      if (s->free.count == s->objects && !s->corrupted) {
+        partial_remove(c, s);
+        s->next = release;
+        release = s;
+      }
+    }
+    list_unlock(c, lf);
+    pages += release_slabs(release, kGfpKernel);
+  }
+  return pages;
+}
+
+// Leaving IRQ context (IRQs masked; no frame of this CPU holds a slab lock,
+// since every holder masks IRQs): free what NMIs and nolock frees deferred.
+void slab_irq_exit() {
+  int cpu = current_cpu();
+  if (cpu == kNoCpu) return;
+  std::atomic<std::uintptr_t>& deferred = g_cpu_slabs.on(cpu).deferred;
+  if (ANYCTX_LIKELY(deferred.load(std::memory_order_relaxed) == 0)) return;
+  drain_deferred(deferred, cpu);
+}
+
+void slab_cpu_offline(int cpu) {
+  drain_deferred(g_cpu_slabs.on(cpu).deferred, cpu);
+  // The page layer drained this CPU's pcp lists before us: drain again what
+  // the released slabs just put there.
+  if (flush_cpu_slabs(cpu) != 0) drain_local_pages();
+}
+
+}  // namespace
+
+// --- entry points ---------------------------------------------------------------
+
+namespace detail {
+
+Slab* slab_of(const void* addr) {
+  Page* pg = virt_to_page(addr);
+  if (pg == nullptr) return nullptr;
+  void* owner = pg->owner_private.load(std::memory_order_acquire);
+  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(owner) - reinterpret_cast<std::uintptr_t>(g_slab_table);
+  if (off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0) return nullptr;
+  Slab* s = static_cast<Slab*>(owner);
+  return s->cache != nullptr ? s : nullptr;
+}
+
+std::uint64_t slab_stat_sum(int cache, int stat) {
+  std::uint64_t sum = 0;
+  for (int ctx = 0; ctx < 3; ++ctx) {
+    sum += g_shared_stats.v[ctx][cache][stat].load(std::memory_order_relaxed);
+    g_stats.for_each([&](int, SlabStatSlots& s) { sum += s.v[ctx][cache][stat].load(std::memory_order_relaxed); });
+  }
+  return sum;
+}
+
+void slab_stat_add(int cache, int stat, std::uint64_t delta) { stat_add(cache, stat, delta); }
+
+}  // namespace detail
+
+int kmalloc_cache_index(std::size_t size, Gfp gfp) { return size_index(size, gfp); }
+
+std::size_t kmalloc_object_size(const void* p) {
+  Slab* s = slab_of(p);
+  return s != nullptr ? s->cache->size : 0;
+}
+
+void* kmalloc(std::size_t size, Gfp gfp) {
+  int cpu = require_cpu("kmalloc");
+  if constexpr (kDebug) {
+    if (ANYCTX_UNLIKELY(in_nmi())) report_context("kmalloc() in NMI context: use kmalloc_nolock()");
+    if (ANYCTX_UNLIKELY(allows_direct_reclaim(gfp) && !in_task()))
+      report_context("kmalloc() with kGfpDirectReclaim in irq context: reclaim runs only in task context (use kGfpAtomic)");
+  }
+  int idx = size_index(size, gfp);
+  if (ANYCTX_UNLIKELY(idx < 0)) return nullptr;
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  if (ANYCTX_UNLIKELY(mine.deferred.load(std::memory_order_relaxed) != 0)) drain_deferred(mine.deferred, cpu);
+  KmemCache& c = g_caches[idx];
+  CpuSlab& cs = mine.caches[idx];
+  IrqFlags flags;
+  std::uintptr_t obj = cpu_lock(cs, gfp, flags) ? alloc_locked(c, cs, cpu, gfp, flags) : 0;
+  if (ANYCTX_UNLIKELY(obj == 0)) {
+    stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  return finish_alloc(c, obj, size, gfp);
+}
+
+void* kmalloc_nolock(std::size_t size, Gfp gfp) {
+  if (ANYCTX_UNLIKELY(!(gfp & ~(kGfpZero | kGfpAccount)).empty())) report_bad_gfp(gfp);
+  int idx = size_index(size, gfp);
+  int cpu = current_cpu();
+  if (ANYCTX_UNLIKELY(idx < 0 || cpu == kNoCpu)) {
+    if (idx >= 0) stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  CpuSlab* cs = &mine.caches[idx];
+  IrqFlags flags;
+  if (ANYCTX_UNLIKELY(!cpu_lock(*cs, gfp, flags))) {
+    // The frame this call interrupted holds it: once, the next size class.
+    bool last_class = idx % kKmallocClasses == kKmallocClasses - 1;
+    if (last_class || !cpu_lock(mine.caches[idx + 1], gfp, flags)) {
+      stat_add(idx, kSlabStatAllocFailed);
+      return nullptr;
+    }
+    stat_add(idx, kSlabStatNextClass);
+    cs = &mine.caches[++idx];
+  }
+  KmemCache& c = g_caches[idx];
+  std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp, flags);
+  if (ANYCTX_UNLIKELY(obj == 0)) {
+    stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  return finish_alloc(c, obj, size, gfp);
+}
+
+void kfree(const void* p) {
+  if (p == nullptr) return;
+  int cpu = require_cpu("kfree");
+  if constexpr (kDebug) {
+    if (ANYCTX_UNLIKELY(in_nmi())) report_context("kfree() in NMI context: use kfree_nolock()");
+  }
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  if (ANYCTX_UNLIKELY(mine.deferred.load(std::memory_order_relaxed) != 0)) drain_deferred(mine.deferred, cpu);
+  Slab* s = free_prepare("kfree", p);
+  if (ANYCTX_UNLIKELY(s == nullptr)) return;
+  free_object_inline(s, reinterpret_cast<std::uintptr_t>(p), cpu);
+}
+
+void kfree_nolock(const void* p) {
+  if (p == nullptr) return;
+  Slab* s = free_prepare("kfree_nolock", p);
+  if (ANYCTX_UNLIKELY(s == nullptr)) return;
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  int cpu = current_cpu();
+  if (ANYCTX_LIKELY(cpu != kNoCpu)) {
+    KmemCache& c = *s->cache;
+    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
+    IrqFlags flags;
+    if (ANYCTX_LIKELY(cpu_lock(cs, Gfp{}, flags))) {
+      if (ANYCTX_LIKELY(cs.slab == s)) {
+        freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+        cpu_unlock(cs, flags);
+        return;
+      }
+      cpu_unlock(cs, flags);
+    }
+  }
+  kfree_nolock_slow(s, obj, cpu);
+}
+
+std::size_t slab_drain_local() {
+  int cpu = require_cpu("slab_drain_local");
+  drain_deferred(g_cpu_slabs.on(cpu).deferred, cpu);
+  return flush_cpu_slabs(cpu);
+}
+
+std::size_t slab_drain_all() {
+  if (!g_initialised) return 0;
+  int cpu = current_cpu();
+  for (int other = 0; other < kMaxCpus; ++other) drain_deferred(g_cpu_slabs.on(other).deferred, cpu);
+  drain_deferred(g_shared_deferred, cpu);
+  std::size_t pages = cpu != kNoCpu ? flush_cpu_slabs(cpu) : 0;
+  return pages + release_empty_partials();
+}
+
+void set_slab_bad_free_policy(BadPagePolicy policy) { g_policy.store(policy); }
+BadPagePolicy slab_bad_free_policy() { return g_policy.load(); }
+std::uint64_t slab_bad_free_reports() { return g_reports.load(); }
+
+SlabCacheStats slab_cache_stats(int index) {
+  const KmemCache& c = g_caches[index];
+  SlabCacheStats s{};
+  s.name = c.name;
+  s.object_size = c.size;
+  s.order = c.order;
+  s.objects_per_slab = c.objects;
+  s.allocs = slab_stat_sum(index, kSlabStatAllocs);
+  s.frees = slab_stat_sum(index, kSlabStatFrees);
+  s.alloc_failed = slab_stat_sum(index, kSlabStatAllocFailed);
+  s.slabs_allocated = slab_stat_sum(index, kSlabStatSlabsAllocated);
+  s.slabs_freed = slab_stat_sum(index, kSlabStatSlabsFreed);
+  s.deferred_pushed = slab_stat_sum(index, kSlabStatDeferredPushed);
+  s.deferred_freed = slab_stat_sum(index, kSlabStatDeferredFreed);
+  s.next_class_allocs = slab_stat_sum(index, kSlabStatNextClass);
+  s.slabs = s.slabs_allocated - s.slabs_freed;
+  s.objects_in_use = s.allocs - s.frees;
+  return s;
+}
+
+std::uint64_t slab_deferred_pending() {
+  std::uint64_t pushed = 0, freed = 0;
+  for (int i = 0; i < kKmallocCaches; ++i) {
+    pushed += slab_stat_sum(i, kSlabStatDeferredPushed);
+    freed += slab_stat_sum(i, kSlabStatDeferredFreed);
+  }
+  return pushed - freed;
+}
+
+// --- lifecycle ------------------------------------------------------------------
+
+namespace {
+
+std::uintptr_t random_word() {
+  std::uintptr_t v = 0;
+  if (getrandom(&v, sizeof v, 0) != static_cast<ssize_t>(sizeof v)) {
+    auto t = static_cast<std::uintptr_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    v = t * 0x9e3779b97f4a7c15ull ^ reinterpret_cast<std::uintptr_t>(&v);
+  }
+  return v | 1;  // never 0, so an all-zero word never decodes to its own slot
+}
+
+void reset_state() {
+  g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
+    for (CpuSlab& cs : cpu.caches) {
+      cs.slab = nullptr;
+      cs.free = Freelist{};
+    }
+    cpu.deferred.store(0);
+  });
+  g_shared_deferred.store(0);
+  auto clear = [](SlabStatSlots& slots) {
+    for (auto& per_ctx : slots.v)
+      for (auto& per_cache : per_ctx)
+        for (auto& v : per_cache) v.store(0);
+  };
+  clear(g_shared_stats);
+  g_stats.for_each([&](int, SlabStatSlots& slots) { clear(slots); });
+}
+
+}  // namespace
+
+std::string_view slab_init() {
+  if (g_initialised) return "the slab layer is already initialised";
+  std::size_t pages = arena_pages();
+  if (pages == 0) return "the page allocator is not initialised (page_allocator_init first)";
+  void* table = mmap(nullptr, pages * sizeof(Slab), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+  if (table == MAP_FAILED) return "mmap of the slab table failed";
+  g_slab_table = static_cast<Slab*>(table);
+  g_slab_table_entries = pages;
+  reset_state();
+  g_deferred_secret = random_word();
+  for (int i = 0; i < kKmallocCaches; ++i) {
+    KmemCache& c = g_caches[i];
+    bool accounted = i >= kKmallocClasses;
+    c.shift = static_cast<std::uint8_t>(3 + i % kKmallocClasses);
+    c.size = 1u << c.shift;
+    // At least 8 objects a slab, within the nolock page orders.
+    unsigned order = 0;
+    while (order < kPcpMaxOrder && (kPageSize << order) / c.size < 8) ++order;
+    c.order = static_cast<std::uint8_t>(order);
+    c.objects = static_cast<std::uint16_t>((kPageSize << order) >> c.shift);
+    c.index = i;
+    c.page_gfp = accounted ? kGfpAccount : Gfp{};
+    c.secret = random_word();
+    c.partial = nullptr;
+    c.nr_partial = 0;
+    std::snprintf(c.name, sizeof c.name, "kmalloc-%s%u", accounted ? "cg-" : "", c.size);
+  }
+  if (!irq_exit_callback_add(slab_irq_exit) || !cpu_offline_callback_add(slab_cpu_offline) ||
+      !reclaim_register(slab_drain_all)) {
+    irq_exit_callback_remove(slab_irq_exit);
+    cpu_offline_callback_remove(slab_cpu_offline);
+    reclaim_unregister(slab_drain_all);
+    munmap(g_slab_table, pages * sizeof(Slab));
+    g_slab_table = nullptr;
+    g_slab_table_entries = 0;
+    return "no room to register the slab hooks (IRQ-exit, offline or shrinker registry full)";
+  }
+  g_initialised = true;
+  return {};
+}
+
+void slab_shutdown() {
+  if (!g_initialised) return;
+  irq_exit_callback_remove(slab_irq_exit);
+  cpu_offline_callback_remove(slab_cpu_offline);
+  reclaim_unregister(slab_drain_all);
+  // Forget live slabs: their frames no longer point at the table.
+  for (std::size_t pfn = 0; pfn < g_slab_table_entries; ++pfn) {
+    Slab& s = g_slab_table[pfn];
+    if (s.cache == nullptr) continue;
+    for (std::size_t i = 0; i < block_pages(*s.cache); ++i)
+      if (Page* pg = pfn_to_page(pfn + i)) pg->owner_private.store(nullptr);
+  }
+  reset_state();
+  munmap(g_slab_table, g_slab_table_entries * sizeof(Slab));
+  g_slab_table = nullptr;
+  g_slab_table_entries = 0;
+  g_initialised = false;
+}
+
+}  // namespace anyctx

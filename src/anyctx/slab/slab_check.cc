@@ -1,0 +1,229 @@
+// slab_check_invariants(): the slab layer's oracle. Run quiesced; it walks
+// every list the way the allocator would (decoding and validating links)
+// and accounts for every object of every live slab.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "anyctx/slab/slab.h"
+#include "anyctx/slab/slab_internal.h"
+
+namespace anyctx {
+namespace {
+
+using namespace detail;
+
+// Where a free object was found.
+enum class Where : std::uint8_t { kNowhere = 0, kSlabFreelist, kCpuFreelist, kDeferred };
+
+const char* where_name(Where w) {
+  switch (w) {
+    case Where::kNowhere: return "no list";
+    case Where::kSlabFreelist: return "its slab's freelist";
+    case Where::kCpuFreelist: return "a CPU freelist";
+    case Where::kDeferred: return "a deferred list";
+  }
+  return "?";
+}
+
+class Checker {
+ public:
+  InvariantResult run() ANYCTX_NO_TSA {
+    find_slabs();
+    for (int cpu = 0; cpu < kMaxCpus && ok(); ++cpu) walk_deferred(g_cpu_slabs.on(cpu).deferred, "cpu " + std::to_string(cpu));
+    if (ok()) walk_deferred(g_shared_deferred, "the shared");
+    if (ok() && deferred_found_ != slab_deferred_pending())
+      fail("deferred lists hold " + std::to_string(deferred_found_) + " objects, the counters say " +
+           std::to_string(slab_deferred_pending()) + " are pending");
+    for (int i = 0; i < kKmallocCaches && ok(); ++i) check_cache(g_caches[i]);
+    return result_;
+  }
+
+ private:
+  struct Found {
+    Slab* slab;
+    std::vector<Where> where;  // per object
+  };
+
+  bool ok() const { return result_.ok; }
+  void fail(std::string what) {
+    if (result_.ok) {
+      result_.ok = false;
+      result_.what = std::move(what);
+    }
+  }
+  static std::string slab_str(const Slab* s) {
+    return std::string(s->cache->name) + ": slab pfn " + std::to_string(slab_pfn(s));
+  }
+  static std::string hex(std::uintptr_t v) {
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(v));
+    return buf;
+  }
+
+  // Every live slab: its frames point at it, its page block is allocated
+  // with the cache's order.
+  void find_slabs() {
+    index_.assign(g_slab_table_entries, -1);
+    for (std::size_t pfn = 0; pfn < g_slab_table_entries && ok(); ++pfn) {
+      Slab* s = &g_slab_table[pfn];
+      if (s->cache == nullptr) continue;
+      const KmemCache& c = *s->cache;
+      const Page* head = pfn_to_page(pfn);
+      if (head->state.load() != PageState::kAllocated || head->order.load() != c.order)
+        return fail(slab_str(s) + ": its page block is " + page_state_name(head->state.load()) + " of order " +
+                    std::to_string(head->order.load()) + ", not allocated of order " + std::to_string(c.order));
+      if (s->base != page_address(head)) return fail(slab_str(s) + ": base is not its block's address");
+      for (std::size_t i = 0; i < (std::size_t{1} << c.order); ++i)
+        if (pfn_to_page(pfn + i)->owner_private.load() != s)
+          return fail(slab_str(s) + ": frame " + std::to_string(pfn + i) + " does not point at the slab");
+      index_[pfn] = static_cast<int>(found_.size());
+      found_.push_back(Found{s, std::vector<Where>(s->objects, Where::kNowhere)});
+    }
+  }
+
+  // Records `obj` as found free on `where`. Return: false after a failure.
+  bool claim(Slab* expect, std::uintptr_t obj, Where where, const std::string& list) {
+    Slab* s = slab_of(reinterpret_cast<void*>(obj));
+    if (s == nullptr || (expect != nullptr && s != expect) || !is_object_of(s, obj)) {
+      fail(list + ": " + hex(obj) + " is not an object of " + (expect ? slab_str(expect) : std::string("a live slab")));
+      return false;
+    }
+    Found& f = found_[index_[slab_pfn(s)]];
+    unsigned i = object_index(s, obj);
+    if (f.where[i] != Where::kNowhere) {
+      fail(slab_str(s) + ": free object " + std::to_string(i) + " is on " + list + " and already on " +
+           where_name(f.where[i]));
+      return false;
+    }
+    if (s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63))) {
+      fail(slab_str(s) + ": object " + std::to_string(i) + " is marked allocated but is on " + list);
+      return false;
+    }
+    f.where[i] = where;
+    return true;
+  }
+
+  // Walks a freelist of slab `s`. Return: its length, or -1 after a failure.
+  long walk_freelist(Slab* s, const Freelist& fl, Where where, const std::string& list) {
+    long n = 0;
+    for (std::uintptr_t obj = fl.head; obj != 0;) {
+      if (n > s->objects) {
+        fail(list + " is longer than the slab (a cycle)");
+        return -1;
+      }
+      if (!claim(s, obj, where, list)) return -1;
+      ++n;
+      obj = decode_link(s->cache->secret, load_link_word(obj), obj);
+    }
+    if (n != static_cast<long>(fl.count)) {
+      fail(list + " holds " + std::to_string(n) + " objects, its count says " + std::to_string(fl.count));
+      return -1;
+    }
+    return n;
+  }
+
+  void walk_deferred(const std::atomic<std::uintptr_t>& head, const std::string& whose) {
+    std::string list = whose + " deferred list";
+    std::size_t limit = 0;
+    for (const Found& f : found_) limit += f.slab->objects;
+    for (std::uintptr_t obj = head.load(std::memory_order_acquire); obj != 0 && ok();) {
+      if (deferred_found_ > limit) return fail(list + " is longer than all slabs together (a cycle)");
+      if (!claim(nullptr, obj, Where::kDeferred, list)) return;
+      ++deferred_found_;
+      obj = decode_link(g_deferred_secret, load_link_word(obj), obj);
+    }
+  }
+
+  void check_cache(KmemCache& c) ANYCTX_NO_TSA {
+    IrqFlags flags = c.list_lock.lock_irqsave();
+    check_cache_locked(c);
+    c.list_lock.unlock_irqrestore(flags);
+  }
+
+  void check_cache_locked(KmemCache& c) {
+    const std::string name = c.name;
+    // The partial list.
+    std::size_t partial = 0;
+    if (c.partial != nullptr) {
+      Slab* s = c.partial;
+      do {
+        if (++partial > found_.size()) return fail(name + ": partial list is longer than the live slabs (a cycle)");
+        if (s->cache != &c) return fail(name + ": partial list holds a slab that is not a live slab of the cache");
+        if (!s->on_partial) return fail(slab_str(s) + ": on the partial list but not marked so");
+        if (s->cpu != kNoCpu) return fail(slab_str(s) + ": on the partial list and cpu " + std::to_string(s->cpu) + "'s slab");
+        if (s->next->prev != s) return fail(slab_str(s) + ": partial list links broken");
+        s = s->next;
+      } while (s != c.partial);
+    }
+    if (partial != c.nr_partial)
+      return fail(name + ": partial list holds " + std::to_string(partial) + " slabs, nr_partial says " +
+                  std::to_string(c.nr_partial));
+
+    // CPU slabs and their freelists.
+    for (int cpu = 0; cpu < kMaxCpus; ++cpu) {
+      CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
+      std::string list = "cpu " + std::to_string(cpu) + "'s " + name + " CPU freelist";
+      if (cs.slab == nullptr) {
+        if (cs.free.head != 0 || cs.free.count != 0) return fail(list + " is not empty but cpu has no slab");
+        continue;
+      }
+      if (cs.slab->cache != &c) return fail(list + ": its slab is not a live slab of the cache");
+      if (cs.slab->cpu != cpu)
+        return fail(slab_str(cs.slab) + ": cpu " + std::to_string(cpu) + "'s slab, but the slab says cpu " +
+                    std::to_string(cs.slab->cpu));
+      if (cs.slab->corrupted) continue;
+      if (walk_freelist(cs.slab, cs.free, Where::kCpuFreelist, list) < 0) return;
+    }
+
+    // Every live slab of the cache.
+    std::uint64_t slabs = 0, in_use = 0;
+    for (Found& f : found_) {
+      Slab* s = f.slab;
+      if (s->cache != &c) continue;
+      ++slabs;
+      std::uint64_t bits = 0;
+      for (unsigned w = 0; w < kSlabBitmapWords; ++w) bits += std::popcount(s->allocated[w].load());
+      in_use += bits;
+      if (s->objects != c.objects) return fail(slab_str(s) + ": object count differs from the cache's");
+      if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s)
+        return fail(slab_str(s) + ": says it is cpu " + std::to_string(s->cpu) + "'s slab, which it is not");
+      if (s->corrupted) continue;  // reported when it happened; its objects are leaked
+      long n = walk_freelist(s, s->free, Where::kSlabFreelist, slab_str(s) + " freelist");
+      if (n < 0) return;
+      if (s->cpu == kNoCpu) {
+        bool should_be_partial = n > 0;
+        if (should_be_partial != (s->on_partial != 0))
+          return fail(slab_str(s) + (s->on_partial ? ": full but on the partial list" : ": has free objects but is on no list"));
+      } else if (s->on_partial) {
+        return fail(slab_str(s) + ": a CPU slab on the partial list");
+      }
+      for (unsigned i = 0; i < s->objects; ++i) {
+        bool allocated = s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63));
+        if (!allocated && f.where[i] == Where::kNowhere)
+          return fail(slab_str(s) + ": object " + std::to_string(i) + " is free but on no freelist or deferred list (lost)");
+      }
+    }
+    std::uint64_t live = slab_stat_sum(c.index, kSlabStatSlabsAllocated) - slab_stat_sum(c.index, kSlabStatSlabsFreed);
+    if (slabs != live)
+      return fail(name + ": " + std::to_string(slabs) + " live slabs, the counters say " + std::to_string(live));
+    std::uint64_t counted = slab_stat_sum(c.index, kSlabStatAllocs) - slab_stat_sum(c.index, kSlabStatFrees);
+    if (in_use != counted)
+      return fail(name + ": " + std::to_string(in_use) + " objects marked allocated, the counters say " +
+                  std::to_string(counted) + " are in use (allocs - frees)");
+  }
+
+  InvariantResult result_;
+  std::vector<int> index_;     // pfn -> found_ index, -1 when not a slab head
+  std::vector<Found> found_;
+  std::uint64_t deferred_found_ = 0;
+};
+
+}  // namespace
+
+InvariantResult slab_check_invariants() {
+  if (g_slab_table == nullptr) return InvariantResult{false, "the slab layer is not initialised"};
+  return Checker().run();
+}
+
+}  // namespace anyctx
