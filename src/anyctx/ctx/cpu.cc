@@ -26,6 +26,7 @@ std::mutex g_registry_mu;
 CpuSlot g_slots[kMaxCpus];              // guarded by g_registry_mu
 std::atomic<bool> g_online[kMaxCpus]{};  // written under g_registry_mu
 std::atomic<CpuOfflineFn> g_offline_fns[kMaxOfflineCallbacks]{};  // written under g_registry_mu
+std::atomic<int> g_ids_used{0};  // written under g_registry_mu
 
 std::size_t page_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
 
@@ -89,6 +90,7 @@ CpuScope::CpuScope() {
   altstack_attach(slot, id);
   slot.thread = pthread_self();
   t.cpu = id;
+  if (id >= g_ids_used.load(std::memory_order_relaxed)) g_ids_used.store(id + 1, std::memory_order_release);
   g_online[id].store(true, std::memory_order_release);
   id_ = id;
 }
@@ -134,6 +136,8 @@ int cpus_online() {
   for (const auto& online : g_online) n += online.load(std::memory_order_relaxed) ? 1 : 0;
   return n;
 }
+
+int cpu_ids_used() { return g_ids_used.load(std::memory_order_acquire); }
 
 bool cpu_is_online(int cpu) {
   return cpu >= 0 && cpu < kMaxCpus && g_online[cpu].load(std::memory_order_acquire);

@@ -45,6 +45,11 @@ int cpus_online();
 // Return: whether `cpu` is online now. Context: any (a snapshot).
 bool cpu_is_online(int cpu);
 
+// Return: 1 + the highest CPU id that has ever been online (0 when none):
+// per-CPU data above it has never been touched. (The kernel's nr_cpu_ids.)
+// Context: any (a snapshot; it only grows).
+int cpu_ids_used();
+
 // Called with the id of the CPU going offline, on that CPU's thread.
 using CpuOfflineFn = void (*)(int cpu);
 
@@ -79,9 +84,16 @@ class PerCpu {
   T& on(int cpu) { return slots_[cpu].value; }
   const T& on(int cpu) const { return slots_[cpu].value; }
 
+  // Every possible CPU's slot (setting up, resetting).
   template <class Fn>
   void for_each(Fn&& fn) {
     for (int cpu = 0; cpu < kMaxCpus; ++cpu) fn(cpu, slots_[cpu].value);
+  }
+  // The slots of CPU ids that have ever been online (summing, draining,
+  // checking): the others are as for_each() left them.
+  template <class Fn>
+  void for_each_used(Fn&& fn) {
+    for (int cpu = 0, n = cpu_ids_used(); cpu < n; ++cpu) fn(cpu, slots_[cpu].value);
   }
 
  private:

@@ -665,7 +665,7 @@ std::uint64_t slab_stat_sum(int cache, int stat) {
   std::uint64_t sum = 0;
   for (int ctx = 0; ctx < 3; ++ctx) {
     sum += g_shared_stats.v[ctx][cache][stat].load(std::memory_order_relaxed);
-    g_stats.for_each([&](int, SlabStatSlots& s) { sum += s.v[ctx][cache][stat].load(std::memory_order_relaxed); });
+    g_stats.for_each_used([&](int, SlabStatSlots& s) { sum += s.v[ctx][cache][stat].load(std::memory_order_relaxed); });
   }
   return sum;
 }

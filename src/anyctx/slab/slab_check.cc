@@ -26,12 +26,23 @@ const char* where_name(Where w) {
   return "?";
 }
 
+// Names a list in a report. Text is built only when something fails: the
+// check runs after every harness op, over every CPU of every cache.
+struct ListName {
+  enum Kind : std::uint8_t { kCpuDeferred, kSharedDeferred, kCpuFreelist, kSlabFreelist };
+  Kind kind;
+  int cpu = -1;
+  const KmemCache* cache = nullptr;
+  const Slab* slab = nullptr;
+};
+
 class Checker {
  public:
   InvariantResult run() ANYCTX_NO_TSA {
     find_slabs();
-    for (int cpu = 0; cpu < kMaxCpus && ok(); ++cpu) walk_deferred(g_cpu_slabs.on(cpu).deferred, "cpu " + std::to_string(cpu));
-    if (ok()) walk_deferred(g_shared_deferred, "the shared");
+    for (int cpu = 0, used = cpu_ids_used(); cpu < used && ok(); ++cpu)
+      walk_deferred(g_cpu_slabs.on(cpu).deferred, ListName{ListName::kCpuDeferred, cpu});
+    if (ok()) walk_deferred(g_shared_deferred, ListName{ListName::kSharedDeferred});
     if (ok() && deferred_found_ != slab_deferred_pending())
       fail("deferred lists hold " + std::to_string(deferred_found_) + " objects, the counters say " +
            std::to_string(slab_deferred_pending()) + " are pending");
@@ -54,6 +65,15 @@ class Checker {
   }
   static std::string slab_str(const Slab* s) {
     return std::string(s->cache->name) + ": slab pfn " + std::to_string(slab_pfn(s));
+  }
+  static std::string str(const ListName& l) {
+    switch (l.kind) {
+      case ListName::kCpuDeferred: return "cpu " + std::to_string(l.cpu) + " deferred list";
+      case ListName::kSharedDeferred: return "the shared deferred list";
+      case ListName::kCpuFreelist: return "cpu " + std::to_string(l.cpu) + "'s " + l.cache->name + " CPU freelist";
+      case ListName::kSlabFreelist: return slab_str(l.slab) + " freelist";
+    }
+    return "?";
   }
   static std::string hex(std::uintptr_t v) {
     char buf[24];
@@ -83,21 +103,21 @@ class Checker {
   }
 
   // Records `obj` as found free on `where`. Return: false after a failure.
-  bool claim(Slab* expect, std::uintptr_t obj, Where where, const std::string& list) {
+  bool claim(Slab* expect, std::uintptr_t obj, Where where, const ListName& list) {
     Slab* s = slab_of(reinterpret_cast<void*>(obj));
     if (s == nullptr || (expect != nullptr && s != expect) || !is_object_of(s, obj)) {
-      fail(list + ": " + hex(obj) + " is not an object of " + (expect ? slab_str(expect) : std::string("a live slab")));
+      fail(str(list) + ": " + hex(obj) + " is not an object of " + (expect ? slab_str(expect) : std::string("a live slab")));
       return false;
     }
     Found& f = found_[index_[slab_pfn(s)]];
     unsigned i = object_index(s, obj);
     if (f.where[i] != Where::kNowhere) {
-      fail(slab_str(s) + ": free object " + std::to_string(i) + " is on " + list + " and already on " +
+      fail(slab_str(s) + ": free object " + std::to_string(i) + " is on " + str(list) + " and already on " +
            where_name(f.where[i]));
       return false;
     }
     if (s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63))) {
-      fail(slab_str(s) + ": object " + std::to_string(i) + " is marked allocated but is on " + list);
+      fail(slab_str(s) + ": object " + std::to_string(i) + " is marked allocated but is on " + str(list));
       return false;
     }
     f.where[i] = where;
@@ -105,11 +125,11 @@ class Checker {
   }
 
   // Walks a freelist of slab `s`. Return: its length, or -1 after a failure.
-  long walk_freelist(Slab* s, const Freelist& fl, Where where, const std::string& list) {
+  long walk_freelist(Slab* s, const Freelist& fl, Where where, const ListName& list) {
     long n = 0;
     for (std::uintptr_t obj = fl.head; obj != 0;) {
       if (n > s->objects) {
-        fail(list + " is longer than the slab (a cycle)");
+        fail(str(list) + " is longer than the slab (a cycle)");
         return -1;
       }
       if (!claim(s, obj, where, list)) return -1;
@@ -117,18 +137,17 @@ class Checker {
       obj = decode_link(s->cache->secret, load_link_word(obj), obj);
     }
     if (n != static_cast<long>(fl.count)) {
-      fail(list + " holds " + std::to_string(n) + " objects, its count says " + std::to_string(fl.count));
+      fail(str(list) + " holds " + std::to_string(n) + " objects, its count says " + std::to_string(fl.count));
       return -1;
     }
     return n;
   }
 
-  void walk_deferred(const std::atomic<std::uintptr_t>& head, const std::string& whose) {
-    std::string list = whose + " deferred list";
+  void walk_deferred(const std::atomic<std::uintptr_t>& head, const ListName& list) {
     std::size_t limit = 0;
     for (const Found& f : found_) limit += f.slab->objects;
     for (std::uintptr_t obj = head.load(std::memory_order_acquire); obj != 0 && ok();) {
-      if (deferred_found_ > limit) return fail(list + " is longer than all slabs together (a cycle)");
+      if (deferred_found_ > limit) return fail(str(list) + " is longer than all slabs together (a cycle)");
       if (!claim(nullptr, obj, Where::kDeferred, list)) return;
       ++deferred_found_;
       obj = decode_link(g_deferred_secret, load_link_word(obj), obj);
@@ -142,14 +161,14 @@ class Checker {
   }
 
   void check_cache_locked(KmemCache& c) {
-    const std::string name = c.name;
+    const char* name = c.name;
     // The partial list.
     std::size_t partial = 0;
     if (c.partial != nullptr) {
       Slab* s = c.partial;
       do {
-        if (++partial > found_.size()) return fail(name + ": partial list is longer than the live slabs (a cycle)");
-        if (s->cache != &c) return fail(name + ": partial list holds a slab that is not a live slab of the cache");
+        if (++partial > found_.size()) return fail(std::string(name) + ": partial list is longer than the live slabs (a cycle)");
+        if (s->cache != &c) return fail(std::string(name) + ": partial list holds a slab that is not a live slab of the cache");
         if (!s->on_partial) return fail(slab_str(s) + ": on the partial list but not marked so");
         if (s->cpu != kNoCpu) return fail(slab_str(s) + ": on the partial list and cpu " + std::to_string(s->cpu) + "'s slab");
         if (s->next->prev != s) return fail(slab_str(s) + ": partial list links broken");
@@ -157,18 +176,18 @@ class Checker {
       } while (s != c.partial);
     }
     if (partial != c.nr_partial)
-      return fail(name + ": partial list holds " + std::to_string(partial) + " slabs, nr_partial says " +
+      return fail(std::string(name) + ": partial list holds " + std::to_string(partial) + " slabs, nr_partial says " +
                   std::to_string(c.nr_partial));
 
     // CPU slabs and their freelists.
-    for (int cpu = 0; cpu < kMaxCpus; ++cpu) {
+    for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu) {
       CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
-      std::string list = "cpu " + std::to_string(cpu) + "'s " + name + " CPU freelist";
+      ListName list{ListName::kCpuFreelist, cpu, &c};
       if (cs.slab == nullptr) {
-        if (cs.free.head != 0 || cs.free.count != 0) return fail(list + " is not empty but cpu has no slab");
+        if (cs.free.head != 0 || cs.free.count != 0) return fail(str(list) + " is not empty but cpu has no slab");
         continue;
       }
-      if (cs.slab->cache != &c) return fail(list + ": its slab is not a live slab of the cache");
+      if (cs.slab->cache != &c) return fail(str(list) + ": its slab is not a live slab of the cache");
       if (cs.slab->cpu != cpu)
         return fail(slab_str(cs.slab) + ": cpu " + std::to_string(cpu) + "'s slab, but the slab says cpu " +
                     std::to_string(cs.slab->cpu));
@@ -189,7 +208,7 @@ class Checker {
       if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s)
         return fail(slab_str(s) + ": says it is cpu " + std::to_string(s->cpu) + "'s slab, which it is not");
       if (s->corrupted) continue;  // reported when it happened; its objects are leaked
-      long n = walk_freelist(s, s->free, Where::kSlabFreelist, slab_str(s) + " freelist");
+      long n = walk_freelist(s, s->free, Where::kSlabFreelist, ListName{ListName::kSlabFreelist, -1, &c, s});
       if (n < 0) return;
       if (s->cpu == kNoCpu) {
         bool should_be_partial = n > 0;
@@ -206,10 +225,10 @@ class Checker {
     }
     std::uint64_t live = slab_stat_sum(c.index, kSlabStatSlabsAllocated) - slab_stat_sum(c.index, kSlabStatSlabsFreed);
     if (slabs != live)
-      return fail(name + ": " + std::to_string(slabs) + " live slabs, the counters say " + std::to_string(live));
+      return fail(std::string(name) + ": " + std::to_string(slabs) + " live slabs, the counters say " + std::to_string(live));
     std::uint64_t counted = slab_stat_sum(c.index, kSlabStatAllocs) - slab_stat_sum(c.index, kSlabStatFrees);
     if (in_use != counted)
-      return fail(name + ": " + std::to_string(in_use) + " objects marked allocated, the counters say " +
+      return fail(std::string(name) + ": " + std::to_string(in_use) + " objects marked allocated, the counters say " +
                   std::to_string(counted) + " are in use (allocs - frees)");
   }
 
