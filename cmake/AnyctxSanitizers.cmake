@@ -9,17 +9,26 @@
 #             libFuzzer (see anyctx_fuzz_link_flags)
 #   afl       AFL++ (compiler afl-clang-fast++, set by the preset) + ASan + UBSan
 #   coverage  clang source-based coverage (llvm-profdata / llvm-cov)
+#   external  flags come from outside: the compiler and CMAKE_CXX_FLAGS as
+#             given (CXX, CXXFLAGS from the environment at the first
+#             configure), fuzz targets linked with ANYCTX_FUZZ_LINK_FLAGS
+#             (default $LIB_FUZZING_ENGINE). For OSS-Fuzz / ClusterFuzzLite
+#             (.clusterfuzzlite/build.sh), whose engine owns every flag.
 #
 # Provides:
 #   ANYCTX_SANITIZER            cache STRING, validated
-#   ANYCTX_FUZZING_BUILD        TRUE in fuzz and afl modes (fuzz_NAME targets exist)
+#   ANYCTX_FUZZ_LINK_FLAGS      cache STRING, external mode only: what fuzz_NAME
+#                               links with (e.g. -fsanitize=fuzzer, or a path
+#                               to libAFLDriver.a); defaults to $LIB_FUZZING_ENGINE
+#   ANYCTX_FUZZING_BUILD        TRUE in fuzz, afl and external modes (fuzz_NAME
+#                               targets exist)
 #   anyctx_fuzz_link_flags(OUT_VAR)
 #                               sets OUT_VAR to the link options of a fuzz_NAME
-#                               executable, or to "" outside fuzz/afl modes
+#                               executable, or to "" outside fuzz/afl/external modes
 
 include_guard(GLOBAL)
 
-set(ANYCTX_SANITIZER_VALUES none asan tsan fuzz afl coverage)
+set(ANYCTX_SANITIZER_VALUES none asan tsan fuzz afl coverage external)
 set(ANYCTX_SANITIZER "none" CACHE STRING
     "Instrumentation mode: one of ${ANYCTX_SANITIZER_VALUES}")
 set_property(CACHE ANYCTX_SANITIZER PROPERTY STRINGS ${ANYCTX_SANITIZER_VALUES})
@@ -31,7 +40,7 @@ if(NOT ANYCTX_SANITIZER IN_LIST ANYCTX_SANITIZER_VALUES)
     "allowed values: ${_anyctx_allowed}")
 endif()
 
-if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang" AND NOT ANYCTX_SANITIZER STREQUAL "none")
+if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang" AND NOT ANYCTX_SANITIZER MATCHES "^(none|external)$")
   message(FATAL_ERROR
     "ANYCTX_SANITIZER=${ANYCTX_SANITIZER} needs clang (compiler is "
     "${CMAKE_CXX_COMPILER_ID} ${CMAKE_CXX_COMPILER}); use a preset")
@@ -77,6 +86,22 @@ elseif(ANYCTX_SANITIZER STREQUAL "afl")
 elseif(ANYCTX_SANITIZER STREQUAL "coverage")
   add_compile_options(-fprofile-instr-generate -fcoverage-mapping)
   add_link_options(-fprofile-instr-generate)
+
+elseif(ANYCTX_SANITIZER STREQUAL "external")
+  # Nothing added: the fuzzing engine's CXXFLAGS (sanitizers, coverage
+  # instrumentation such as -fsanitize=fuzzer-no-link) already sit in
+  # CMAKE_CXX_FLAGS and apply to every compile and link.
+  set(ANYCTX_FUZZ_LINK_FLAGS "$ENV{LIB_FUZZING_ENGINE}" CACHE STRING
+      "external mode: link options of fuzz_NAME executables (the engine's LIB_FUZZING_ENGINE)")
+  if(ANYCTX_FUZZ_LINK_FLAGS STREQUAL "")
+    message(FATAL_ERROR
+      "ANYCTX_SANITIZER=external needs the fuzzing engine's link flags: set "
+      "LIB_FUZZING_ENGINE in the environment or -DANYCTX_FUZZ_LINK_FLAGS=...")
+  endif()
+  add_compile_definitions(ANYCTX_FUZZING=1)
+  set(ANYCTX_FUZZING_BUILD TRUE)
+  message(STATUS "anyctx: external flags: CXX=${CMAKE_CXX_COMPILER} "
+                 "CXXFLAGS='${CMAKE_CXX_FLAGS}' fuzz link='${ANYCTX_FUZZ_LINK_FLAGS}'")
 endif()
 
 message(STATUS "anyctx: ANYCTX_SANITIZER=${ANYCTX_SANITIZER}")
@@ -87,9 +112,13 @@ message(STATUS "anyctx: ANYCTX_SANITIZER=${ANYCTX_SANITIZER}")
 #   its main(). In 'afl' mode afl-clang-fast++ turns -fsanitize=fuzzer into its
 #   own libFuzzer-compatible driver (libAFLDriver: fork server, persistent
 #   mode, and "binary FILE..." runs each file once), checked with AFL++ 4.04c.
+#   In 'external' mode: ANYCTX_FUZZ_LINK_FLAGS, split like a shell would.
 function(anyctx_fuzz_link_flags out_var)
   if(ANYCTX_SANITIZER STREQUAL "fuzz" OR ANYCTX_SANITIZER STREQUAL "afl")
     set(${out_var} -fsanitize=fuzzer PARENT_SCOPE)
+  elseif(ANYCTX_SANITIZER STREQUAL "external")
+    separate_arguments(_anyctx_link UNIX_COMMAND "${ANYCTX_FUZZ_LINK_FLAGS}")
+    set(${out_var} ${_anyctx_link} PARENT_SCOPE)
   else()
     set(${out_var} "" PARENT_SCOPE)
   endif()

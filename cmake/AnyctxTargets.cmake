@@ -107,6 +107,9 @@ endfunction()
 #                  file argument and each file of each directory argument once
 #   ctest: replay.NAME over corpus/NAME and replay.NAME-regressions over
 #   corpus/NAME-regressions, for those that exist when cmake configures.
+#   Aggregate targets: anyctx_replayers builds every replay_NAME,
+#   anyctx_fuzzers every fuzz_NAME (ci/fuzz --coverage and
+#   .clusterfuzzlite/build.sh build just those).
 #   Does nothing when ANYCTX_BUILD_FUZZ is OFF.
 function(anyctx_add_fuzz_target name)
   cmake_parse_arguments(PARSE_ARGV 1 ARG "" "" "SOURCES;LIBS")
@@ -126,17 +129,31 @@ function(anyctx_add_fuzz_target name)
   target_link_libraries(replay_${name} PRIVATE ${objs})
   set_target_properties(replay_${name} PROPERTIES
     RUNTIME_OUTPUT_DIRECTORY "${ANYCTX_FUZZ_OUTPUT_DIR}")
+  if(NOT TARGET anyctx_replayers)
+    add_custom_target(anyctx_replayers)
+  endif()
+  add_dependencies(anyctx_replayers replay_${name})
 
   if(ANYCTX_FUZZING_BUILD)
     anyctx_fuzz_link_flags(fuzz_link_flags)
     add_executable(fuzz_${name})
     target_link_libraries(fuzz_${name} PRIVATE ${objs})
-    target_link_options(fuzz_${name} PRIVATE ${fuzz_link_flags})
+    if(ANYCTX_SANITIZER STREQUAL "external")
+      # After the objects: $LIB_FUZZING_ENGINE may be an archive (AFL++'s
+      # libAFLDriver.a on OSS-Fuzz) as well as a flag.
+      target_link_libraries(fuzz_${name} PRIVATE ${fuzz_link_flags})
+    else()
+      target_link_options(fuzz_${name} PRIVATE ${fuzz_link_flags})
+    endif()
     # add_executable needs a source on some generators; the object library
     # provides every object, so give it the linker language explicitly.
     set_target_properties(fuzz_${name} PROPERTIES
       LINKER_LANGUAGE CXX
       RUNTIME_OUTPUT_DIRECTORY "${ANYCTX_FUZZ_OUTPUT_DIR}")
+    if(NOT TARGET anyctx_fuzzers)
+      add_custom_target(anyctx_fuzzers)
+    endif()
+    add_dependencies(anyctx_fuzzers fuzz_${name})
     foreach(ext IN ITEMS dict options)
       set(side "${PROJECT_SOURCE_DIR}/fuzz/${name}.${ext}")
       if(EXISTS "${side}")
@@ -153,9 +170,12 @@ function(anyctx_add_fuzz_target name)
     endif()
   endforeach()
   # A corpus directory added later shows up at the next build: the build
-  # re-runs cmake when corpus/ gains or loses an entry.
+  # re-runs cmake when corpus/ gains or loses an entry. Likewise a NAME.dict
+  # or NAME.options added to fuzz/ later is copied at the next build.
   if(IS_DIRECTORY "${PROJECT_SOURCE_DIR}/corpus")
     set_property(DIRECTORY "${PROJECT_SOURCE_DIR}" APPEND PROPERTY
       CMAKE_CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/corpus")
   endif()
+  set_property(DIRECTORY "${PROJECT_SOURCE_DIR}" APPEND PROPERTY
+    CMAKE_CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/fuzz")
 endfunction()

@@ -10,6 +10,8 @@
 // 10), each in a child process, and reports the hit rate, the oracle that
 // fired and the step it fired at. --emit-test prints the program as a gtest
 // regression test instead of running it; --encode writes its canonical bytes.
+// --print writes the program as text and exits (a regression kept as text
+// stays the same program when the binary format grows).
 // --sabotage KIND makes an oracle fire on purpose (see Sabotage in
 // harness/executor.h), to check the tool chain end to end.
 // Exit status: 0 when no run failed, 1 when some did, 2 on bad usage or input.
@@ -34,7 +36,7 @@ using namespace anyctx::harness;
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr, "anyctx-repro: %s\nusage: anyctx-repro [--target NAME] [--runs N] [--emit-test NAME] "
-                       "[--encode OUT] [--sabotage KIND] FILE\n", why);
+                       "[--encode OUT] [--print] [--sabotage KIND] FILE\n", why);
   std::exit(2);
 }
 
@@ -115,6 +117,7 @@ int main(int argc, char** argv) {
   int runs = 10;
   const char* emit_test = nullptr;
   const char* encode_to = nullptr;
+  bool print_only = false;
   const char* file = nullptr;
   RunOptions options;
   for (int i = 1; i < argc; ++i) {
@@ -132,6 +135,8 @@ int main(int argc, char** argv) {
       if (runs < 1) usage("--runs needs a positive number");
     } else if (a == "--emit-test") {
       emit_test = value("--emit-test");
+    } else if (a == "--print") {
+      print_only = true;
     } else if (a == "--encode") {
       encode_to = value("--encode");
     } else if (a == "--sabotage") {
@@ -160,21 +165,36 @@ int main(int argc, char** argv) {
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 
   Program program;
-  if (is_text_program(bytes)) {
+  bool as_text = is_text_program(bytes);
+  if (as_text) {
     ParseResult parsed = parse(bytes, target != nullptr ? *target : *target_spec("all"));
-    if (!parsed.ok()) {
-      std::fprintf(stderr, "anyctx-repro: %s: %s\n", file, parsed.error.c_str());
-      return 2;
+    if (parsed.ok()) {
+      if (target == nullptr) target = parsed.target;
+      program = parsed.program;
+    } else {
+      // The fuzz targets decode text that does not parse as bytes; so do we,
+      // when we know the target. A hand-written file gets the parse error.
+      if (target == nullptr) target = target_from_path(file);
+      if (target == nullptr) {
+        std::fprintf(stderr, "anyctx-repro: %s: %s\n", file, parsed.error.c_str());
+        return 2;
+      }
+      std::fprintf(stderr, "anyctx-repro: %s: text does not parse (%s); decoding it as bytes, as fuzz_%s does\n",
+                   file, parsed.error.c_str(), target->name);
+      as_text = false;
     }
-    if (target == nullptr) target = parsed.target;
-    program = parsed.program;
-  } else {
+  }
+  if (!as_text) {
     if (target == nullptr) target = target_from_path(file);
     if (target == nullptr) usage("binary input: name the target with --target (page_ops, page_smp, ...)");
     program = decode(*target, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(bytes.data()),
                                                             bytes.size()));
   }
 
+  if (print_only) {
+    std::fputs(print(*target, program).c_str(), stdout);
+    return 0;
+  }
   if (emit_test != nullptr) {
     std::fputs(print_regression_test(*target, program, emit_test).c_str(), stdout);
     return 0;

@@ -25,8 +25,10 @@
 #include "anyctx/ctx/site.h"
 #include "anyctx/lock/local_lock.h"
 #include "anyctx/lock/spinlock.h"
+#include "anyctx/memcg/memcg.h"
 #include "anyctx/page/fault.h"
 #include "anyctx/page/page_alloc.h"
+#include "anyctx/slab/slab.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
@@ -34,15 +36,33 @@ namespace {
 
 // --- state -----------------------------------------------------------------------
 
-enum class SlotKind : std::uint8_t { kEmpty, kReserved, kPage };
+enum class SlotKind : std::uint8_t { kEmpty, kReserved, kPage, kObject, kCharge };
 
+// A slot holds a page block (page, order, refs), a kmalloc object (object,
+// bytes) or a memcg charge (cgroup, pages).
 struct Slot {
   SlotKind kind = SlotKind::kEmpty;
   Page* page = nullptr;
   unsigned order = 0;
   int refs = 0;
   std::uint8_t pattern = 0;
+  unsigned char* object = nullptr;
+  std::size_t bytes = 0;
+  MemCgroup* cgroup = nullptr;
+  unsigned pages = 0;
 };
+
+// The program's cgroups: the root and three children (A, A/B, C). They live
+// as long as the process (so does the allocator); a run leaves them empty.
+MemCgroup* cgroup_of(int index) {
+  static MemCgroup a("harness.A");
+  static MemCgroup b("harness.A.B", a);
+  static MemCgroup c("harness.C");
+  MemCgroup* all[kCgroups] = {root_mem_cgroup(), &a, &b, &c};
+  return all[index];
+}
+
+constexpr int kMaxScopesPerFrame = 4;
 
 // Where a frame is, for reports: the task frame of a CPU or an injection.
 struct Frame {
@@ -77,6 +97,7 @@ struct Exec {
   const Program* program = nullptr;
   RunOptions options;
   int ncpus = 1;
+  unsigned layers = 0;     // checked after each op (layers_of the target)
   bool active = false;     // the site hook acts
   bool quiescing = false;  // the site hook only counts
   Slot slots[kSlots];
@@ -85,7 +106,6 @@ struct Exec {
   int hits[kMaxInjections] = {};
   std::size_t next_switch = 0;
   std::uint64_t events = 0;
-  int spin_streak = 0;
   bool sabotaged = false;
   std::uint64_t trace = 0;
   LockModel spin_model[2];
@@ -198,61 +218,83 @@ std::uint8_t pattern_for(int slot) {
   return static_cast<std::uint8_t>((slot * 37 + g.events * 11) | 1);
 }
 
-// The checked bytes of a block: the head and tail of every page.
+// The bytes a slot's allocation covers, for overlap checks.
+struct Range {
+  std::uintptr_t begin, end;
+};
+
+Range range_of(const Slot& s) {
+  if (s.kind == SlotKind::kPage) {
+    auto b = reinterpret_cast<std::uintptr_t>(page_address(s.page));
+    return Range{b, b + (kPageSize << s.order)};
+  }
+  auto b = reinterpret_cast<std::uintptr_t>(s.object);
+  return Range{b, b + s.bytes};
+}
+
+bool holds_memory(const Slot& s) { return s.kind == SlotKind::kPage || s.kind == SlotKind::kObject; }
+
+void shadow_check_overlap(int slot_index, const Slot& fresh) {
+  Range r = range_of(fresh);
+  for (int i = 0; i < kSlots; ++i) {
+    const Slot& s = g.slots[i];
+    if (!holds_memory(s)) continue;
+    Range o = range_of(s);
+    if (r.begin < o.end && o.begin < r.end) {
+      Report rep("harness: shadow map");
+      rep << "new allocation " << reinterpret_cast<const void*>(r.begin) << " (" << r.end - r.begin
+          << " bytes) for slot " << slot_index << " overlaps the live allocation "
+          << reinterpret_cast<const void*>(o.begin) << " (" << o.end - o.begin << " bytes) of slot " << i;
+      fail(rep);
+    }
+  }
+}
+
+// The checked bytes: all of an object; the head and tail of each page.
 template <class Fn>
-void for_each_checked(Page* page, unsigned order, Fn&& fn) {
-  auto* base = static_cast<unsigned char*>(page_address(page));
-  for (std::size_t i = 0; i < (std::size_t{1} << order); ++i) {
+void for_each_checked(const Slot& s, Fn&& fn) {
+  if (s.kind == SlotKind::kObject) {
+    fn(s.object, s.bytes);
+    return;
+  }
+  auto* base = static_cast<unsigned char*>(page_address(s.page));
+  for (std::size_t i = 0; i < (std::size_t{1} << s.order); ++i) {
     fn(base + i * kPageSize, kPatternBytes);
     fn(base + (i + 1) * kPageSize - kPatternBytes, kPatternBytes);
   }
 }
 
-void shadow_check_new(int slot_index, Page* page, unsigned order, bool zeroed) {
-  std::size_t first = page_to_pfn(page), last = first + (std::size_t{1} << order);
-  for (int i = 0; i < kSlots; ++i) {
-    const Slot& s = g.slots[i];
-    if (s.kind != SlotKind::kPage) continue;
-    std::size_t a = page_to_pfn(s.page), b = a + (std::size_t{1} << s.order);
-    if (first < b && a < last) {
-      Report r("harness: shadow map");
-      r << "new block pfn " << first << ".." << last - 1 << " for slot " << slot_index
-        << " overlaps the live block pfn " << a << ".." << b - 1 << " of slot " << i;
-      fail(r);
-    }
-  }
-  if (zeroed) {
-    for_each_checked(page, order, [&](unsigned char* p, std::size_t n) {
-      for (std::size_t k = 0; k < n; ++k) {
-        if (p[k] != 0) {
-          Report r("harness: shadow map");
-          r << "block pfn " << first << " for slot " << slot_index << " should be zeroed but byte "
-            << static_cast<std::size_t>(p + k - static_cast<unsigned char*>(page_address(page))) << " is "
-            << static_cast<unsigned>(p[k]);
-          fail(r);
-        }
-      }
-    });
-  }
-}
-
-void shadow_fill(Slot& s) {
-  for_each_checked(s.page, s.order, [&](unsigned char* p, std::size_t n) { std::memset(p, s.pattern, n); });
-}
-
-void shadow_verify(int slot_index, const Slot& s) {
-  for_each_checked(s.page, s.order, [&](unsigned char* p, std::size_t n) {
+void shadow_expect(int slot_index, const Slot& s, std::uint8_t want, const char* what) {
+  for_each_checked(s, [&](unsigned char* p, std::size_t n) {
     for (std::size_t k = 0; k < n; ++k) {
-      if (p[k] != s.pattern) {
+      if (p[k] != want) {
         Report r("harness: shadow map");
-        r << "slot " << slot_index << " block pfn " << page_to_pfn(s.page) << " order " << s.order
-          << ": content changed while allocated: byte "
-          << static_cast<std::size_t>(p + k - static_cast<unsigned char*>(page_address(s.page))) << " is "
-          << static_cast<unsigned>(p[k]) << ", wrote " << static_cast<unsigned>(s.pattern);
+        r << "slot " << slot_index << " (" << (s.kind == SlotKind::kPage ? "page block at pfn " : "object at ");
+        if (s.kind == SlotKind::kPage) r << page_to_pfn(s.page) << " order " << s.order;
+        else r << static_cast<const void*>(s.object) << ", " << s.bytes << " bytes";
+        r << "): " << what << ": byte "
+          << static_cast<std::size_t>(p + k - reinterpret_cast<unsigned char*>(range_of(s).begin)) << " is "
+          << static_cast<unsigned>(p[k]) << ", expected " << static_cast<unsigned>(want);
         fail(r);
       }
     }
   });
+}
+
+void shadow_fill(Slot& s) {
+  for_each_checked(s, [&](unsigned char* p, std::size_t n) { std::memset(p, s.pattern, n); });
+}
+
+void shadow_verify(int slot_index, const Slot& s) {
+  shadow_expect(slot_index, s, s.pattern, "content changed while allocated");
+}
+
+// A new allocation: no overlap, zeroed when asked, then the pattern.
+void shadow_adopt(int slot_index, Slot& s, bool zeroed) {
+  shadow_check_overlap(slot_index, s);
+  if (zeroed) shadow_expect(slot_index, s, 0, "should be zeroed");
+  s.pattern = pattern_for(slot_index);
+  shadow_fill(s);
 }
 
 // --- ops --------------------------------------------------------------------------
@@ -282,9 +324,14 @@ bool op_alloc_pages(const Op& op, Ctx ctx) {
     s.kind = SlotKind::kEmpty;
     return true;
   }
-  shadow_check_new(op.slot, page, op.order, op.path == Path::kNolock || (op.arg & kFlagZero));
-  s = Slot{SlotKind::kPage, page, op.order, 1, pattern_for(op.slot)};
-  shadow_fill(s);
+  Slot fresh;
+  fresh.kind = SlotKind::kPage;
+  fresh.page = page;
+  fresh.order = op.order;
+  fresh.refs = 1;
+  s.kind = SlotKind::kEmpty;
+  shadow_adopt(op.slot, fresh, op.path == Path::kNolock || (op.arg & kFlagZero));
+  s = fresh;
   return true;
 }
 
@@ -330,10 +377,71 @@ bool op_put_page(const Op& op) {
 
 bool op_write_verify(const Op& op) {
   Slot& s = g.slots[op.slot];
-  if (s.kind != SlotKind::kPage) return false;
+  if (!holds_memory(s)) return false;
   shadow_verify(op.slot, s);
   s.pattern = pattern_for(op.slot);
   shadow_fill(s);
+  return true;
+}
+
+bool op_kmalloc(const Op& op, Ctx ctx) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kEmpty) return false;
+  s.kind = SlotKind::kReserved;
+  std::size_t bytes = kKmallocSizes[op.order];
+  Gfp flags = (op.arg & kFlagZero ? kGfpZero : Gfp{}) | (op.arg & kFlagAccount ? kGfpAccount : Gfp{});
+  void* p = op.path == Path::kNolock ? kmalloc_nolock(bytes, flags) : kmalloc(bytes, spinning_gfp(ctx) | flags);
+  trace(0x3a110c, p ? reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(page_address(pfn_to_page(0))) + 1 : 0);
+  s.kind = SlotKind::kEmpty;
+  if (p == nullptr) return true;
+  Slot fresh;
+  fresh.kind = SlotKind::kObject;
+  fresh.object = static_cast<unsigned char*>(p);
+  fresh.bytes = bytes;
+  shadow_adopt(op.slot, fresh, (op.arg & kFlagZero) != 0);
+  s = fresh;
+  return true;
+}
+
+bool op_kfree(const Op& op) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kObject) return false;
+  shadow_verify(op.slot, s);
+  Slot taken = s;
+  s = Slot{};
+  if (op.path == Path::kNolock) kfree_nolock(taken.object); else kfree(taken.object);
+  return true;
+}
+
+bool op_memcg_set_max(const Op& op) {
+  MemCgroup* cg = cgroup_of(op.order);
+  if (cg->is_root()) return false;  // the root has no limit
+  std::uint32_t limit = kMemcgLimits[op.arg];
+  cg->set_max(limit == kLimitUnlimited ? kMemcgUnlimited : limit);
+  return true;
+}
+
+bool op_memcg_charge(const Op& op, Ctx ctx) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kEmpty) return false;
+  s.kind = SlotKind::kReserved;
+  MemCgroup* cg = cgroup_of(op.order);
+  bool charged = memcg_try_charge(cg, op.path == Path::kNolock ? Gfp{} : spinning_gfp(ctx), op.arg);
+  trace(0xc6a, charged ? 1 : 0);
+  s.kind = SlotKind::kEmpty;
+  if (!charged) return true;
+  s.kind = SlotKind::kCharge;
+  s.cgroup = cg;
+  s.pages = op.arg;
+  return true;
+}
+
+bool op_memcg_uncharge(const Op& op) {
+  Slot& s = g.slots[op.slot];
+  if (s.kind != SlotKind::kCharge) return false;
+  Slot taken = s;
+  s = Slot{};
+  memcg_uncharge(taken.cgroup, taken.pages);
   return true;
 }
 
@@ -455,20 +563,23 @@ bool run_op(const Op& op, Ctx ctx) {
       if (g.local_model[t_cpu].cpu == t_cpu) return false;
       cycle_cpu();
       return true;
+    case OpKind::kKmalloc: return op_kmalloc(op, ctx);
+    case OpKind::kKfree: return op_kfree(op);
+    case OpKind::kMemcgSetMax: return op_memcg_set_max(op);
+    case OpKind::kMemcgCharge: return op_memcg_charge(op, ctx);
+    case OpKind::kMemcgUncharge: return op_memcg_uncharge(op);
+    case OpKind::kMemcgSwitch: return false;  // run_frame opens the scope
     case OpKind::kSpinLock: case OpKind::kSpinTryLock: case OpKind::kSpinUnlock: return op_spin(op, ctx);
     case OpKind::kLocalLock: case OpKind::kLocalTryLock: case OpKind::kLocalUnlock: return op_local(op, ctx);
-    default: {
-      Report r("harness: unsupported op");
-      r << op_name(op.kind) << " is not built into this executor";
-      fail(r);
-    }
+    case OpKind::kCount: break;
   }
+  return false;
 }
 
 // Return: whether `kind` can change allocator state (worth an invariant check).
 bool touches_allocator(OpKind kind) {
   switch (kind) {
-    case OpKind::kWriteVerify: case OpKind::kMemcgSwitch: case OpKind::kMemcgSetMax: case OpKind::kSpinLock:
+    case OpKind::kWriteVerify: case OpKind::kMemcgSwitch: case OpKind::kSpinLock:
     case OpKind::kSpinTryLock: case OpKind::kSpinUnlock: case OpKind::kLocalLock: case OpKind::kLocalTryLock:
     case OpKind::kLocalUnlock:
       return false;
@@ -478,16 +589,51 @@ bool touches_allocator(OpKind kind) {
 }
 
 // Runs a frame's ops: the CPU's own (injection -1) or an injection's.
+enum Layers : unsigned { kLayerPage = 1, kLayerSlab = 2, kLayerMemcg = 4, kAllLayers = 7 };
+
+// The layers a target's programs can change: after each op only those are
+// checked (the final oracles check all).
+unsigned layers_of(const TargetSpec& t) {
+  unsigned layers = 0;
+  for (OpKind k : t.task_ops) {
+    if (k == OpKind::kAllocPages || k == OpKind::kKmalloc) layers |= kLayerPage;
+    if (k == OpKind::kKmalloc) layers |= kLayerSlab;
+    if (k == OpKind::kMemcgCharge) layers |= kLayerMemcg;
+  }
+  return layers;
+}
+
+// Page, slab and memcg invariants. Context: task, with every other CPU
+// between ops. Return: empty when they hold, else the first violation.
+std::string invariant_violation(unsigned layers) {
+  if (layers & kLayerPage)
+    if (InvariantResult r = check_invariants(); !r.ok) return "page: " + r.what;
+  if (layers & kLayerSlab)
+    if (InvariantResult r = slab_check_invariants(); !r.ok) return "slab: " + r.what;
+  if (layers & kLayerMemcg)
+    if (MemcgInvariantResult r = memcg_check_invariants(); !r.ok) return "memcg: " + r.what;
+  return {};
+}
+
 void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
   CpuState& cpu = g.cpus[t_cpu];
   int depth = cpu.depth++;
   cpu.frames[depth] = Frame{injection, -1, OpKind::kAllocPages};
+  // memcg_switch opens a scope that lasts to the end of this frame.
+  std::optional<MemcgScope> scopes[kMaxScopesPerFrame];
+  int nscopes = 0;
   for (std::size_t i = 0; i < ops.size(); ++i) {
     cpu.frames[depth].op = static_cast<int>(i);
     cpu.frames[depth].kind = ops[i].kind;
     if (injection < 0) cpu.in_op = true;  // from the boundary on: an injection there is inside the op
     site_event(kOpBoundary);
-    bool ran = run_op(ops[i], ctx);
+    bool ran;
+    if (ops[i].kind == OpKind::kMemcgSwitch) {
+      ran = nscopes < kMaxScopesPerFrame;
+      if (ran) scopes[nscopes++].emplace(*cgroup_of(ops[i].order));
+    } else {
+      ran = run_op(ops[i], ctx);
+    }
     trace(0x0b, static_cast<std::uint64_t>(ops[i].kind) << 1 | (ran ? 1 : 0));
     ++(ran ? g.stats.ops_run : g.stats.ops_skipped);
     if (injection < 0) {
@@ -495,16 +641,16 @@ void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
       bool others_idle = true;
       for (int c = 0; c < g.ncpus; ++c) others_idle = others_idle && (c == t_cpu || !g.cpus[c].in_op);
       if (g.options.invariants_each_op && others_idle && touches_allocator(ops[i].kind)) {
-        InvariantResult inv = check_invariants();
-        if (!inv.ok) {
+        if (std::string what = invariant_violation(g.layers); !what.empty()) {
           Report r("harness: invariants");
-          r << inv.what;
+          r << what;
           fail(r);
         }
       }
     }
   }
   cpu.frames[depth].op = -1;
+  while (nscopes > 0) scopes[--nscopes].reset();
   release_frame_locks();
   --cpu.depth;
 }
@@ -586,16 +732,24 @@ bool apply_sabotage() {
   fail(r);
 }
 
+// A CPU spins on a held lock: hand over to a CPU that can make progress —
+// one that is not spinning, or whose lock has been freed. When there is none,
+// every unfinished CPU waits on a held lock: a global deadlock.
 void on_spin_wait(int me) {
   CpuState& cpu = g.cpus[me];
   cpu.spinning = true;
   cpu.spin_lock = spinlock_spinning_on();
-  int alive = 0;
-  for (int c = 0; c < g.ncpus; ++c) alive += g.cpus[c].done ? 0 : 1;
-  if (++g.spin_streak > 2 * alive + 2) report_global_deadlock();
-  int to = next_runnable(me);
-  if (to < 0) report_global_deadlock();  // nobody else can release it
-  switch_to(me, to);
+  if (cpu.spin_lock != nullptr && !cpu.spin_lock->is_locked()) return;  // freed meanwhile: retry
+  for (int i = 1; i < g.ncpus; ++i) {
+    int c = (me + i) % g.ncpus;
+    const CpuState& other = g.cpus[c];
+    if (other.done) continue;
+    if (!other.spinning || other.spin_lock == nullptr || !other.spin_lock->is_locked()) {
+      switch_to(me, c);
+      return;
+    }
+  }
+  report_global_deadlock();
 }
 
 void site_event(int site) {
@@ -615,7 +769,6 @@ void site_event(int site) {
     return;
   }
   g.cpus[me].spinning = false;
-  g.spin_streak = 0;
   while (g.next_switch < g.program->schedule.size() && g.program->schedule[g.next_switch].event <= g.events) {
     int to = g.program->schedule[g.next_switch++].cpu;
     if (to != me && !g.cpus[to].done) switch_to(me, to);
@@ -632,6 +785,10 @@ void cycle_cpu() {
   trace(0xc7c1e);
   t_scope->reset();    // offline: the per-CPU caches drain
   t_scope->emplace();  // online again (the lowest free id)
+  // An injection that fired while the CPU went offline was raised into
+  // blocked signals and dropped: it never ran, and never will.
+  t_pending[0].count = 0;
+  t_pending[1].count = 0;
 }
 
 // One program CPU: wait for the turn, run, hand over, wait to go offline.
@@ -648,6 +805,7 @@ void cpu_main(int index, bool own_thread) {
     give_turn(to >= 0 ? to : kMainTurn);
     wait_turn(kExitTurnBase + index);
   }
+  g.quiescing = true;  // going offline is not part of the program
   scope.reset();
   t_scope = nullptr;
   t_cpu = -1;
@@ -670,27 +828,47 @@ void set_fault_plan(const FaultSpec& f) {
   r.fatal();
 }
 
-// Everything freed and drained: no page lost, nothing deferred, invariants.
+// Everything freed and drained: no page lost, nothing deferred, no charge
+// left, invariants.
 void final_oracles() {
   CpuScope cpu;  // the checks allocate nolock: this thread must be a CPU
   for (int i = 0; i < kSlots; ++i) {
     Slot& s = g.slots[i];
-    if (s.kind != SlotKind::kPage) continue;
-    for (; s.refs > 1; --s.refs) put_page(s.page);
-    free_pages(s.page, s.order);
+    if (s.kind == SlotKind::kPage) {
+      for (; s.refs > 1; --s.refs) put_page(s.page);
+      free_pages(s.page, s.order);
+    } else if (s.kind == SlotKind::kObject) {
+      kfree(s.object);
+    } else if (s.kind == SlotKind::kCharge) {
+      memcg_uncharge(s.cgroup, s.pages);
+    }
     s = Slot{};
   }
+  slab_drain_all();
+  drain_local_stock();
   drain_all_pages();
-  InvariantResult inv = check_invariants();
-  if (!inv.ok) final_failure("invariants: ", inv.what);
+  if (std::string what = invariant_violation(kAllLayers); !what.empty()) final_failure("invariants: ", what);
+  if (std::uint64_t d = slab_deferred_pending(); d != 0)
+    final_failure("liveness: ", std::to_string(d) + " objects still on slab deferred lists after slab_drain_all");
   if (std::size_t d = deferred_free_pages(); d != 0)
     final_failure("liveness: ", std::to_string(d) + " pages still on the deferred-free stack after drain_all_pages");
+  for (int c = 0; c < kCgroups; ++c) {
+    MemCgroup* cg = cgroup_of(c);
+    if (cg->usage() != 0)
+      final_failure("conservation: ", std::string("cgroup ") + cg->name() + " still has " +
+                                          std::to_string(cg->usage()) + " pages charged with nothing allocated");
+    if (!cg->is_root()) cg->set_max(kMemcgUnlimited);
+  }
   if (zone_free_pages() != arena_pages())
     final_failure("conservation: ", std::to_string(arena_pages() - zone_free_pages()) +
                                         " pages are neither free nor held by the program");
   Page* p = alloc_pages_nolock(Gfp{}, 0);
   if (p == nullptr) final_failure("liveness: ", "alloc_pages_nolock fails on a free, quiet zone");
   free_pages_nolock(p, 0);
+  void* o = kmalloc_nolock(64, Gfp{});
+  if (o == nullptr) final_failure("liveness: ", "kmalloc_nolock fails on a free, quiet zone");
+  kfree_nolock(o);
+  slab_drain_all();
   drain_all_pages();
 }
 
@@ -698,16 +876,20 @@ void final_oracles() {
 
 RunStats run_program(const TargetSpec& target, const Program& program, const RunOptions& options) {
   g = Exec{};
+  t_pending[0].count = 0;
+  t_pending[1].count = 0;
   g.target = &target;
   g.program = &program;
   g.options = options;
   g.ncpus = static_cast<int>(program.cpus.size());
+  g.layers = layers_of(target);
   for (int c = 0; c < g.ncpus; ++c) g.cpus[c].index = c;
 
   // The allocator outlives a run: every run ends with it fully free, drained
   // and coalesced (the final oracles check exactly that), which is the state
   // a fresh one starts in, so reusing it keeps runs independent and cheap.
   if (arena_pages() != options.arena_pages) {
+    if (arena_pages() != 0) slab_shutdown();
     page_allocator_shutdown();
     PageAllocatorConfig config;
     config.pages = options.arena_pages;
@@ -716,8 +898,10 @@ RunStats run_program(const TargetSpec& target, const Program& program, const Run
     if (std::string_view err = page_allocator_init(config); !err.empty()) {
       (Report("harness setup") << "page_allocator_init: " << err).fatal();
     }
+    if (std::string_view err = slab_init(); !err.empty()) (Report("harness setup") << "slab_init: " << err).fatal();
   }
   set_bad_page_policy(BadPagePolicy::kAbort);
+  set_slab_bad_free_policy(BadPagePolicy::kAbort);
   set_fault_plan(program.fault);
   set_interrupt_handler(InterruptKind::kIrq, interrupt_handler);
   set_interrupt_handler(InterruptKind::kNmi, interrupt_handler);

@@ -94,8 +94,8 @@ struct Op {
 inline constexpr std::uint32_t kKmallocSizes[] = {1,   8,   16,  24,   32,   64,   96,   128,
                                                   200, 256, 500, 1024, 2048, 4000, 4096, 8192};
 inline constexpr int kKmallocSizeCount = sizeof(kKmallocSizes) / sizeof(kKmallocSizes[0]);
-inline constexpr std::uint32_t kMemcgUnlimited = ~0u;
-inline constexpr std::uint32_t kMemcgLimits[] = {0, 1, 4, 16, 64, kMemcgUnlimited};
+inline constexpr std::uint32_t kLimitUnlimited = ~0u;
+inline constexpr std::uint32_t kMemcgLimits[] = {0, 1, 4, 16, 64, kLimitUnlimited};
 inline constexpr int kMemcgLimitCount = sizeof(kMemcgLimits) / sizeof(kMemcgLimits[0]);
 inline constexpr int kMaxSpinningOrder = 5;  // orders a program allocates on the spinning path
 inline constexpr int kMaxChargePages = 8;

@@ -48,7 +48,7 @@ std::string print_op(const Op& op) {
     case OpKind::kKmalloc: s += " size=" + std::to_string(kKmallocSizes[op.order]); break;
     case OpKind::kMemcgSetMax:
       s += " cgroup=" + std::to_string(op.order) + " limit=" +
-           (kMemcgLimits[op.arg] == kMemcgUnlimited ? std::string("unlimited") : std::to_string(kMemcgLimits[op.arg]));
+           (kMemcgLimits[op.arg] == kLimitUnlimited ? std::string("unlimited") : std::to_string(kMemcgLimits[op.arg]));
       break;
     case OpKind::kMemcgCharge: s += " cgroup=" + std::to_string(op.order) + " pages=" + std::to_string(op.arg); break;
     case OpKind::kMemcgSwitch: s += " cgroup=" + std::to_string(op.order); break;
@@ -203,7 +203,7 @@ class Parser {
         } else if (k == "limit" && op.kind == OpKind::kMemcgSetMax) {
           int idx = -1;
           for (int l = 0; l < kMemcgLimitCount; ++l) {
-            if (kMemcgLimits[l] == kMemcgUnlimited ? v == "unlimited" : v == std::to_string(kMemcgLimits[l])) idx = l;
+            if (kMemcgLimits[l] == kLimitUnlimited ? v == "unlimited" : v == std::to_string(kMemcgLimits[l])) idx = l;
           }
           if (idx < 0) expected("a limit of 0, 1, 4, 16, 64 or unlimited", v);
           op.arg = static_cast<std::uint8_t>(idx);
@@ -345,6 +345,7 @@ bool is_text_program(std::string_view bytes) { return bytes.substr(0, kTextMagic
 std::string print_regression_test(const TargetSpec& target, const Program& p, std::string_view test_name) {
   std::ostringstream out;
   out << "// Regression test printed by anyctx-repro --emit-test: the program must run clean.\n"
+      << "#include <gtest/gtest.h>\n\n#include <cstdlib>\n\n#include \"harness/executor.h\"\n\n"
       << "TEST(Regression, " << test_name << ") {\n"
       << "  GTEST_FLAG_SET(death_test_style, \"threadsafe\");\n"
       << "  static const char kProgram[] = R\"anyctx(" << print(target, p) << ")anyctx\";\n"

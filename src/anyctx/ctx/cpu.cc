@@ -108,19 +108,21 @@ CpuScope::~CpuScope() {
     std::lock_guard<std::mutex> guard(g_registry_mu);
     for (int i = 0; i < kMaxOfflineCallbacks; ++i) fns[i] = g_offline_fns[i].load(std::memory_order_relaxed);
   }
-  {
-    IrqSaveScope masked;
-    for (CpuOfflineFn fn : fns)
-      if (fn != nullptr) fn(id_);
-  }
-
-  // No handler may run on the stack being unmapped: block both classes, go
-  // offline, then let whatever is pending arrive (and be dropped).
+  // From here on no interrupt reaches this CPU: both classes are blocked
+  // while the callbacks drain its per-CPU caches (an IRQ or NMI in between
+  // would refill them after the drain) and while it goes offline (no handler
+  // may run on a stack being detached). What arrives meanwhile is delivered
+  // once the thread is no longer a CPU, and dropped.
   sigset_t both, previous;
   sigemptyset(&both);
   sigaddset(&both, detail::interrupt_signal(InterruptKind::kIrq));
   sigaddset(&both, detail::interrupt_signal(InterruptKind::kNmi));
   pthread_sigmask(SIG_BLOCK, &both, &previous);
+  {
+    IrqSaveScope masked;
+    for (CpuOfflineFn fn : fns)
+      if (fn != nullptr) fn(id_);
+  }
   {
     std::lock_guard<std::mutex> guard(g_registry_mu);
     altstack_detach(g_slots[id_]);

@@ -11,7 +11,10 @@
 //    interrupt handler, with IRQs masked or inside a local-lock section.
 //  - Offline callbacks run on the departing thread, in registration order,
 //    while it is still that CPU with IRQs masked, so they may drain its
-//    per-CPU caches with the ordinary (spinning) entry points.
+//    per-CPU caches with the ordinary (spinning) entry points. From the
+//    callbacks on, IRQ- and NMI-class signals are blocked on the thread (no
+//    interrupt can refill a cache after its drain); those that arrive are
+//    delivered once it is no longer a CPU, and dropped.
 //  - PerCpu<T>::this_cpu() on a thread that is not a CPU is a fatal report.
 //    Entry points that may spin call require_cpu(); nolock entry points test
 //    current_cpu() and return nullptr instead.

@@ -48,10 +48,9 @@
 //    charge only marks the cgroup pending (a lock-free list); delivery
 //    happens from the next spinning charge anywhere, or memcg_flush_events().
 //  - Current cgroup: what an accounted allocation charges. Per thread and per
-//    context level: task code charges the innermost MemcgScope of the task
-//    frame; IRQ and NMI code charge the innermost MemcgScope opened at their
-//    own level, or the root when none is open (interrupt work does not bill
-//    the task it interrupted). Scopes nest strictly.
+//    context level (task, IRQ, NMI): the innermost MemcgScope opened at this
+//    level, or the root when none is open. So interrupt work does not bill
+//    the task it interrupted unless it opens a scope. Scopes nest strictly.
 //  - Statistics are per-CPU, per-context single-writer slots: NMI-safe.
 //  - memcg_check_invariants() (quiesced): at every level, usage equals the
 //    pages charged by callers in its subtree plus the stock pages cached for
@@ -61,8 +60,8 @@
 //  - Misuse is a fatal report naming the cgroup: an uncharge that takes a
 //    level below zero, destroying a cgroup that still has pages charged,
 //    children or open scopes, set_max() on the root, scopes ending out of
-//    order, a spinning charge in NMI context or with direct reclaim outside
-//    task context, a null cgroup.
+//    order, a null cgroup; in ANYCTX_DEBUG builds also a spinning charge in
+//    NMI context or with direct reclaim outside task context.
 //  - memcg knows nothing of pages: the page allocator charges through it and
 //    keeps the cgroup in the page (DESIGN.md §7).
 #pragma once

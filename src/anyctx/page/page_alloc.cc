@@ -6,6 +6,7 @@
 //   deferred        the lock-free stack of frees that found zone.lock busy
 //   pcp             refill, bulk free, drain
 //   alloc / free    the shared cores and the entry points
+//   accounting      kGfpAccount: charge first, uncharge on failure and free
 //   bad page        validation and reports
 //   invariants
 #include "anyctx/page/page_alloc.h"
@@ -21,6 +22,7 @@
 #include "anyctx/ctx/report.h"
 #include "anyctx/ctx/site.h"
 #include "anyctx/lock/spinlock.h"
+#include "anyctx/memcg/memcg.h"
 #include "anyctx/page/fault.h"
 
 #if ANYCTX_ASAN
@@ -117,7 +119,8 @@ enum Stat : int {
   kStatPcpRefills,
   kStatPcpBulkFrees,
   kStatReclaimRuns,
-  kStatCount
+  kStatChargeFailed,  // + path index: kGfpAccount allocations the cgroup refused
+  kStatCount = kStatChargeFailed + 2
 };
 
 struct StatSlots {
@@ -158,7 +161,7 @@ void stat_inc(int stat) {
 
 std::uint64_t stat_sum(int stat, int ctx) {
   std::uint64_t sum = g_shared_stats.v[ctx][stat].load(std::memory_order_relaxed);
-  g_cpu_stats.for_each([&](int, StatSlots& s) { sum += s.v[ctx][stat].load(std::memory_order_relaxed); });
+  g_cpu_stats.for_each_used([&](int, StatSlots& s) { sum += s.v[ctx][stat].load(std::memory_order_relaxed); });
   return sum;
 }
 
@@ -434,6 +437,96 @@ ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp) {
   free_block_slow(page, order, gfp);
 }
 
+// --- alloc cores and accounting --------------------------------------------------
+
+// alloc_pages() after its context checks.
+ANYCTX_ALWAYS_INLINE Page* alloc_pages_core(Gfp gfp, unsigned order, int cpu) {
+  int path = path_index(gfp);
+  if (order > kMaxOrder || fault_should_fail(order, FaultPath::kSpinning)) {
+    stat_inc(kStatAllocFailed + path);
+    return nullptr;
+  }
+  std::size_t min = allows_reserves(gfp) ? g_zone.watermark_min / 2 : g_zone.watermark_min;
+  std::size_t mark = allows_direct_reclaim(gfp) ? g_zone.watermark_low : min;
+  for (int attempt = 0;; ++attempt) {
+    if (Page* page = rmqueue(gfp, order, cpu, mark)) {
+      stat_inc(kStatAllocOk + path);
+      return prep_new_page(page, order, gfp);
+    }
+    if (!allows_direct_reclaim(gfp) || attempt == kMaxReclaimRetries) break;
+    stat_inc(kStatReclaimRuns);
+    reclaim_run();
+    mark = min;
+  }
+  stat_inc(kStatAllocFailed + path);
+  return nullptr;
+}
+
+// alloc_pages_nolock() after its gfp check.
+ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order) {
+  int cpu = current_cpu();
+  if (order > kPcpMaxOrder || cpu == kNoCpu || fault_should_fail(order, FaultPath::kNolock)) {
+    stat_inc(kStatAllocFailed + 1);
+    return nullptr;
+  }
+  // No reclaim bit: allows_spinning() is false, so every lock is a trylock.
+  Gfp nolock = kGfpZero | kGfpNomemalloc | kGfpNowarn | kGfpComp;
+  Page* page = rmqueue(nolock, order, cpu, g_zone.watermark_min);
+  if (page == nullptr) {
+    stat_inc(kStatAllocFailed + 1);
+    return nullptr;
+  }
+  stat_inc(kStatAllocOk + 1);
+  return prep_new_page(page, order, nolock);
+}
+
+// kGfpAccount: charge current_mem_cgroup() 2^order pages first (on the path
+// gfp says: spinning, or nolock), give the charge back when no block is
+// found, keep the cgroup in the head frame.
+bool charge_current(Gfp gfp, unsigned order, MemCgroup** memcg) {
+  *memcg = current_mem_cgroup();
+  if (memcg_try_charge(*memcg, gfp, 1u << order)) return true;
+  stat_inc(kStatChargeFailed + path_index(gfp));
+  stat_inc(kStatAllocFailed + path_index(gfp));
+  return false;
+}
+
+Page* commit_charge(Page* page, MemCgroup* memcg, unsigned order) {
+  if (page == nullptr) {
+    memcg_uncharge(memcg, 1u << order);
+    return nullptr;
+  }
+  page->memcg.store(memcg, std::memory_order_relaxed);
+  return page;
+}
+
+ANYCTX_COLD Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, int cpu) {
+  Gfp plain = gfp & ~kGfpAccount;
+  if (order > kMaxOrder) return alloc_pages_core(plain, order, cpu);  // fails and counts there
+  MemCgroup* memcg;
+  if (!charge_current(gfp, order, &memcg)) return nullptr;
+  return commit_charge(alloc_pages_core(plain, order, cpu), memcg, order);
+}
+
+ANYCTX_COLD Page* alloc_pages_nolock_accounted_slow(Gfp gfp, unsigned order) {
+  if (order > kPcpMaxOrder || current_cpu() == kNoCpu) return alloc_pages_nolock_core(order);  // fails, counts
+  MemCgroup* memcg;
+  if (!charge_current(gfp, order, &memcg)) return nullptr;  // gfp has no reclaim bit: a nolock charge
+  return commit_charge(alloc_pages_nolock_core(order), memcg, order);
+}
+
+// A charged block goes back to its cgroup (atomics only: any context, every
+// free path).
+ANYCTX_COLD void uncharge_slow(Page* page, MemCgroup* memcg, unsigned order) {
+  page->memcg.store(nullptr, std::memory_order_relaxed);
+  memcg_uncharge(memcg, 1u << order);
+}
+
+ANYCTX_ALWAYS_INLINE void uncharge_page(Page* page, unsigned order) {
+  MemCgroup* memcg = page->memcg.load(std::memory_order_relaxed);
+  if (ANYCTX_UNLIKELY(memcg != nullptr)) uncharge_slow(page, memcg, order);
+}
+
 // --- bad page -----------------------------------------------------------------
 
 // Finds the head of the block that contains tail frame `pfn`. Diagnostics.
@@ -624,25 +717,8 @@ Page* alloc_pages(Gfp gfp, unsigned order) {
                               << " context: reclaim runs only in task context (use kGfpAtomic)")
           .fatal();
   }
-  int path = path_index(gfp);
-  if (order > kMaxOrder || fault_should_fail(order, FaultPath::kSpinning)) {
-    stat_inc(kStatAllocFailed + path);
-    return nullptr;
-  }
-  std::size_t min = allows_reserves(gfp) ? g_zone.watermark_min / 2 : g_zone.watermark_min;
-  std::size_t mark = allows_direct_reclaim(gfp) ? g_zone.watermark_low : min;
-  for (int attempt = 0;; ++attempt) {
-    if (Page* page = rmqueue(gfp, order, cpu, mark)) {
-      stat_inc(kStatAllocOk + path);
-      return prep_new_page(page, order, gfp);
-    }
-    if (!allows_direct_reclaim(gfp) || attempt == kMaxReclaimRetries) break;
-    stat_inc(kStatReclaimRuns);
-    reclaim_run();
-    mark = min;
-  }
-  stat_inc(kStatAllocFailed + path);
-  return nullptr;
+  if (ANYCTX_UNLIKELY(gfp.has(kGfpAccount))) return alloc_pages_accounted_slow(gfp, order, cpu);
+  return alloc_pages_core(gfp, order, cpu);
 }
 
 void free_pages(Page* page, unsigned order) {
@@ -650,6 +726,7 @@ void free_pages(Page* page, unsigned order) {
     if (in_nmi()) (Report("context rule") << "free_pages() in NMI context: use free_pages_nolock()").fatal();
   }
   if (!free_pages_prepare("free_pages", page, order)) return;
+  uncharge_page(page, order);
   stat_inc(kStatFreed + 0);
   free_block(page, order, kGfpKernel);
 }
@@ -658,24 +735,13 @@ Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
   if (ANYCTX_UNLIKELY(!(gfp & ~kGfpAccount).empty())) {
     (Report("bad gfp") << "alloc_pages_nolock(): gfp may carry only kGfpAccount, got ").hex(gfp.bits()).fatal();
   }
-  int cpu = current_cpu();
-  if (order > kPcpMaxOrder || cpu == kNoCpu || fault_should_fail(order, FaultPath::kNolock)) {
-    stat_inc(kStatAllocFailed + 1);
-    return nullptr;
-  }
-  // No reclaim bit: allows_spinning() is false, so every lock is a trylock.
-  Gfp nolock = gfp | kGfpZero | kGfpNomemalloc | kGfpNowarn | kGfpComp;
-  Page* page = rmqueue(nolock, order, cpu, g_zone.watermark_min);
-  if (page == nullptr) {
-    stat_inc(kStatAllocFailed + 1);
-    return nullptr;
-  }
-  stat_inc(kStatAllocOk + 1);
-  return prep_new_page(page, order, nolock);
+  if (ANYCTX_UNLIKELY(gfp.has(kGfpAccount))) return alloc_pages_nolock_accounted_slow(gfp, order);
+  return alloc_pages_nolock_core(order);
 }
 
 void free_pages_nolock(Page* page, unsigned order) {
   if (!free_pages_prepare("free_pages_nolock", page, order)) return;
+  uncharge_page(page, order);
   stat_inc(kStatFreed + 1);
   free_block(page, order, Gfp{});
 }
@@ -714,7 +780,11 @@ void drain_local_pages() { drain_pcp(require_cpu("drain_local_pages")); }
 
 std::size_t drain_all_pages() {
   std::size_t moved = 0;
-  for (int cpu = 0; cpu < kMaxCpus; ++cpu) moved += drain_pcp(cpu);
+  // An empty pcp is passed over without its lock (a snapshot, as the
+  // kernel's has_pcps check): a drain costs nothing for idle CPUs and does
+  // the same work however many CPU ids have ever been used.
+  for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu)
+    if (g_pcp.on(cpu).count.load(std::memory_order_relaxed) != 0) moved += drain_pcp(cpu);
   std::uint64_t before = stat_sum(kStatDeferredDrained);
   IrqFlags flags;
   zone_lock(kGfpKernel, flags);  // drains the deferred stack
@@ -733,6 +803,7 @@ PageStats page_stats() {
       s.alloc_ok[p][c] = stat_sum(kStatAllocOk + p, c);
       s.alloc_failed[p][c] = stat_sum(kStatAllocFailed + p, c);
       s.freed[p][c] = stat_sum(kStatFreed + p, c);
+      s.charge_failed[p][c] = stat_sum(kStatChargeFailed + p, c);
     }
   }
   s.deferred_pushed = stat_sum(kStatDeferredPushed);
@@ -797,7 +868,7 @@ InvariantResult check_invariants() ANYCTX_NO_TSA {
 
   // Each pcp under its own lock, then the zone (lock order pcp -> zone; the
   // caller keeps the allocator quiet, so the parts add up to one picture).
-  for (int cpu = 0; cpu < kMaxCpus && result.ok; ++cpu) {
+  for (int cpu = 0, used = cpu_ids_used(); cpu < used && result.ok; ++cpu) {
     Pcp& pcp = g_pcp.on(cpu);
     pcp.lock.lock();
     std::size_t pages = 0;

@@ -59,19 +59,26 @@ std::string_view page_allocator_init(const PageAllocatorConfig& config);
 // Unmaps the arena. Context: task, no other CPU using the allocator.
 void page_allocator_shutdown();
 
+// With kGfpAccount it first charges current_mem_cgroup() 2^order pages
+// (memcg.h; a spinning charge, which may reclaim), gives the charge back if
+// no block is found, and keeps the cgroup in the block's head frame.
 // Context: task or IRQ (direct reclaim: task). Return: a block of 2^order
 // frames with refcount 1 (zeroed with kGfpZero), or nullptr when memory is
-// exhausted even after reclaim, or order > kMaxOrder. (kGfpAccount takes
-// effect with the memcg layer.)
+// exhausted even after reclaim, the cgroup refused the charge, or
+// order > kMaxOrder.
 Page* alloc_pages(Gfp gfp, unsigned order);
 // Frees a block from alloc_pages / alloc_pages_nolock; the caller holds the
-// last reference. Context: task or IRQ.
+// last reference. A charged block is uncharged from its cgroup (on every
+// free path: free_pages, free_pages_nolock, the last put_page). Context:
+// task or IRQ.
 void free_pages(Page* page, unsigned order);
 
+// With kGfpAccount the charge of current_mem_cgroup() is nolock as well:
+// exactly 2^order pages, no reclaim, refused at once at the limit.
 // Context: any; gfp may carry only kGfpAccount; order <= kPcpMaxOrder.
 // Return: a zeroed block with refcount 1, or nullptr (no memory in this
-// context: a lock was busy, the lists were empty, order > 3, or the thread
-// is not a CPU).
+// context: a lock was busy, the lists were empty, the cgroup is at its
+// limit, order > 3, or the thread is not a CPU).
 Page* alloc_pages_nolock(Gfp gfp, unsigned order);
 // Frees like free_pages without ever waiting. Context: any.
 void free_pages_nolock(Page* page, unsigned order);
@@ -99,6 +106,7 @@ struct PageStats {
   std::uint64_t alloc_ok[2][3];
   std::uint64_t alloc_failed[2][3];
   std::uint64_t freed[2][3];
+  std::uint64_t charge_failed[2][3];  // kGfpAccount calls refused by the cgroup (also in alloc_failed)
   std::uint64_t deferred_pushed;
   std::uint64_t deferred_drained;
   std::uint64_t pcp_refills;

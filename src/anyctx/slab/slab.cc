@@ -777,7 +777,7 @@ std::size_t slab_drain_local() {
 std::size_t slab_drain_all() {
   if (!g_initialised) return 0;
   int cpu = current_cpu();
-  for (int other = 0; other < kMaxCpus; ++other) drain_deferred(g_cpu_slabs.on(other).deferred, cpu);
+  for (int other = 0, used = cpu_ids_used(); other < used; ++other) drain_deferred(g_cpu_slabs.on(other).deferred, cpu);
   drain_deferred(g_shared_deferred, cpu);
   std::size_t pages = cpu != kNoCpu ? flush_cpu_slabs(cpu) : 0;
   return pages + release_empty_partials();
