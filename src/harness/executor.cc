@@ -264,20 +264,31 @@ void for_each_checked(const Slot& s, Fn&& fn) {
   }
 }
 
+// Return: the index of the first byte of p[0, n) that is not `want`, or n.
+std::size_t first_mismatch(const unsigned char* p, std::size_t n, std::uint8_t want) {
+  std::uint64_t word = 0x0101010101010101ull * want;
+  std::size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    std::uint64_t v;
+    std::memcpy(&v, p + k, 8);
+    if (v != word) break;
+  }
+  while (k < n && p[k] == want) ++k;
+  return k;
+}
+
 void shadow_expect(int slot_index, const Slot& s, std::uint8_t want, const char* what) {
   for_each_checked(s, [&](unsigned char* p, std::size_t n) {
-    for (std::size_t k = 0; k < n; ++k) {
-      if (p[k] != want) {
-        Report r("harness: shadow map");
-        r << "slot " << slot_index << " (" << (s.kind == SlotKind::kPage ? "page block at pfn " : "object at ");
-        if (s.kind == SlotKind::kPage) r << page_to_pfn(s.page) << " order " << s.order;
-        else r << static_cast<const void*>(s.object) << ", " << s.bytes << " bytes";
-        r << "): " << what << ": byte "
-          << static_cast<std::size_t>(p + k - reinterpret_cast<unsigned char*>(range_of(s).begin)) << " is "
-          << static_cast<unsigned>(p[k]) << ", expected " << static_cast<unsigned>(want);
-        fail(r);
-      }
-    }
+    std::size_t k = first_mismatch(p, n, want);
+    if (k == n) return;
+    Report r("harness: shadow map");
+    r << "slot " << slot_index << " (" << (s.kind == SlotKind::kPage ? "page block at pfn " : "object at ");
+    if (s.kind == SlotKind::kPage) r << page_to_pfn(s.page) << " order " << s.order;
+    else r << static_cast<const void*>(s.object) << ", " << s.bytes << " bytes";
+    r << "): " << what << ": byte "
+      << static_cast<std::size_t>(p + k - reinterpret_cast<unsigned char*>(range_of(s).begin)) << " is "
+      << static_cast<unsigned>(p[k]) << ", expected " << static_cast<unsigned>(want);
+    fail(r);
   });
 }
 
@@ -591,16 +602,15 @@ bool touches_allocator(OpKind kind) {
 // Runs a frame's ops: the CPU's own (injection -1) or an injection's.
 enum Layers : unsigned { kLayerPage = 1, kLayerSlab = 2, kLayerMemcg = 4, kAllLayers = 7 };
 
-// The layers a target's programs can change: after each op only those are
-// checked (the final oracles check all).
+// What is checked after each op (the cheap form): the page allocator's
+// structure — every frame in one place, counts, coalescing — whenever the
+// target can touch pages (slab pages and accounted pages included). The slab
+// and memcg checks walk every object and every CPU's stock: they run in full
+// at the end of every program (final_oracles), not after each op.
 unsigned layers_of(const TargetSpec& t) {
-  unsigned layers = 0;
-  for (OpKind k : t.task_ops) {
-    if (k == OpKind::kAllocPages || k == OpKind::kKmalloc) layers |= kLayerPage;
-    if (k == OpKind::kKmalloc) layers |= kLayerSlab;
-    if (k == OpKind::kMemcgCharge) layers |= kLayerMemcg;
-  }
-  return layers;
+  for (OpKind k : t.task_ops)
+    if (k == OpKind::kAllocPages || k == OpKind::kKmalloc) return kLayerPage;
+  return 0;
 }
 
 // Page, slab and memcg invariants. Context: task, with every other CPU

@@ -11,9 +11,9 @@
 //    Same program, same execution: the trace hash is a function of the
 //    program alone.
 //  - Oracles, each a fatal report naming the oracle, the CPU, the frame
-//    (task or which injection) and the op: allocator invariants after every
-//    top-level op while every other CPU is between ops, and in full at the
-//    end; a shadow map of live allocations (no overlap; the content pattern
+//    (task or which injection) and the op: the page allocator's invariants
+//    after every top-level op while every other CPU is between ops (the
+//    cheap form), and page, slab and memcg invariants in full at the end; a shadow map of live allocations (no overlap; the content pattern
 //    written at allocation is intact at free); the lock model (a try_lock
 //    succeeds exactly when the model says the lock is free); global deadlock
 //    (every unfinished CPU spinning); liveness after quiesce (deferred lists
