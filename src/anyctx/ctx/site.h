@@ -34,7 +34,9 @@
   X(kPcpRefill, "between pages of a pcp refill from the buddy lists")        \
   X(kPcpBulkFree, "between pages of a bulk free or drain of a pcp list")    \
   X(kDeferredPush, "between reading the deferred-free head and the CAS")     \
-  X(kDeferredDrain, "between pages of a deferred-free drain")
+  X(kDeferredDrain, "between pages of a deferred-free drain")               \
+  X(kZoneUnlocked, "just after zone.lock is released")                       \
+  X(kPcpUnlocked, "just after a pcp.lock is released")
 
 // The memcg layer's sites (memcg/).
 #define ANYCTX_MEMCG_SITES(X)                                                  \

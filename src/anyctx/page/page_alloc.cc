@@ -217,7 +217,10 @@ Page* buddy_alloc_locked(unsigned order, std::size_t mark) {
     g_zone.free_area[have].push_front(upper);
     ANYCTX_SITE(kZoneListEdit);
   }
-  page->order.store(static_cast<std::uint8_t>(order), std::memory_order_relaxed);
+  // Off the lists, so no longer kBuddy before zone.lock is released: a CPU
+  // freeing this block's buddy must not take it for a free block to merge
+  // with. The caller makes it kPcp (refill) or prepares it (kAllocated).
+  set_head(page, PageState::kAllocated, order);
   g_zone.free_pages.fetch_sub(block_pages(order), std::memory_order_relaxed);
   return page;
 }
@@ -244,6 +247,9 @@ bool zone_lock(Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
 void zone_unlock(IrqFlags flags) ANYCTX_NO_TSA {
   ANYCTX_SITE(kZoneUnlock);
   g_zone.lock.unlock_irqrestore(flags);
+  // After the release too: what a caller does with a block it took out from
+  // under the lock races with the other CPUs from here on.
+  ANYCTX_SITE(kZoneUnlocked);
 }
 
 bool pcp_trylock(Pcp& pcp) ANYCTX_NO_TSA {
@@ -255,6 +261,7 @@ bool pcp_trylock(Pcp& pcp) ANYCTX_NO_TSA {
 void pcp_unlock(Pcp& pcp) ANYCTX_NO_TSA {
   ANYCTX_SITE(kPcpUnlock);
   pcp.lock.unlock();
+  ANYCTX_SITE(kPcpUnlocked);
 }
 
 void pcp_count_add(Pcp& pcp, long delta) {
