@@ -92,12 +92,16 @@ struct LocalLockSlot {
   LocalTryLock lock{"harness.L"};
 };
 
+// The library layers a run can reach.
+enum Layers : unsigned { kLayerPage = 1, kLayerSlab = 2, kLayerMemcg = 4 };
+
 struct Exec {
   const TargetSpec* target = nullptr;
   const Program* program = nullptr;
   RunOptions options;
   int ncpus = 1;
   unsigned layers = 0;     // checked after each op (layers_of the target)
+  unsigned touched = 0;    // layers this run's ops reached (checked at the end)
   bool active = false;     // the site hook acts
   bool quiescing = false;  // the site hook only counts
   Slot slots[kSlots];
@@ -320,6 +324,7 @@ Gfp spinning_gfp(Ctx ctx) { return ctx == Ctx::kTask ? kGfpKernel : kGfpAtomic; 
 bool op_alloc_pages(const Op& op, Ctx ctx) {
   Slot& s = g.slots[op.slot];
   if (s.kind != SlotKind::kEmpty) return false;
+  if (op.arg & kFlagAccount) g.touched |= kLayerMemcg;
   s.kind = SlotKind::kReserved;  // an interrupt inside the call must not take it
   Page* page;
   if (op.path == Path::kNolock && g.options.sabotage != Sabotage::kSpinningInNmi) {
@@ -398,6 +403,7 @@ bool op_write_verify(const Op& op) {
 bool op_kmalloc(const Op& op, Ctx ctx) {
   Slot& s = g.slots[op.slot];
   if (s.kind != SlotKind::kEmpty) return false;
+  g.touched |= kLayerSlab | (op.arg & kFlagAccount ? kLayerMemcg : 0u);
   s.kind = SlotKind::kReserved;
   std::size_t bytes = kKmallocSizes[op.order];
   Gfp flags = (op.arg & kFlagZero ? kGfpZero : Gfp{}) | (op.arg & kFlagAccount ? kGfpAccount : Gfp{});
@@ -426,6 +432,7 @@ bool op_kfree(const Op& op) {
 
 bool op_memcg_set_max(const Op& op) {
   MemCgroup* cg = cgroup_of(op.order);
+  g.touched |= kLayerMemcg;
   if (cg->is_root()) return false;  // the root has no limit
   std::uint32_t limit = kMemcgLimits[op.arg];
   cg->set_max(limit == kLimitUnlimited ? kMemcgUnlimited : limit);
@@ -435,6 +442,7 @@ bool op_memcg_set_max(const Op& op) {
 bool op_memcg_charge(const Op& op, Ctx ctx) {
   Slot& s = g.slots[op.slot];
   if (s.kind != SlotKind::kEmpty) return false;
+  g.touched |= kLayerMemcg;
   s.kind = SlotKind::kReserved;
   MemCgroup* cg = cgroup_of(op.order);
   bool charged = memcg_try_charge(cg, op.path == Path::kNolock ? Gfp{} : spinning_gfp(ctx), op.arg);
@@ -600,8 +608,6 @@ bool touches_allocator(OpKind kind) {
 }
 
 // Runs a frame's ops: the CPU's own (injection -1) or an injection's.
-enum Layers : unsigned { kLayerPage = 1, kLayerSlab = 2, kLayerMemcg = 4, kAllLayers = 7 };
-
 // What is checked after each op (the cheap form): the page allocator's
 // structure — every frame in one place, counts, coalescing — whenever the
 // target can touch pages (slab pages and accounted pages included). The slab
@@ -639,6 +645,7 @@ void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
     site_event(kOpBoundary);
     bool ran;
     if (ops[i].kind == OpKind::kMemcgSwitch) {
+      g.touched |= kLayerMemcg;
       ran = nscopes < kMaxScopesPerFrame;
       if (ran) scopes[nscopes++].emplace(*cgroup_of(ops[i].order));
     } else {
@@ -839,7 +846,8 @@ void set_fault_plan(const FaultSpec& f) {
 }
 
 // Everything freed and drained: no page lost, nothing deferred, no charge
-// left, invariants.
+// left, invariants — of the page allocator always, of the slab and memcg
+// layers when the run reached them.
 void final_oracles() {
   CpuScope cpu;  // the checks allocate nolock: this thread must be a CPU
   for (int i = 0; i < kSlots; ++i) {
@@ -854,20 +862,27 @@ void final_oracles() {
     }
     s = Slot{};
   }
-  slab_drain_all();
-  drain_local_stock();
+  const bool slab = g.touched & kLayerSlab;
+  const bool memcg = g.touched & kLayerMemcg;
+  if (slab) slab_drain_all();
+  if (memcg) drain_local_stock();
   drain_all_pages();
-  if (std::string what = invariant_violation(kAllLayers); !what.empty()) final_failure("invariants: ", what);
-  if (std::uint64_t d = slab_deferred_pending(); d != 0)
-    final_failure("liveness: ", std::to_string(d) + " objects still on slab deferred lists after slab_drain_all");
+  if (std::string what = invariant_violation(kLayerPage | g.touched); !what.empty())
+    final_failure("invariants: ", what);
+  if (slab) {
+    if (std::uint64_t d = slab_deferred_pending(); d != 0)
+      final_failure("liveness: ", std::to_string(d) + " objects still on slab deferred lists after slab_drain_all");
+  }
   if (std::size_t d = deferred_free_pages(); d != 0)
     final_failure("liveness: ", std::to_string(d) + " pages still on the deferred-free stack after drain_all_pages");
-  for (int c = 0; c < kCgroups; ++c) {
-    MemCgroup* cg = cgroup_of(c);
-    if (cg->usage() != 0)
-      final_failure("conservation: ", std::string("cgroup ") + cg->name() + " still has " +
-                                          std::to_string(cg->usage()) + " pages charged with nothing allocated");
-    if (!cg->is_root()) cg->set_max(kMemcgUnlimited);
+  if (memcg) {
+    for (int c = 0; c < kCgroups; ++c) {
+      MemCgroup* cg = cgroup_of(c);
+      if (cg->usage() != 0)
+        final_failure("conservation: ", std::string("cgroup ") + cg->name() + " still has " +
+                                            std::to_string(cg->usage()) + " pages charged with nothing allocated");
+      if (!cg->is_root()) cg->set_max(kMemcgUnlimited);
+    }
   }
   if (zone_free_pages() != arena_pages())
     final_failure("conservation: ", std::to_string(arena_pages() - zone_free_pages()) +
@@ -875,10 +890,12 @@ void final_oracles() {
   Page* p = alloc_pages_nolock(Gfp{}, 0);
   if (p == nullptr) final_failure("liveness: ", "alloc_pages_nolock fails on a free, quiet zone");
   free_pages_nolock(p, 0);
-  void* o = kmalloc_nolock(64, Gfp{});
-  if (o == nullptr) final_failure("liveness: ", "kmalloc_nolock fails on a free, quiet zone");
-  kfree_nolock(o);
-  slab_drain_all();
+  if (slab) {
+    void* o = kmalloc_nolock(64, Gfp{});
+    if (o == nullptr) final_failure("liveness: ", "kmalloc_nolock fails on a free, quiet zone");
+    kfree_nolock(o);
+    slab_drain_all();
+  }
   drain_all_pages();
 }
 
