@@ -11,22 +11,6 @@ constexpr const char* kOpNames[] = {
 #undef ANYCTX_OP_NAME
 };
 
-bool has_path(OpKind k) {
-  return k == OpKind::kAllocPages || k == OpKind::kFreePages || k == OpKind::kKmalloc || k == OpKind::kKfree ||
-         k == OpKind::kMemcgCharge;
-}
-
-bool has_slot(OpKind k) {
-  switch (k) {
-    case OpKind::kAllocPages: case OpKind::kFreePages: case OpKind::kGetPage: case OpKind::kPutPage:
-    case OpKind::kWriteVerify: case OpKind::kKmalloc: case OpKind::kKfree: case OpKind::kMemcgCharge:
-    case OpKind::kMemcgUncharge:
-      return true;
-    default:
-      return false;
-  }
-}
-
 // Legal in `ctx` at all (before a target narrows it): task ops that may
 // sleep or reconfigure stay in task context; an NMI only has nolock forms.
 bool legal_in(Ctx ctx, OpKind k) {
@@ -151,6 +135,22 @@ std::string where(int cpu, int index) {
 
 }  // namespace
 
+bool op_has_path(OpKind k) {
+  return k == OpKind::kAllocPages || k == OpKind::kFreePages || k == OpKind::kKmalloc || k == OpKind::kKfree ||
+         k == OpKind::kMemcgCharge;
+}
+
+bool op_has_slot(OpKind k) {
+  switch (k) {
+    case OpKind::kAllocPages: case OpKind::kFreePages: case OpKind::kGetPage: case OpKind::kPutPage:
+    case OpKind::kWriteVerify: case OpKind::kKmalloc: case OpKind::kKfree: case OpKind::kMemcgCharge:
+    case OpKind::kMemcgUncharge:
+      return true;
+    default:
+      return false;
+  }
+}
+
 const char* op_name(OpKind kind) {
   int i = static_cast<int>(kind);
   return i >= 0 && i < kOpKinds ? kOpNames[i] : "?";
@@ -171,8 +171,8 @@ bool op_allowed(const TargetSpec& target, Ctx ctx, OpKind kind) {
 Op normalize_op(Op op, Ctx ctx) {
   Op out;
   out.kind = op.kind;
-  if (has_path(op.kind)) out.path = ctx == Ctx::kNmi ? Path::kNolock : op.path;
-  if (has_slot(op.kind)) out.slot = static_cast<std::uint8_t>(op.slot % kSlots);
+  if (op_has_path(op.kind)) out.path = ctx == Ctx::kNmi ? Path::kNolock : op.path;
+  if (op_has_slot(op.kind)) out.slot = static_cast<std::uint8_t>(op.slot % kSlots);
   switch (op.kind) {
     case K::kAllocPages:
       out.order = static_cast<std::uint8_t>(op.order % (out.path == Path::kNolock ? 4 : kMaxSpinningOrder + 1));

@@ -153,6 +153,10 @@ struct TargetSpec {
 // and `all`: every op, for text programs. Return: nullptr for an unknown name.
 const TargetSpec* target_spec(std::string_view name);
 
+// Return: whether ops of `kind` take a path (spinning / nolock) / a slot.
+bool op_has_path(OpKind kind);
+bool op_has_slot(OpKind kind);
+
 // Return: whether `kind` is legal in `ctx` for `target` (the decoder's tables).
 bool op_allowed(const TargetSpec& target, Ctx ctx, OpKind kind);
 

@@ -24,25 +24,9 @@ std::string mask_words(std::uint8_t mask, std::initializer_list<const char*> nam
   return out;
 }
 
-bool uses_path(OpKind k) {
-  return k == OpKind::kAllocPages || k == OpKind::kFreePages || k == OpKind::kKmalloc || k == OpKind::kKfree ||
-         k == OpKind::kMemcgCharge;
-}
-
-bool uses_slot(OpKind k) {
-  switch (k) {
-    case OpKind::kAllocPages: case OpKind::kFreePages: case OpKind::kGetPage: case OpKind::kPutPage:
-    case OpKind::kWriteVerify: case OpKind::kKmalloc: case OpKind::kKfree: case OpKind::kMemcgCharge:
-    case OpKind::kMemcgUncharge:
-      return true;
-    default:
-      return false;
-  }
-}
-
 std::string print_op(const Op& op) {
   std::string s = op_name(op.kind);
-  if (uses_path(op.kind)) s += op.path == Path::kNolock ? " nolock" : " spinning";
+  if (op_has_path(op.kind)) s += op.path == Path::kNolock ? " nolock" : " spinning";
   switch (op.kind) {
     case OpKind::kAllocPages: s += " order=" + std::to_string(op.order); break;
     case OpKind::kKmalloc: s += " size=" + std::to_string(kKmallocSizes[op.order]); break;
@@ -61,7 +45,7 @@ std::string print_op(const Op& op) {
     if (op.arg & kFlagZero) s += " zero";
     if (op.arg & kFlagAccount) s += " account";
   }
-  if (uses_slot(op.kind)) s += " slot=" + std::to_string(op.slot);
+  if (op_has_slot(op.kind)) s += " slot=" + std::to_string(op.slot);
   return s;
 }
 
@@ -175,7 +159,7 @@ class Parser {
     for (std::size_t i = 1; i < w.size(); ++i) {
       std::string_view k, v;
       if (w[i] == "nolock" || w[i] == "spinning") {
-        if (!uses_path(op.kind)) fail(std::string(op_name(op.kind)) + " takes no path");
+        if (!op_has_path(op.kind)) fail(std::string(op_name(op.kind)) + " takes no path");
         op.path = w[i] == "nolock" ? Path::kNolock : Path::kSpinning;
         path_given = true;
       } else if (w[i] == "zero" || w[i] == "account") {
@@ -183,7 +167,7 @@ class Parser {
           fail(std::string(op_name(op.kind)) + " takes no flags");
         op.arg = static_cast<std::uint8_t>(op.arg | (w[i] == "zero" ? kFlagZero : kFlagAccount));
       } else if (split(w[i], k, v)) {
-        if (k == "slot" && uses_slot(op.kind)) {
+        if (k == "slot" && op_has_slot(op.kind)) {
           op.slot = static_cast<std::uint8_t>(number(k, v, 0, kSlots - 1));
         } else if (k == "order" && op.kind == OpKind::kAllocPages) {
           op.order = static_cast<std::uint8_t>(number(k, v, 0, kMaxSpinningOrder));
@@ -220,8 +204,8 @@ class Parser {
         expected("a word of " + std::string(op_name(op.kind)), w[i]);
       }
     }
-    if (uses_path(op.kind) && !path_given) fail(std::string(op_name(op.kind)) + " needs a path: spinning or nolock");
-    if (ctx == Ctx::kNmi && uses_path(op.kind) && op.path == Path::kSpinning)
+    if (op_has_path(op.kind) && !path_given) fail(std::string(op_name(op.kind)) + " needs a path: spinning or nolock");
+    if (ctx == Ctx::kNmi && op_has_path(op.kind) && op.path == Path::kSpinning)
       fail(std::string(op_name(op.kind)) + " spinning cannot run in an NMI: use nolock");
     if (op.kind == OpKind::kAllocPages && op.path == Path::kNolock && op.order > 3)
       fail("alloc_pages nolock takes order 0..3");
