@@ -1236,9 +1236,9 @@ StallView view_of(Run& r, int i, const Watch& watch, Clock::time_point now, doub
 [[noreturn]] void watchdog_fire(Run& r, int stalled, const std::vector<Watch>& watch, Clock::time_point now) {
   std::vector<StallView> views;
   std::size_t stalled_index = 0;
-  std::string dump = fmt("anyctx-stress watchdog: %s %d (cpu %d) has made no progress for %.1f s "
+  std::string dump = fmt("anyctx-stress watchdog: %s (cpu %d) has made no progress for %.1f s "
                          "(limit %.1f s, seed %llu, %.1f s into the run); every cpu:\n",
-                         stalled == r.nworkers ? "the final phase" : "worker", stalled,
+                         stalled == r.nworkers ? "the final phase" : fmt("worker %d", stalled).c_str(),
                          r.workers[stalled].cpu.load(kRelaxed),
                          std::chrono::duration<double>(now - watch[stalled].since).count(), r.opt.watchdog_seconds,
                          static_cast<unsigned long long>(r.opt.seed), seconds_since(run_start(r)));
@@ -1248,8 +1248,8 @@ StallView view_of(Run& r, int i, const Watch& watch, Clock::time_point now, doub
     if (st == kIdle || st == kDone) continue;
     if (i == stalled) stalled_index = views.size();
     views.push_back(view_of(r, i, watch[i], now, r.opt.watchdog_seconds));
-    dump += fmt("  %s %d: cpu %d, %s, %llu task ops, last progress %.1f s ago\n",
-                i == r.nworkers ? "final" : "worker", i, w.cpu.load(kRelaxed), state_name(st),
+    dump += fmt("  %s: cpu %d, %s, %llu task ops, last progress %.1f s ago\n",
+                i == r.nworkers ? "final phase" : fmt("worker %d", i).c_str(), w.cpu.load(kRelaxed), state_name(st),
                 static_cast<unsigned long long>(w.progress.load(kRelaxed)),
                 std::chrono::duration<double>(now - watch[i].since).count());
     for (int lv = 0; lv < kLevels; ++lv) {
