@@ -832,14 +832,7 @@ class NmiInStock : public MemcgCmd {
   }
   void apply(MemcgModel& s0) const override { simulate_all(s0, nullptr, nullptr); }
 
-  struct Work {
-    Executor* ex;
-    const std::vector<Step>* steps;
-  };
-  static void nmi_work(void* arg) {
-    auto* w = static_cast<Work*>(arg);
-    w->ex->run(*w->steps);
-  }
+  using Work = NestedSteps<Executor, Step>;
 
   void run(const MemcgModel& s0, MemcgSut& sut) const override {
     MemcgModel m = s0;
@@ -850,7 +843,7 @@ class NmiInStock : public MemcgCmd {
     std::vector<Observed> seen(expect.size());
     Executor ex{sut, expect, seen};
     Work work{&ex, &nmi_};
-    InterruptAtSite::arm(Site::kStockLocked, &nmi_work, &work);
+    InterruptAtSite::arm(Site::kStockLocked, &Work::run_in_interrupt, &work);
     bool ok = true;
     if (task_.kind == Step::kCharge) {
       ok = memcg_try_charge(sut.cg[task_.cg], gfp_of(task_.mode), task_.pages);
@@ -958,14 +951,7 @@ class NmiInCharge : public MemcgCmd {
     simulate_all(s0, nullptr, nullptr, &fires);
   }
 
-  struct Work {
-    Executor* ex;
-    const std::vector<Step>* steps;
-  };
-  static void nmi_work(void* arg) {
-    auto* w = static_cast<Work*>(arg);
-    w->ex->run(*w->steps);
-  }
+  using Work = NestedSteps<Executor, Step>;
 
   void run(const MemcgModel& s0, MemcgSut& sut) const override {
     MemcgModel m = s0;
@@ -978,9 +964,9 @@ class NmiInCharge : public MemcgCmd {
     Executor ex{sut, expect, seen};
     Work work{&ex, &nmi_};
     if (point_ == Point::kRefill) {
-      InterruptAtSite::arm(Site::kStockLocked, &nmi_work, &work, InterruptKind::kNmi, 2);
+      InterruptAtSite::arm(Site::kStockLocked, &Work::run_in_interrupt, &work, InterruptKind::kNmi, 2);
     } else {
-      InterruptAtSite::arm(Site::kEventPush, &nmi_work, &work);
+      InterruptAtSite::arm(Site::kEventPush, &Work::run_in_interrupt, &work);
     }
     bool ok = memcg_try_charge(sut.cg[task_.cg], gfp_of(task_.mode), task_.pages);
     bool fired = InterruptAtSite::disarm();

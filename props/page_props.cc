@@ -845,14 +845,7 @@ class InterruptWhileHolding : public PageCmd {
     simulate_all(s0, nullptr, nullptr, &ran);
   }
 
-  struct Work {
-    Executor* ex;
-    const std::vector<Step>* steps;
-  };
-  static void nmi_work(void* arg) {
-    auto* w = static_cast<Work*>(arg);
-    w->ex->run(*w->steps);
-  }
+  using Work = NestedSteps<Executor, Step>;
 
   void run(const PageModel& s0, PageSut& sut) const override {
     PageModel m = s0;
@@ -867,7 +860,7 @@ class InterruptWhileHolding : public PageCmd {
     Work work{&ex, &nmi_};
 
     Site site = held_ == Held::kPcp ? Site::kPcpLocked : late_ ? Site::kPcpBulkFree : Site::kZoneLocked;
-    InterruptAtSite::arm(site, &nmi_work, &work, kind_ == Ctx::kIrq ? InterruptKind::kIrq : InterruptKind::kNmi);
+    InterruptAtSite::arm(site, &Work::run_in_interrupt, &work, kind_ == Ctx::kIrq ? InterruptKind::kIrq : InterruptKind::kNmi);
     Page* got = nullptr;
     bool stamp_ok = true;
     switch (task_.kind) {

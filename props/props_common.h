@@ -17,6 +17,8 @@
 //    be reported as failing, with the message of the property they prove.
 #pragma once
 
+#include <vector>
+
 #include <gtest/gtest.h>
 #include <rapidcheck.h>
 #include <rapidcheck/gtest.h>
@@ -92,6 +94,18 @@ class PageWorld {
 enum class Ctx : std::uint8_t { kTask = 0, kIrq = 1, kNmi = 2 };
 inline const char* ctx_name(Ctx c) { return c == Ctx::kTask ? "task" : c == Ctx::kIrq ? "irq" : "nmi"; }
 inline int ctx_index(Ctx c) { return static_cast<int>(c); }
+
+// The argument of InterruptAtSite work that replays a list of model steps
+// through an executor: `run_in_interrupt` is the work function.
+template <class Executor, class Step>
+struct NestedSteps {
+  Executor* ex;
+  const std::vector<Step>* steps;
+  static void run_in_interrupt(void* arg) {
+    auto* w = static_cast<NestedSteps*>(arg);
+    w->ex->run(*w->steps);
+  }
+};
 
 // A site hook that, at the nth hit of `site` in task context after arm(),
 // runs the armed work inside an interrupt of `kind` (an NMI, or an

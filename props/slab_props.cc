@@ -558,14 +558,7 @@ class NmiInCpuSlab : public SlabCmd {
   }
   void apply(SlabModel& s0) const override { simulate_all(s0, nullptr, nullptr); }
 
-  struct Work {
-    Executor* ex;
-    const std::vector<Step>* steps;
-  };
-  static void nmi_work(void* arg) {
-    auto* w = static_cast<Work*>(arg);
-    w->ex->run(*w->steps);
-  }
+  using Work = NestedSteps<Executor, Step>;
 
   void run(const SlabModel& s0, SlabSut& sut) const override {
     SlabModel m = s0;
@@ -576,7 +569,7 @@ class NmiInCpuSlab : public SlabCmd {
     std::vector<Observed> seen(expect.size());
     Executor ex{sut, expect, seen};
     Work work{&ex, &nmi_};
-    InterruptAtSite::arm(Site::kSlabCpuLocked, &nmi_work, &work);
+    InterruptAtSite::arm(Site::kSlabCpuLocked, &Work::run_in_interrupt, &work);
     void* p = nullptr;
     bool stamp_ok = true;
     if (task_.kind == Step::kAlloc) {
@@ -658,14 +651,7 @@ class NmiInDeferredList : public SlabCmd {
   }
   void apply(SlabModel& s0) const override { simulate_all(s0, nullptr, nullptr); }
 
-  struct Work {
-    Executor* ex;
-    const std::vector<Step>* steps;
-  };
-  static void nmi_work(void* arg) {
-    auto* w = static_cast<Work*>(arg);
-    w->ex->run(*w->steps);
-  }
+  using Work = NestedSteps<Executor, Step>;
 
   void run(const SlabModel& s0, SlabSut& sut) const override {
     SlabModel m = s0;
@@ -679,7 +665,7 @@ class NmiInDeferredList : public SlabCmd {
     std::vector<Prediction> task_expects{task_expect};
     std::vector<Observed> task_seen(1);
     Executor task_ex{sut, task_expects, task_seen};
-    InterruptAtSite::arm(site_, &nmi_work, &work);
+    InterruptAtSite::arm(site_, &Work::run_in_interrupt, &work);
     task_ex.run({task_});
     bool fired = InterruptAtSite::disarm();
     if (!fired) testing::run_in_nmi([&] { ex.run(nmi_); });
