@@ -64,10 +64,17 @@ elseif(ANYCTX_SANITIZER STREQUAL "fuzz")
   # executables link the libFuzzer runtime (its main()). replay_NAME and any
   # other executable link without it: the ASan runtime supplies the coverage
   # callbacks.
+  # fuzz/coverage.ignorelist keeps coverage on the code under test (see the
+  # file). Its hash is a compile definition, so editing the list reconfigures
+  # and recompiles everything it applies to.
+  set(_anyctx_ignorelist "${PROJECT_SOURCE_DIR}/fuzz/coverage.ignorelist")
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${_anyctx_ignorelist}")
+  file(MD5 "${_anyctx_ignorelist}" _anyctx_ignorelist_md5)
   add_compile_options(
-      -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -g)
+      -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -g
+      "-fsanitize-coverage-ignorelist=${_anyctx_ignorelist}")
   add_link_options(-fsanitize=address,undefined -fno-sanitize-recover=all)
-  add_compile_definitions(ANYCTX_FUZZING=1)
+  add_compile_definitions(ANYCTX_FUZZING=1 ANYCTX_COVERAGE_IGNORELIST_MD5=${_anyctx_ignorelist_md5})
   set(ANYCTX_FUZZING_BUILD TRUE)
 
 elseif(ANYCTX_SANITIZER STREQUAL "afl")

@@ -138,10 +138,20 @@ void trace(std::uint64_t a, std::uint64_t b = 0) {
 
 // --- turn --------------------------------------------------------------------------
 
+// Exactly one participant runs: the one g_turn names. Turns 0..3 are program
+// CPUs, kMainTurn the thread in run_program, kExitTurnBase + i lets CPU i go
+// offline. Each waiting thread sleeps on its own futex word (a sequence
+// bumped by every turn handed to it), so a hand-off wakes exactly one thread.
 constexpr int kMainTurn = -2;
 constexpr int kExitTurnBase = 100;  // kExitTurnBase + i: CPU i may go offline
 
-std::atomic<int> g_turn{0};
+std::atomic<int> g_turn{kMainTurn};
+std::atomic<int> g_wake[kMaxProgramCpus + 1];  // per waiting thread: CPU i's, then main's
+
+std::atomic<int>& wake_word(int turn) {
+  if (turn == kMainTurn) return g_wake[kMaxProgramCpus];
+  return g_wake[turn >= kExitTurnBase ? turn - kExitTurnBase : turn];
+}
 
 long futex(std::atomic<int>* addr, int op, int value) {
   return syscall(SYS_futex, reinterpret_cast<int*>(addr), op, value, nullptr, nullptr, 0);
@@ -149,14 +159,17 @@ long futex(std::atomic<int>* addr, int op, int value) {
 
 void give_turn(int to) {
   g_turn.store(to, std::memory_order_release);
-  futex(&g_turn, FUTEX_WAKE_PRIVATE, 1 << 30);
+  std::atomic<int>& w = wake_word(to);
+  w.fetch_add(1, std::memory_order_release);
+  futex(&w, FUTEX_WAKE_PRIVATE, 1);
 }
 
 void wait_turn(int me) {
+  std::atomic<int>& w = wake_word(me);
   for (;;) {
-    int now = g_turn.load(std::memory_order_acquire);
-    if (now == me) return;
-    futex(&g_turn, FUTEX_WAIT_PRIVATE, now);
+    int seen = w.load(std::memory_order_acquire);  // before the check: no wake-up is lost
+    if (g_turn.load(std::memory_order_acquire) == me) return;
+    futex(&w, FUTEX_WAIT_PRIVATE, seen);
   }
 }
 
@@ -607,23 +620,30 @@ bool touches_allocator(OpKind kind) {
   }
 }
 
-// Runs a frame's ops: the CPU's own (injection -1) or an injection's.
-// What is checked after each op (the cheap form): the page allocator's
-// structure — every frame in one place, counts, coalescing — whenever the
-// target can touch pages (slab pages and accounted pages included). The slab
-// and memcg checks walk every object and every CPU's stock: they run in full
-// at the end of every program (final_oracles), not after each op.
+// What is checked after each top-level op (the cheap form): the page
+// allocator's free lists — states, alignment, overlap, coalescing, counts;
+// O(free blocks), see check_free_lists() — whenever the target can touch
+// pages (slab pages and accounted pages included). The full forms — every
+// frame of the arena in exactly one place, every slab object, every CPU's
+// memcg stock — run at the end of every program (final_oracles).
+// Return: the layers checked after each op.
 unsigned layers_of(const TargetSpec& t) {
   for (OpKind k : t.task_ops)
     if (k == OpKind::kAllocPages || k == OpKind::kKmalloc) return kLayerPage;
   return 0;
 }
 
-// Page, slab and memcg invariants. Context: task, with every other CPU
-// between ops. Return: empty when they hold, else the first violation.
-std::string invariant_violation(unsigned layers) {
-  if (layers & kLayerPage)
-    if (InvariantResult r = check_invariants(); !r.ok) return "page: " + r.what;
+enum class CheckDepth { kCheap, kFull };
+
+// Page, slab and memcg invariants; kCheap checks the page layer's free lists
+// only. Context: task, with every other CPU between ops (kCheap) or
+// quiesced (kFull). Return: empty when they hold, else the first violation.
+std::string invariant_violation(unsigned layers, CheckDepth depth) {
+  if (layers & kLayerPage) {
+    InvariantResult r = depth == CheckDepth::kFull ? check_invariants() : check_free_lists();
+    if (!r.ok) return "page: " + r.what;
+  }
+  if (depth == CheckDepth::kCheap) return {};
   if (layers & kLayerSlab)
     if (InvariantResult r = slab_check_invariants(); !r.ok) return "slab: " + r.what;
   if (layers & kLayerMemcg)
@@ -631,6 +651,7 @@ std::string invariant_violation(unsigned layers) {
   return {};
 }
 
+// Runs a frame's ops: the CPU's own (injection -1) or an injection's.
 void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
   CpuState& cpu = g.cpus[t_cpu];
   int depth = cpu.depth++;
@@ -658,7 +679,7 @@ void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
       bool others_idle = true;
       for (int c = 0; c < g.ncpus; ++c) others_idle = others_idle && (c == t_cpu || !g.cpus[c].in_op);
       if (g.options.invariants_each_op && others_idle && touches_allocator(ops[i].kind)) {
-        if (std::string what = invariant_violation(g.layers); !what.empty()) {
+        if (std::string what = invariant_violation(g.layers, CheckDepth::kCheap); !what.empty()) {
           Report r("harness: invariants");
           r << what;
           fail(r);
@@ -809,9 +830,10 @@ void cycle_cpu() {
 }
 
 // One program CPU: wait for the turn, run, hand over, wait to go offline.
+// On a worker thread (own_thread) it ends by handing the turn to main.
 void cpu_main(int index, bool own_thread) {
-  t_cpu = index;
   if (own_thread) wait_turn(index);  // register in turn: CPU ids are deterministic
+  t_cpu = index;
   std::optional<CpuScope> scope;
   scope.emplace();
   t_scope = &scope;
@@ -826,6 +848,26 @@ void cpu_main(int index, bool own_thread) {
   scope.reset();
   t_scope = nullptr;
   t_cpu = -1;
+  if (own_thread) give_turn(kMainTurn);
+}
+
+// Multi-CPU programs run on worker threads, one per program CPU, created on
+// first use and parked between programs for the life of the process: thread
+// creation under ASan (stack, fake stack, thread registry) cost more than a
+// whole program. libFuzzer needs every thread's work to end with its input:
+// a worker runs only from its CPU's first turn to the moment it has gone
+// offline and handed the turn back, before run_program's final oracles;
+// parked it executes no instrumented code (this loop and the turn functions
+// are on fuzz/coverage.ignorelist), so neither work nor coverage crosses
+// from one input to the next. AFL++'s fork server is not affected: the
+// workers start inside the first input, after the fork.
+[[noreturn]] void worker_main(int index) {
+  for (;;) cpu_main(index, true);
+}
+
+void start_workers(int ncpus) {
+  static int started = 0;  // run_program is not reentrant: no lock needed
+  for (; started < ncpus; ++started) std::thread(worker_main, started).detach();
 }
 
 void set_fault_plan(const FaultSpec& f) {
@@ -867,7 +909,7 @@ void final_oracles() {
   if (slab) slab_drain_all();
   if (memcg) drain_local_stock();
   drain_all_pages();
-  if (std::string what = invariant_violation(kLayerPage | g.touched); !what.empty())
+  if (std::string what = invariant_violation(kLayerPage | g.touched, CheckDepth::kFull); !what.empty())
     final_failure("invariants: ", what);
   if (slab) {
     if (std::uint64_t d = slab_deferred_pending(); d != 0)
@@ -939,14 +981,13 @@ RunStats run_program(const TargetSpec& target, const Program& program, const Run
   if (g.ncpus == 1) {
     cpu_main(0, false);
   } else {
-    g_turn.store(0, std::memory_order_release);
-    std::thread threads[kMaxProgramCpus];
-    for (int c = 0; c < g.ncpus; ++c) threads[c] = std::thread(cpu_main, c, true);
-    wait_turn(kMainTurn);
+    start_workers(g.ncpus);
+    give_turn(0);
+    wait_turn(kMainTurn);  // every CPU has finished its ops
     g.quiescing = true;
-    for (int c = 0; c < g.ncpus; ++c) {
+    for (int c = 0; c < g.ncpus; ++c) {  // offline one by one, in order
       give_turn(kExitTurnBase + c);
-      threads[c].join();
+      wait_turn(kMainTurn);
     }
   }
   g.quiescing = true;

@@ -55,7 +55,8 @@ struct MemcgAccess {
 
   static std::int64_t stat_sum(const MemCgroup* m, int stat, int ctx) {
     std::int64_t sum = m->shared_stats_.v[ctx][stat].load(std::memory_order_relaxed);
-    for (const auto& slots : m->cpu_stats_) sum += slots.v[ctx][stat].load(std::memory_order_relaxed);
+    for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu)
+      sum += m->cpu_stats_[cpu].v[ctx][stat].load(std::memory_order_relaxed);
     return sum;
   }
   static std::int64_t stat_sum(const MemCgroup* m, int stat) {
@@ -813,19 +814,19 @@ MemcgInvariantResult memcg_check_invariants() {
     }
   }
 
-  for (int cpu = 0; cpu < kMaxCpus; ++cpu) {
+  for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu) {
     MemcgStockView v = memcg_stock(cpu);
-    std::string where = "cpu " + std::to_string(cpu) + "'s stock";
+    auto where = [cpu] { return "cpu " + std::to_string(cpu) + "'s stock"; };
     if (v.pages > kMemcgStockMax)
-      fail(where + " holds " + std::to_string(v.pages) + " pages, more than kMemcgStockMax (" +
+      fail(where() + " holds " + std::to_string(v.pages) + " pages, more than kMemcgStockMax (" +
            std::to_string(kMemcgStockMax) + ")");
     if (v.cached == nullptr) {
-      if (v.pages != 0) fail(where + " holds " + std::to_string(v.pages) + " pages but caches no cgroup");
+      if (v.pages != 0) fail(where() + " holds " + std::to_string(v.pages) + " pages but caches no cgroup");
       continue;
     }
     auto it = index.find(v.cached);
     if (it == index.end()) {
-      fail(where + " caches a cgroup that is not live (destroyed?)");
+      fail(where() + " caches a cgroup that is not live (destroyed?)");
       continue;
     }
     if (!cpu_is_online(cpu))

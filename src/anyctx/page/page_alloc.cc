@@ -843,114 +843,195 @@ std::size_t deferred_free_pages() {
 
 // --- invariants ----------------------------------------------------------------------
 
-InvariantResult check_invariants() ANYCTX_NO_TSA {
-  InvariantResult result;
+namespace {
+
+// What a walk found wrong first; later failures are dropped.
+class InvariantFailure {
+ public:
+  void fail(std::string what) {
+    if (result_.ok) {
+      result_.ok = false;
+      result_.what = std::move(what);
+    }
+  }
+  bool ok() const { return result_.ok; }
+  InvariantResult take() { return std::move(result_); }
+
+ private:
+  InvariantResult result_;
+};
+
+std::string pfn_str(std::size_t pfn) { return "pfn " + std::to_string(pfn); }
+
+// Walks every free block: each pcp list under its own lock, then the buddy
+// lists and the deferred stack under zone.lock (lock order pcp -> zone; the
+// caller keeps the allocator quiet, so the parts add up to one picture).
+// Checks what the lists themselves say: each block is inside the arena,
+// aligned to its order, in range, in the state and order its list implies;
+// list lengths, pcp counts and the zone's free count match the lists; no two
+// free buddies of one order sit uncoalesced. Hands each block that passed to
+// on_block(head, order, where); runs under_zone_lock() last, zone.lock still
+// held. Cost: O(free blocks) plus what the callbacks do.
+template <class OnBlock, class UnderZoneLock>
+void walk_free_blocks(InvariantFailure& f, OnBlock&& on_block, UnderZoneLock&& under_zone_lock) ANYCTX_NO_TSA {
   const std::size_t n = g_arena.pages;
-  std::vector<std::uint8_t> seen(n, 0);
-  std::size_t accounted = 0;
-  auto fail = [&](std::string what) {
-    if (result.ok) {
-      result.ok = false;
-      result.what = std::move(what);
+  // Return: whether the block at `p` (found on `where`) is well formed.
+  auto block_ok = [&](const Page* p, PageState want, unsigned order, const char* where) {
+    if (!page_in_arena(p)) {
+      f.fail(std::string(where) + ": a pointer outside the arena");
+      return false;
     }
-  };
-  auto pfn_str = [](std::size_t pfn) { return "pfn " + std::to_string(pfn); };
-  // Marks the 2^order frames of a block as found in one place.
-  auto claim = [&](const Page* head, unsigned order, const char* where) {
-    if (!page_in_arena(head)) return fail(std::string(where) + ": a pointer outside the arena");
-    std::size_t pfn = page_to_pfn(head);
-    if (pfn % block_pages(order) != 0 || pfn + block_pages(order) > n)
-      return fail(pfn_str(pfn) + " " + where + ": block of order " + std::to_string(order) +
-                  " misaligned or beyond the arena");
-    for (std::size_t i = 0; i < block_pages(order); ++i) {
-      if (seen[pfn + i] != 0)
-        return fail(pfn_str(pfn + i) + " " + where + ": frame already found in another block or list");
-      seen[pfn + i] = 1;
-      if (i > 0 && state_of(&g_arena.descs[pfn + i]) != PageState::kTail)
-        return fail(pfn_str(pfn + i) + " " + where + ": inside a block of order " + std::to_string(order) +
-                    " but its state is " + page_state_name(state_of(&g_arena.descs[pfn + i])));
+    std::size_t pfn = page_to_pfn(p);
+    if (state_of(p) != want || order_of(p) != order) {
+      f.fail(pfn_str(pfn) + " on the " + where + " has state " + page_state_name(state_of(p)) + " order " +
+             std::to_string(order_of(p)) + ", expected " + page_state_name(want) + " order " + std::to_string(order));
+      return false;
     }
-    accounted += block_pages(order);
+    if (order > kMaxOrder || pfn % block_pages(order) != 0 || pfn + block_pages(order) > n) {
+      f.fail(pfn_str(pfn) + " on the " + where + ": block of order " + std::to_string(order) +
+             " misaligned or beyond the arena");
+      return false;
+    }
+    on_block(p, order, where);
+    return f.ok();
   };
 
-  // Each pcp under its own lock, then the zone (lock order pcp -> zone; the
-  // caller keeps the allocator quiet, so the parts add up to one picture).
-  for (int cpu = 0, used = cpu_ids_used(); cpu < used && result.ok; ++cpu) {
+  for (int cpu = 0, used = cpu_ids_used(); cpu < used && f.ok(); ++cpu) {
     Pcp& pcp = g_pcp.on(cpu);
     pcp.lock.lock();
     std::size_t pages = 0;
-    for (unsigned o = 0; o <= kPcpMaxOrder; ++o) {
+    for (unsigned o = 0; o <= kPcpMaxOrder && f.ok(); ++o) {
       const PageList& list = pcp.lists[o];
       std::size_t length = 0;
-      for (Page* p = list.head; p != nullptr && result.ok; p = p->next == list.head ? nullptr : p->next) {
-        ++length;
-        if (state_of(p) != PageState::kPcp || order_of(p) != o)
-          fail(pfn_str(page_to_pfn(p)) + " on cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) +
-               " pcp list has state " + page_state_name(state_of(p)));
-        claim(p, o, "pcp list");
+      for (Page* p = list.head; p != nullptr; p = p->next == list.head ? nullptr : p->next) {
+        if (++length > n) {
+          f.fail("cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) + " pcp list does not end");
+          break;
+        }
+        if (!block_ok(p, PageState::kPcp, o, "pcp list")) break;
         pages += block_pages(o);
       }
-      if (result.ok && length != list.length)
-        fail("cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) + " pcp list length mismatch");
+      if (f.ok() && length != list.length)
+        f.fail("cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) + " pcp list holds " +
+               std::to_string(length) + " blocks, its count says " + std::to_string(list.length));
     }
-    if (result.ok && static_cast<int>(pages) != pcp.count.load())
-      fail("cpu " + std::to_string(cpu) + "'s pcp lists hold " + std::to_string(pages) + " pages, its count says " +
-           std::to_string(pcp.count.load()));
+    if (f.ok() && static_cast<int>(pages) != pcp.count.load())
+      f.fail("cpu " + std::to_string(cpu) + "'s pcp lists hold " + std::to_string(pages) + " pages, its count says " +
+             std::to_string(pcp.count.load()));
     pcp.lock.unlock();
   }
 
   IrqFlags flags = g_zone.lock.lock_irqsave();
-
   std::size_t buddy_pages = 0;
-  for (unsigned o = 0; o <= kMaxOrder; ++o) {
+  for (unsigned o = 0; o <= kMaxOrder && f.ok(); ++o) {
     const PageList& list = g_zone.free_area[o];
     std::size_t length = 0;
-    for (Page* p = list.head; p != nullptr && result.ok; p = p->next == list.head ? nullptr : p->next) {
-      ++length;
-      if (state_of(p) != PageState::kBuddy || order_of(p) != o)
-        fail(pfn_str(page_to_pfn(p)) + " on the order-" + std::to_string(o) + " buddy list has state " +
-             page_state_name(state_of(p)) + " order " + std::to_string(order_of(p)));
-      claim(p, o, "buddy list");
+    for (Page* p = list.head; p != nullptr; p = p->next == list.head ? nullptr : p->next) {
+      if (++length > n) {
+        f.fail("order-" + std::to_string(o) + " buddy list does not end");
+        break;
+      }
+      if (!block_ok(p, PageState::kBuddy, o, "buddy list")) break;
       buddy_pages += block_pages(o);
       std::size_t buddy = page_to_pfn(p) ^ block_pages(o);
       if (o < kMaxOrder && buddy + block_pages(o) <= n) {
         const Page* b = &g_arena.descs[buddy];
-        if (state_of(b) == PageState::kBuddy && order_of(b) == o)
-          fail(pfn_str(page_to_pfn(p)) + " and its buddy " + pfn_str(buddy) + " are both free at order " +
-               std::to_string(o) + " but not coalesced");
+        if (state_of(b) == PageState::kBuddy && order_of(b) == o) {
+          f.fail(pfn_str(page_to_pfn(p)) + " and its buddy " + pfn_str(buddy) + " are both free at order " +
+                 std::to_string(o) + " but not coalesced");
+          break;
+        }
       }
     }
-    if (result.ok && length != list.length)
-      fail("order-" + std::to_string(o) + " buddy list holds " + std::to_string(length) + " blocks, its count says " +
-           std::to_string(list.length));
+    if (f.ok() && length != list.length)
+      f.fail("order-" + std::to_string(o) + " buddy list holds " + std::to_string(length) +
+             " blocks, its count says " + std::to_string(list.length));
   }
-  if (result.ok && buddy_pages != g_zone.free_pages.load())
-    fail("buddy lists hold " + std::to_string(buddy_pages) + " pages, zone free count says " +
-         std::to_string(g_zone.free_pages.load()));
+  if (f.ok() && buddy_pages != g_zone.free_pages.load())
+    f.fail("buddy lists hold " + std::to_string(buddy_pages) + " pages, zone free count says " +
+           std::to_string(g_zone.free_pages.load()));
 
-  for (Page* p = g_zone.deferred_free.load(); p != nullptr && result.ok; p = p->deferred_next) {
-    if (state_of(p) != PageState::kDeferred)
-      fail(pfn_str(page_to_pfn(p)) + " on the deferred stack has state " + page_state_name(state_of(p)));
-    claim(p, order_of(p), "deferred stack");
-  }
-
-  for (std::size_t pfn = 0; pfn < n && result.ok; ++pfn) {
-    const Page* p = &g_arena.descs[pfn];
-    PageState s = state_of(p);
-    if (s == PageState::kAllocated) {
-      if (p->refcount.load() <= 0)
-        fail(pfn_str(pfn) + " is allocated with refcount " + std::to_string(p->refcount.load()));
-      claim(p, order_of(p), "allocated block");
-    } else if (s != PageState::kTail && seen[pfn] == 0) {
-      fail(pfn_str(pfn) + " has state " + page_state_name(s) + " but is on no list");
+  std::size_t deferred = 0;
+  for (Page* p = g_zone.deferred_free.load(); p != nullptr && f.ok(); p = p->deferred_next) {
+    if (++deferred > n) {
+      f.fail("the deferred stack does not end");
+      break;
     }
+    block_ok(p, PageState::kDeferred, order_of(p), "deferred stack");
   }
-  if (result.ok && accounted != n)
-    fail(std::to_string(n - accounted) + " of " + std::to_string(n) +
-         " frames are in no place (lost: neither free on a list nor allocated)");
 
+  if (f.ok()) under_zone_lock();
   g_zone.lock.unlock_irqrestore(flags);
-  return result;
+}
+
+}  // namespace
+
+InvariantResult check_free_lists() {
+  InvariantFailure f;
+  // Blocks are aligned to their order, so a block containing the listed
+  // block at `pfn` starts at one of its aligned ancestors, pfn rounded down
+  // to 2^k frames; inside a block every frame but the head is a tail. A head
+  // there (free or allocated) whose order reaches `pfn` overlaps it.
+  auto inside_another = [&](const Page* p, unsigned order, const char* where) {
+    const std::size_t pfn = page_to_pfn(p);
+    for (unsigned k = order + 1; k <= kMaxOrder; ++k) {
+      std::size_t up = pfn & ~(block_pages(k) - 1);
+      if (up == pfn) continue;
+      const Page* head = &g_arena.descs[up];
+      PageState s = state_of(head);
+      unsigned reach = order_of(head);
+      if (s != PageState::kTail && (reach > kMaxOrder || up + block_pages(reach) > pfn))
+        return f.fail(pfn_str(pfn) + " on the " + where + " lies inside the order-" + std::to_string(reach) +
+                      " block at " + pfn_str(up) + " (state " + page_state_name(s) + ")");
+    }
+  };
+  walk_free_blocks(f, inside_another, [] {});
+  return f.take();
+}
+
+InvariantResult check_invariants() ANYCTX_NO_TSA {
+  InvariantFailure f;
+  const std::size_t n = g_arena.pages;
+  std::vector<std::uint8_t> seen(n, 0);
+  std::size_t accounted = 0;
+  // Marks the 2^order frames of a block as found in one place (the head
+  // was checked in range and aligned).
+  auto claim = [&](const Page* head, unsigned order, const char* where) {
+    std::size_t pfn = page_to_pfn(head);
+    for (std::size_t i = 0; i < block_pages(order); ++i) {
+      if (seen[pfn + i] != 0)
+        return f.fail(pfn_str(pfn + i) + " " + where + ": frame already found in another block or list");
+      seen[pfn + i] = 1;
+      if (i > 0 && state_of(&g_arena.descs[pfn + i]) != PageState::kTail)
+        return f.fail(pfn_str(pfn + i) + " " + where + ": inside a block of order " + std::to_string(order) +
+                      " but its state is " + page_state_name(state_of(&g_arena.descs[pfn + i])));
+    }
+    accounted += block_pages(order);
+  };
+  // Every frame: allocated blocks are claimed here, the rest must have been
+  // found on a list (or be the tail of a block that was).
+  auto walk_arena = [&] {
+    for (std::size_t pfn = 0; pfn < n && f.ok(); ++pfn) {
+      const Page* p = &g_arena.descs[pfn];
+      PageState s = state_of(p);
+      if (s == PageState::kAllocated) {
+        if (p->refcount.load() <= 0)
+          f.fail(pfn_str(pfn) + " is allocated with refcount " + std::to_string(p->refcount.load()));
+        else if (unsigned o = order_of(p); o > kMaxOrder || pfn % block_pages(o) != 0 || pfn + block_pages(o) > n)
+          f.fail(pfn_str(pfn) + " is allocated as a block of order " + std::to_string(o) +
+                 " misaligned or beyond the arena");
+        else
+          claim(p, o, "allocated block");
+      } else if (s != PageState::kTail && seen[pfn] == 0) {
+        f.fail(pfn_str(pfn) + " has state " + page_state_name(s) + " but is on no list");
+      }
+    }
+    if (f.ok() && accounted != n)
+      f.fail(std::to_string(n - accounted) + " of " + std::to_string(n) +
+             " frames are in no place (lost: neither free on a list nor allocated)");
+  };
+  walk_free_blocks(f, claim, walk_arena);
+  return f.take();
 }
 
 }  // namespace anyctx

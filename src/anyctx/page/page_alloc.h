@@ -132,12 +132,22 @@ struct InvariantResult {
   std::string what;  // the first violation, naming the pfn
 };
 
-// Checks, each pcp under its lock and then the zone under zone.lock: every frame is in exactly
-// one place (buddy, a pcp list, the deferred stack, allocated) and the counts
-// add up to the arena; free blocks are aligned to their order, in range and
-// not overlapping; no two free buddies of one order sit uncoalesced on the
-// buddy lists; per-order and pcp counts match their lists. Context: task,
-// quiesced (no allocation or free in flight).
+// The full check. Each pcp under its lock, then the zone under zone.lock:
+// every frame is in exactly one place (buddy, a pcp list, the deferred stack,
+// allocated) and the counts add up to the arena; free blocks are aligned to
+// their order, in range and not overlapping; no two free buddies of one order
+// sit uncoalesced on the buddy lists; per-order and pcp counts match their
+// lists. Cost: O(arena pages). Context: task, quiesced (no allocation or free
+// in flight).
 InvariantResult check_invariants();
+
+// The cheap check: everything check_invariants() says about the free lists
+// (each listed block in range, aligned, in its list's state and order, no two
+// listed blocks overlapping, nothing uncoalesced, lengths and counts), without
+// visiting allocated frames, so a frame lost from every list goes unseen.
+// Overlap is found by looking up each listed block's aligned ancestors, so a
+// listed block inside an allocated one is reported too. Allocates nothing.
+// Cost: O(free blocks · kMaxOrder). Context: task, quiesced.
+InvariantResult check_free_lists();
 
 }  // namespace anyctx

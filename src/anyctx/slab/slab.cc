@@ -585,12 +585,16 @@ ANYCTX_COLD void kfree_nolock_slow(Slab* s, std::uintptr_t obj, int cpu) {
 // --- hooks -------------------------------------------------------------------
 
 // Returns every CPU slab of `cpu` (the calling CPU) to its cache; empty
-// ones go back to the page allocator. Return: pages given back.
+// ones go back to the page allocator. A cache whose CPU slab is empty is
+// passed over without its lock: only this CPU's own frames install one, and
+// one installed by an interrupt just after the peek is no different from one
+// installed just after the flush. Return: pages given back.
 std::size_t flush_cpu_slabs(int cpu) ANYCTX_NO_TSA {
   Slab* release = nullptr;
   for (int i = 0; i < kKmallocCaches; ++i) {
     KmemCache& c = g_caches[i];
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[i];
+    if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr) continue;
     IrqFlags flags, lf;
     cpu_lock(cs, kGfpKernel, flags);
     if (cs.slab != nullptr) {
