@@ -48,6 +48,16 @@ endif()
 
 set(ANYCTX_FUZZING_BUILD FALSE)
 
+# fuzz/coverage.ignorelist keeps the fuzzers' coverage on the code under test
+# (see the file). Sets _anyctx_ignorelist; the file's hash becomes a compile
+# definition, so editing the list reconfigures and recompiles everything.
+macro(anyctx_use_coverage_ignorelist)
+  set(_anyctx_ignorelist "${PROJECT_SOURCE_DIR}/fuzz/coverage.ignorelist")
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${_anyctx_ignorelist}")
+  file(MD5 "${_anyctx_ignorelist}" _anyctx_ignorelist_md5)
+  add_compile_definitions(ANYCTX_COVERAGE_IGNORELIST_MD5=${_anyctx_ignorelist_md5})
+endmacro()
+
 if(ANYCTX_SANITIZER STREQUAL "asan")
   set(_anyctx_san_flags
       -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -64,17 +74,12 @@ elseif(ANYCTX_SANITIZER STREQUAL "fuzz")
   # executables link the libFuzzer runtime (its main()). replay_NAME and any
   # other executable link without it: the ASan runtime supplies the coverage
   # callbacks.
-  # fuzz/coverage.ignorelist keeps coverage on the code under test (see the
-  # file). Its hash is a compile definition, so editing the list reconfigures
-  # and recompiles everything it applies to.
-  set(_anyctx_ignorelist "${PROJECT_SOURCE_DIR}/fuzz/coverage.ignorelist")
-  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${_anyctx_ignorelist}")
-  file(MD5 "${_anyctx_ignorelist}" _anyctx_ignorelist_md5)
+  anyctx_use_coverage_ignorelist()
   add_compile_options(
       -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -g
       "-fsanitize-coverage-ignorelist=${_anyctx_ignorelist}")
   add_link_options(-fsanitize=address,undefined -fno-sanitize-recover=all)
-  add_compile_definitions(ANYCTX_FUZZING=1 ANYCTX_COVERAGE_IGNORELIST_MD5=${_anyctx_ignorelist_md5})
+  add_compile_definitions(ANYCTX_FUZZING=1)
   set(ANYCTX_FUZZING_BUILD TRUE)
 
 elseif(ANYCTX_SANITIZER STREQUAL "afl")
@@ -85,6 +90,10 @@ elseif(ANYCTX_SANITIZER STREQUAL "afl")
       "ANYCTX_SANITIZER=afl needs CMAKE_CXX_COMPILER=afl-clang-fast++ "
       "(got ${CMAKE_CXX_COMPILER}); use the 'afl' preset in a fresh build dir")
   endif()
+  # AFL++'s own pass ignores clang's ignorelist flag and reads the same file
+  # (sancov format) from AFL_LLVM_DENYLIST at compile time.
+  anyctx_use_coverage_ignorelist()
+  set(CMAKE_CXX_COMPILER_LAUNCHER "${CMAKE_COMMAND}" -E env "AFL_LLVM_DENYLIST=${_anyctx_ignorelist}")
   add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=all -g)
   add_link_options(-fsanitize=address,undefined -fno-sanitize-recover=all)
   add_compile_definitions(ANYCTX_FUZZING=1)

@@ -29,6 +29,7 @@
 #include "anyctx/page/fault.h"
 #include "anyctx/page/page_alloc.h"
 #include "anyctx/slab/slab.h"
+#include "harness/feedback.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
@@ -110,6 +111,8 @@ struct Exec {
   int hits[kMaxInjections] = {};
   std::size_t next_switch = 0;
   std::uint64_t events = 0;
+  std::uint64_t allocator_ops = 0;          // ops run that can change allocator state
+  std::uint64_t checked_allocator_ops = 0;  // allocator_ops at the last per-op check
   bool sabotaged = false;
   std::uint64_t trace = 0;
   LockModel spin_model[2];
@@ -674,11 +677,15 @@ void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
     }
     trace(0x0b, static_cast<std::uint64_t>(ops[i].kind) << 1 | (ran ? 1 : 0));
     ++(ran ? g.stats.ops_run : g.stats.ops_skipped);
+    if (ran && touches_allocator(ops[i].kind)) ++g.allocator_ops;
     if (injection < 0) {
       cpu.in_op = false;
       bool others_idle = true;
       for (int c = 0; c < g.ncpus; ++c) others_idle = others_idle && (c == t_cpu || !g.cpus[c].in_op);
-      if (g.options.invariants_each_op && others_idle && touches_allocator(ops[i].kind)) {
+      // Checked when an op of any frame on any CPU (an interrupt's included)
+      // reached the allocator since the last check.
+      if (g.options.invariants_each_op && others_idle && g.allocator_ops != g.checked_allocator_ops) {
+        g.checked_allocator_ops = g.allocator_ops;
         if (std::string what = invariant_violation(g.layers, CheckDepth::kCheap); !what.empty()) {
           Report r("harness: invariants");
           r << what;
@@ -712,6 +719,7 @@ void fire(int index) {
   const Injection& inj = g.program->injections[static_cast<std::size_t>(index)];
   g.fired[index] = true;
   ++g.stats.injections_fired;
+  feedback::injection_fired(inj.site, inj.kind, inj.level);
   Pending& q = t_pending[inj.kind == Ctx::kNmi ? 1 : 0];
   q.items[q.count++] = index;
   if (inj.kind == Ctx::kNmi) raise_nmi(); else raise_irq();
@@ -796,6 +804,7 @@ void site_event(int site) {
   ++g.events;
   if (site == kOpBoundary && !g.sabotaged && g.events >= g.options.sabotage_event) g.sabotaged = apply_sabotage();
   Ctx level = current_ctx();
+  feedback::site_reached(site, level);
   trace(static_cast<std::uint64_t>(site) << 4 | static_cast<std::uint64_t>(level), static_cast<std::uint64_t>(me));
   for (std::size_t i = 0; i < g.program->injections.size(); ++i) {
     const Injection& inj = g.program->injections[i];
@@ -809,7 +818,10 @@ void site_event(int site) {
   g.cpus[me].spinning = false;
   while (g.next_switch < g.program->schedule.size() && g.program->schedule[g.next_switch].event <= g.events) {
     int to = g.program->schedule[g.next_switch++].cpu;
-    if (to != me && !g.cpus[to].done) switch_to(me, to);
+    if (to != me && !g.cpus[to].done) {
+      feedback::switched(site);
+      switch_to(me, to);
+    }
   }
 }
 

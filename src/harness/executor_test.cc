@@ -9,6 +9,7 @@
 #include <iterator>
 #include <random>
 
+#include "harness/feedback.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
@@ -45,6 +46,42 @@ TEST_F(ExecutorTest, RunsAProgramWithAnInjectedNmi) {
   EXPECT_EQ(s.injections_fired, 1);
   EXPECT_EQ(s.ops_run + s.ops_skipped, 5 + 3);
   EXPECT_GT(s.events, 8u);
+}
+
+// The flags the fuzzer reads besides edges: a site by context level, an
+// injection by site, kind and level, a switch by site.
+TEST_F(ExecutorTest, FeedbackCountsContextsInjectionsAndSwitches) {
+  const int zone_locked = static_cast<int>(Site::kZoneLocked);
+  const int task = static_cast<int>(Ctx::kTask);
+  const int nmi = static_cast<int>(Ctx::kNmi);
+  feedback::reset();
+  run_program(*target_spec("page_ops"), parse_or_fail(kPagesWithNmiInsideZoneLock));
+  const feedback::Counters& c = feedback::counters();
+  EXPECT_GE(c.reached[zone_locked][task], 1);
+  EXPECT_EQ(c.fired[zone_locked][1][task], 1) << "one NMI at ZoneLocked in task context";
+  EXPECT_EQ(c.fired[zone_locked][0][task], 0) << "no IRQ was injected";
+  EXPECT_EQ(c.reached[kOpBoundary][nmi], 1) << "the NMI ran ops: a flag, not a count";
+  int switches = 0;
+  for (std::uint8_t n : c.switched) switches += n;
+  EXPECT_EQ(switches, 0) << "a one-CPU program never switches";
+
+  feedback::reset();
+  const char* two_cpus = R"(# anyctx program v1
+target page_smp
+cpu 0
+  alloc_pages spinning order=0 slot=0
+  free_pages spinning slot=0
+cpu 1
+  drain_all
+switch event=1 cpu=1
+)";
+  RunStats s = run_program(*target_spec("page_smp"), parse_or_fail(two_cpus));
+  switches = 0;
+  for (std::uint8_t n : c.switched) switches += n;
+  EXPECT_EQ(switches, 1) << "the scheduled switch, flagged at its site";
+  EXPECT_GE(s.switches, switches);
+  for (int site = 0; site < kInjectionSites; ++site)
+    for (int kind = 0; kind < 2; ++kind) EXPECT_EQ(c.fired[site][kind][task], 0) << site;
 }
 
 TEST_F(ExecutorTest, SameProgramSameTrace) {

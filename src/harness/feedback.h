@@ -1,0 +1,59 @@
+// harness/feedback.h — what the executor tells a coverage-guided fuzzer on
+// purpose.
+//
+// The library's edges say which code ran, not in which context: a nolock
+// allocation from an NMI that interrupted zone.lock's holder runs the same
+// edges as one from a task. The executor knows the difference and reports it
+// through flags that the fuzzer reads like edge counters:
+//
+//   reached[site][level]        a site hit at context level task / irq / nmi
+//   fired[site][kind][level]    an IRQ or NMI injection delivered at the site,
+//                               at that level (an NMI at irq: nested)
+//   switched[site]              a schedule switch taken at the site
+//
+// Sites are the library's Site values and kOpBoundary. In fuzzing builds
+// (ANYCTX_FUZZING) the counters sit in libFuzzer's
+// __libfuzzer_extra_counters section: libFuzzer clears them before every
+// input and turns each one set into a feature. AFL++ does not read
+// that section (the flags are then plain bytes). Every build keeps them, so
+// tests check what they say.
+//
+// Each counter is a flag (0 or 1), not a count: the fuzzer buckets counts
+// into features, and counts of site hits only grow with a program's length,
+// which the library's own edge counters already reward. A flag rewards what
+// is new: a site reached in a context not seen before, an injection kind at
+// a new site or level, a switch at a new site.
+//
+// Contract: written only by the thread that runs the program (one at a
+// time) and its signal handlers: plain byte stores, no allocation, no lock.
+// Context: any (the executor's CPUs, in a program).
+#pragma once
+
+#include <cstdint>
+
+#include "harness/program.h"
+
+namespace anyctx::harness::feedback {
+
+struct Counters {
+  std::uint8_t reached[kInjectionSites][3];
+  std::uint8_t fired[kInjectionSites][2][3];
+  std::uint8_t switched[kInjectionSites];
+};
+
+namespace detail {
+extern Counters g_counters;
+}  // namespace detail
+
+// The flags set since the last reset (libFuzzer resets them before each input
+// itself; run_program does not).
+inline const Counters& counters() { return detail::g_counters; }
+void reset();
+
+inline void site_reached(int site, Ctx level) { detail::g_counters.reached[site][static_cast<int>(level)] = 1; }
+inline void injection_fired(int site, Ctx kind, Ctx level) {
+  detail::g_counters.fired[site][kind == Ctx::kNmi ? 1 : 0][static_cast<int>(level)] = 1;
+}
+inline void switched(int site) { detail::g_counters.switched[site] = 1; }
+
+}  // namespace anyctx::harness::feedback
