@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstring>
 #include <optional>
 #include <thread>
@@ -176,11 +177,35 @@ void wait_turn(int me) {
   }
 }
 
+// A program CPU without the turn is not running, so an interrupt another CPU
+// sends it (memcg's drain request) must wait until it runs again: its
+// interrupt signals stay blocked from before it hands the turn over until it
+// has the turn back, and the kernel delivers what arrived meanwhile the
+// moment the mask is restored — where it resumes, the same place every run.
+class InterruptsHeld {
+ public:
+  InterruptsHeld() {
+    InterruptConfig config = interrupts_config();
+    sigset_t both;
+    sigemptyset(&both);
+    sigaddset(&both, config.irq_signal);
+    sigaddset(&both, config.nmi_signal);
+    pthread_sigmask(SIG_BLOCK, &both, &previous_);
+  }
+  ~InterruptsHeld() { pthread_sigmask(SIG_SETMASK, &previous_, nullptr); }
+  InterruptsHeld(const InterruptsHeld&) = delete;
+  InterruptsHeld& operator=(const InterruptsHeld&) = delete;
+
+ private:
+  sigset_t previous_;
+};
+
 // Hands the CPU to `to` and sleeps until it comes back.
 void switch_to(int me, int to) {
   if (to == me) return;
   ++g.stats.switches;
   trace(0x5157, static_cast<std::uint64_t>(me) << 8 | static_cast<std::uint64_t>(to));
+  InterruptsHeld held;
   give_turn(to);
   wait_turn(me);
 }
@@ -195,8 +220,6 @@ int next_runnable(int me) {
 }
 
 // --- reports --------------------------------------------------------------------------
-
-const char* ctx_word(Ctx c) { return c == Ctx::kTask ? "task" : c == Ctx::kIrq ? "irq" : "nmi"; }
 
 void describe_step(Report& r) {
   if (t_cpu < 0 || g.program == nullptr) return;
@@ -770,7 +793,9 @@ bool apply_sabotage() {
     if (cpu.done) continue;
     r << " program cpu " << c;
     if (cpu.spin_lock != nullptr) {
-      r << " on '" << cpu.spin_lock->class_name() << "' held by anyctx cpu " << cpu.spin_lock->owner_cpu() << ";";
+      r << " on '" << cpu.spin_lock->class_name() << "' held by anyctx cpu " << cpu.spin_lock->owner_cpu();
+      if (SrcLoc taken = cpu.spin_lock->owner_site(); taken.known()) r << " (taken at " << taken << ")";
+      r << ";";
     } else {
       r << " (lock unknown);";
     }
@@ -801,6 +826,14 @@ void on_spin_wait(int me) {
 void site_event(int site) {
   int me = t_cpu;
   if (me < 0 || !g.active || g.quiescing) return;
+  if (g.ncpus > 1 && g_turn.load(std::memory_order_relaxed) != me) {
+    // Exactly one CPU runs: anything else is an executor bug (an interrupt
+    // that reached a CPU while it waited for its turn, say).
+    Report r("harness: executor");
+    r << "program cpu " << me << " reached site " << injection_site_name(site) << " while turn " << g_turn.load()
+      << " runs (a program cpu, or -2: none)";
+    r.fatal();
+  }
   ++g.events;
   if (site == kOpBoundary && !g.sabotaged && g.events >= g.options.sabotage_event) g.sabotaged = apply_sabotage();
   Ctx level = current_ctx();
@@ -852,6 +885,7 @@ void cpu_main(int index, bool own_thread) {
   run_frame(g.program->cpus[static_cast<std::size_t>(index)], -1, Ctx::kTask);
   g.cpus[index].done = true;
   if (own_thread) {
+    InterruptsHeld held;
     int to = next_runnable(index);
     give_turn(to >= 0 ? to : kMainTurn);
     wait_turn(kExitTurnBase + index);

@@ -39,7 +39,16 @@ inline constexpr int kLocks = 3;    // spinlock A, spinlock B, per-CPU local try
 inline constexpr int kOpBoundary = kSiteCount;
 inline constexpr int kInjectionSites = kSiteCount + 1;
 
+// Return: the name of a site or of kOpBoundary ("OpBoundary"), as the text
+// form writes it. Context: any (a constant string).
+inline const char* injection_site_name(int site) {
+  return site == kOpBoundary ? "OpBoundary" : site_name(static_cast<Site>(site));
+}
+
 enum class Ctx : std::uint8_t { kTask = 0, kIrq = 1, kNmi = 2 };
+
+// Return: "task", "irq" or "nmi", as the text form writes a context.
+inline const char* ctx_word(Ctx c) { return c == Ctx::kTask ? "task" : c == Ctx::kIrq ? "irq" : "nmi"; }
 enum class Path : std::uint8_t { kSpinning = 0, kNolock = 1 };
 
 // The order of this list is the binary format: append only.

@@ -7,10 +7,6 @@
 namespace anyctx::harness {
 namespace {
 
-const char* ctx_word(Ctx c) { return c == Ctx::kTask ? "task" : c == Ctx::kIrq ? "irq" : "nmi"; }
-
-std::string site_word(int site) { return site == kOpBoundary ? "OpBoundary" : site_name(static_cast<Site>(site)); }
-
 std::string mask_words(std::uint8_t mask, std::initializer_list<const char*> names) {
   std::string out;
   int bit = 0;
@@ -224,7 +220,7 @@ class Parser {
       } else if (k == "site") {
         int site = -1;
         for (int s = 0; s < kInjectionSites; ++s)
-          if (v == site_word(s)) site = s;
+          if (v == injection_site_name(s)) site = s;
         if (site < 0) expected("a site name (ZoneLocked, PcpLocked, ..., OpBoundary)", v);
         inj.site = static_cast<std::uint16_t>(site);
       } else if (k == "level") {
@@ -312,7 +308,7 @@ std::string print(const TargetSpec& target, const Program& p) {
     for (const Op& op : p.cpus[c]) out << "  " << print_op(op) << "\n";
   }
   for (const Injection& inj : p.injections) {
-    out << "inject " << ctx_word(inj.kind) << " cpu=" << int{inj.cpu} << " site=" << site_word(inj.site)
+    out << "inject " << ctx_word(inj.kind) << " cpu=" << int{inj.cpu} << " site=" << injection_site_name(inj.site)
         << " level=" << ctx_word(inj.level) << " nth=" << int{inj.nth} << "\n";
     for (const Op& op : inj.ops) out << "  " << print_op(op) << "\n";
   }

@@ -76,10 +76,7 @@ void Spinlock::report_self_deadlock(std::uint32_t word, SrcLoc at) const {
   } else {
     r << "in this " << context_name(owner_level) << " frame (recursive lock)";
   }
-#if ANYCTX_DEBUG
-  r << ", taken at " << SrcLoc{owner_file_.load(std::memory_order_relaxed),
-                               owner_line_.load(std::memory_order_relaxed)};
-#endif
+  if (SrcLoc taken = owner_site(); taken.known()) r << ", taken at " << taken;
   r.fatal();
 }
 

@@ -68,6 +68,14 @@ class ANYCTX_CAPABILITY("spinlock") Spinlock {
     std::uint32_t w = word_.load(std::memory_order_relaxed);
     return !kDebug || w == 0 || (w & 0xffff) == kUnknownCpu ? kNoCpu : static_cast<int>(w & 0xffff);
   }
+  // Context: any. Return: where the holder took the lock (a snapshot; empty
+  // when the lock is free or ANYCTX_DEBUG is 0). For deadlock reports.
+  SrcLoc owner_site() const {
+#if ANYCTX_DEBUG
+    if (is_locked()) return SrcLoc{owner_file_.load(std::memory_order_relaxed), owner_line_.load(std::memory_order_relaxed)};
+#endif
+    return SrcLoc{};
+  }
   const char* class_name() const { return class_name_; }
 
  private:
