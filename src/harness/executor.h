@@ -2,25 +2,30 @@
 //
 // Contract:
 //  - run_program() runs a program on real threads, one per program CPU
-//    (CPU 0 of a one-CPU program runs on the calling thread), exactly one
-//    running at a time. The running CPU changes only where the schedule says
-//    (at a global event count; events are site hits and op boundaries), when
-//    a CPU finishes, and when a CPU spins on a lock (kSpinWait): then it
-//    hands over, so the holder can run. Interrupts are real signals raised
-//    synchronously (pthread_kill to itself) at the injection's site hit.
-//    Same program, same execution: the trace hash is a function of the
-//    program alone.
+//    (CPU 0 of a one-CPU program runs on the calling thread; the others are
+//    worker threads started by the first multi-CPU program and parked
+//    between programs), exactly one running at a time. The running CPU
+//    changes only where the schedule says (at a global event count; events
+//    are site hits and op boundaries), when a CPU finishes, and when a CPU
+//    spins on a lock (kSpinWait): then it hands over, so the holder can run.
+//    Interrupts are real signals raised synchronously (pthread_kill to
+//    itself) at the injection's site hit; one that a CPU sends another
+//    (memcg's drain request) is held until the receiver runs again. Same
+//    program, same execution: the trace hash is a function of the program
+//    alone. When run_program returns, every CPU has gone offline.
 //  - Oracles, each a fatal report naming the oracle, the CPU, the frame
-//    (task or which injection) and the op: the page allocator's invariants
-//    after every top-level op while every other CPU is between ops (the
-//    cheap form), and page, slab and memcg invariants in full at the end; a shadow map of live allocations (no overlap; the content pattern
-//    written at allocation is intact at free); the lock model (a try_lock
-//    succeeds exactly when the model says the lock is free); global deadlock
-//    (every unfinished CPU spinning); liveness after quiesce (deferred lists
-//    empty, a nolock allocation succeeds while the zone has free pages, no
-//    page lost). The library's own debug reports (self-deadlock, context
-//    rules, bad page, ...) are oracles too; the executor adds the step to
-//    them.
+//    (task or which injection) and the op: the page allocator's free lists
+//    (check_free_lists) after every top-level op that reached the allocator
+//    while every other CPU is between ops (the cheap form), and page, slab
+//    and memcg invariants in full at the end; a shadow map of live
+//    allocations (no overlap; the content pattern written at allocation is
+//    intact at free); the lock model (a try_lock succeeds exactly when the
+//    model says the lock is free); global deadlock (every unfinished CPU
+//    spinning); one CPU at a time (a site reached without the turn);
+//    liveness after quiesce (deferred lists empty, a nolock allocation
+//    succeeds while the zone has free pages, no page lost). The library's
+//    own debug reports (self-deadlock, context rules, bad page, ...) are
+//    oracles too; the executor adds the step to them.
 //  - The code that runs in signal handlers allocates nothing and takes no
 //    lock (fixed arrays; only the running CPU touches executor state).
 #pragma once
