@@ -10,7 +10,11 @@
 # Every compile and link flag comes from the engine: $CXX, $CXXFLAGS (the
 # sanitizer and the coverage instrumentation) and $LIB_FUZZING_ENGINE, through
 # the 'external' mode of cmake/AnyctxSanitizers.cmake; none of the presets'
-# flags are used. The build tree is $WORK/anyctx-build. The targets are the
+# flags are used. One thing is added: fuzz/coverage.ignorelist, which keeps
+# coverage on the code under test (docs/fuzzing.md, "What an execution
+# costs") — as a flag where $CXXFLAGS asks for sanitizer coverage (libFuzzer,
+# honggfuzz, centipede), and as AFL_LLVM_DENYLIST, which only AFL++'s
+# compiler reads. The build tree is $WORK/anyctx-build. The targets are the
 # fuzz_NAME executables cmake builds (one per fuzz/NAME.cc listed in
 # fuzz/CMakeLists.txt), so a new target needs no change here.
 #
@@ -32,6 +36,12 @@ elif [[ -f $PWD/fuzz/CMakeLists.txt ]]; then
 else
   src_dir=${SRC:?}/anyctx
 fi
+
+ignorelist=$src_dir/fuzz/coverage.ignorelist
+if [[ $CXXFLAGS == *-fsanitize=fuzzer* || $CXXFLAGS == *-fsanitize-coverage=* ]]; then
+  CXXFLAGS+=" -fsanitize-coverage-ignorelist=$ignorelist"
+fi
+export AFL_LLVM_DENYLIST=$ignorelist
 
 build=$WORK/anyctx-build
 generator=()
