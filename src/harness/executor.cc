@@ -677,6 +677,14 @@ std::string invariant_violation(unsigned layers, CheckDepth depth) {
   return {};
 }
 
+// Return: whether every CPU but this one is between ops (none is inside a
+// library call, so the allocator can be checked).
+bool others_idle() {
+  for (int c = 0; c < g.ncpus; ++c)
+    if (c != t_cpu && g.cpus[c].in_op) return false;
+  return true;
+}
+
 // Runs a frame's ops: the CPU's own (injection -1) or an injection's.
 void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
   CpuState& cpu = g.cpus[t_cpu];
@@ -703,11 +711,9 @@ void run_frame(const std::vector<Op>& ops, int injection, Ctx ctx) {
     if (ran && touches_allocator(ops[i].kind)) ++g.allocator_ops;
     if (injection < 0) {
       cpu.in_op = false;
-      bool others_idle = true;
-      for (int c = 0; c < g.ncpus; ++c) others_idle = others_idle && (c == t_cpu || !g.cpus[c].in_op);
       // Checked when an op of any frame on any CPU (an interrupt's included)
       // reached the allocator since the last check.
-      if (g.options.invariants_each_op && others_idle && g.allocator_ops != g.checked_allocator_ops) {
+      if (g.options.invariants_each_op && others_idle() && g.allocator_ops != g.checked_allocator_ops) {
         g.checked_allocator_ops = g.allocator_ops;
         if (std::string what = invariant_violation(g.layers, CheckDepth::kCheap); !what.empty()) {
           Report r("harness: invariants");
@@ -864,8 +870,26 @@ void site_hook(Site site) { site_event(static_cast<int>(site)); }
 
 thread_local std::optional<CpuScope>* t_scope = nullptr;
 
+// Run before a CPU goes offline while every other CPU is between ops: by a
+// CPU cycling offline and online, and by the last CPU to finish its ops.
+// Going offline flushes the CPU slabs: a slab whose objects are all free
+// goes back to the page allocator whole, its freelist unread, so a list that
+// lost an object (an NMI's free pushed onto a list that the interrupted frame
+// was editing) would pass every later check. The slab check runs here,
+// before that; the page and memcg checks lose nothing to going offline and
+// run at the end (final_oracles).
+void check_before_offline() {
+  if (!(g.touched & kLayerSlab)) return;
+  if (InvariantResult r = slab_check_invariants(); !r.ok) {
+    Report rep("harness: before going offline");
+    rep << "invariants: slab: " << r.what;
+    fail(rep);
+  }
+}
+
 void cycle_cpu() {
   trace(0xc7c1e);
+  if (others_idle()) check_before_offline();
   t_scope->reset();    // offline: the per-CPU caches drain
   t_scope->emplace();  // online again (the lowest free id)
   // An injection that fired while the CPU went offline was raised into
@@ -884,6 +908,7 @@ void cpu_main(int index, bool own_thread) {
   t_scope = &scope;
   run_frame(g.program->cpus[static_cast<std::size_t>(index)], -1, Ctx::kTask);
   g.cpus[index].done = true;
+  if (next_runnable(index) < 0) check_before_offline();
   if (own_thread) {
     InterruptsHeld held;
     int to = next_runnable(index);
