@@ -36,7 +36,7 @@ struct ListName {
   const Slab* slab = nullptr;
 };
 
-class Checker {
+class SlabChecker {
  public:
   InvariantResult run() ANYCTX_NO_TSA {
     find_slabs();
@@ -102,26 +102,37 @@ class Checker {
     }
   }
 
-  // Records `obj` as found free on `where`. Return: false after a failure.
+  // Records `obj` as found free on `where`; `expect` is the slab the list
+  // belongs to (nullptr for a deferred list, whose objects come from any
+  // slab: found through their page). Return: false after a failure.
   bool claim(Slab* expect, std::uintptr_t obj, Where where, const ListName& list) {
-    Slab* s = slab_of(reinterpret_cast<void*>(obj));
-    if (s == nullptr || (expect != nullptr && s != expect) || !is_object_of(s, obj)) {
+    Slab* s = expect != nullptr ? expect : slab_of(reinterpret_cast<void*>(obj));
+    Found* f = s != nullptr ? found_of(s) : nullptr;
+    if (f == nullptr || !is_object_of(s, obj)) {
       fail(str(list) + ": " + hex(obj) + " is not an object of " + (expect ? slab_str(expect) : std::string("a live slab")));
       return false;
     }
-    Found& f = found_[index_[slab_pfn(s)]];
     unsigned i = object_index(s, obj);
-    if (f.where[i] != Where::kNowhere) {
+    if (f->where[i] != Where::kNowhere) {
       fail(slab_str(s) + ": free object " + std::to_string(i) + " is on " + str(list) + " and already on " +
-           where_name(f.where[i]));
+           where_name(f->where[i]));
       return false;
     }
     if (s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63))) {
       fail(slab_str(s) + ": object " + std::to_string(i) + " is marked allocated but is on " + str(list));
       return false;
     }
-    f.where[i] = where;
+    f->where[i] = where;
     return true;
+  }
+
+  // Return: what find_slabs() recorded for `s`, or nullptr when `s` is not a
+  // live slab of the table.
+  Found* found_of(const Slab* s) {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(s) - reinterpret_cast<std::uintptr_t>(g_slab_table);
+    if (off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0) return nullptr;
+    int at = index_[off / sizeof(Slab)];
+    return at < 0 ? nullptr : &found_[static_cast<std::size_t>(at)];
   }
 
   // Walks a freelist of slab `s`. Return: its length, or -1 after a failure.
@@ -242,7 +253,7 @@ class Checker {
 
 InvariantResult slab_check_invariants() {
   if (g_slab_table == nullptr) return InvariantResult{false, "the slab layer is not initialised"};
-  return Checker().run();
+  return SlabChecker().run();
 }
 
 }  // namespace anyctx
