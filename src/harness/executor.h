@@ -16,8 +16,10 @@
 //  - Oracles, each a fatal report naming the oracle, the CPU, the frame
 //    (task or which injection) and the op: the page allocator's free lists
 //    (check_free_lists) after every top-level op that reached the allocator
-//    while every other CPU is between ops (the cheap form), and page, slab
-//    and memcg invariants in full at the end; a shadow map of live
+//    while every other CPU is between ops (the cheap form), the slab
+//    invariants when the last CPU has finished its ops (before going offline
+//    flushes the CPU slabs), and page, slab and memcg invariants in full at
+//    the end; a shadow map of live
 //    allocations (no overlap; the content pattern written at allocation is
 //    intact at free); the lock model (a try_lock succeeds exactly when the
 //    model says the lock is free); global deadlock (every unfinished CPU
