@@ -35,14 +35,14 @@ std::atomic<std::uintptr_t> g_shared_deferred{0};
 std::uintptr_t g_deferred_secret = 0;
 Slab* g_slab_table = nullptr;
 std::size_t g_slab_table_entries = 0;
+PerCpu<SlabStatSlots> g_stats;
+SlabStatSlots g_shared_stats;
 }  // namespace detail
 
 namespace {
 
 using namespace detail;
 
-PerCpu<SlabStatSlots> g_stats;
-SlabStatSlots g_shared_stats;
 std::atomic<BadPagePolicy> g_policy{kDebug || ANYCTX_ASAN || ANYCTX_TSAN ? BadPagePolicy::kAbort
                                                                        : BadPagePolicy::kReportAndLeak};
 std::atomic<std::uint64_t> g_reports{0};

@@ -39,13 +39,17 @@ struct ListName {
 class SlabChecker {
  public:
   InvariantResult run() ANYCTX_NO_TSA {
+    sum_stats();
     find_slabs();
     for (int cpu = 0, used = cpu_ids_used(); cpu < used && ok(); ++cpu)
       walk_deferred(g_cpu_slabs.on(cpu).deferred, ListName{ListName::kCpuDeferred, cpu});
     if (ok()) walk_deferred(g_shared_deferred, ListName{ListName::kSharedDeferred});
-    if (ok() && deferred_found_ != slab_deferred_pending())
+    std::uint64_t pending = 0;
+    for (int i = 0; i < kKmallocCaches; ++i)
+      pending += total(i, kSlabStatDeferredPushed) - total(i, kSlabStatDeferredFreed);
+    if (ok() && deferred_found_ != pending)
       fail("deferred lists hold " + std::to_string(deferred_found_) + " objects, the counters say " +
-           std::to_string(slab_deferred_pending()) + " are pending");
+           std::to_string(pending) + " are pending");
     for (int i = 0; i < kKmallocCaches && ok(); ++i) check_cache(g_caches[i]);
     return result_;
   }
@@ -53,8 +57,21 @@ class SlabChecker {
  private:
   struct Found {
     Slab* slab;
-    std::vector<Where> where;  // per object
+    Where* where;  // per object: the slab's run of where_
   };
+
+  // The statistics of every cache, summed once over the shared slots and
+  // every CPU's (as slab_stat_sum does one at a time).
+  void sum_stats() {
+    auto add = [&](const SlabStatSlots& slots) {
+      for (int ctx = 0; ctx < 3; ++ctx)
+        for (int c = 0; c < kKmallocCaches; ++c)
+          for (int st = 0; st < kSlabStatCount; ++st) totals_[c][st] += slots.v[ctx][c][st].load(std::memory_order_relaxed);
+    };
+    add(g_shared_stats);
+    g_stats.for_each_used([&](int, const SlabStatSlots& slots) { add(slots); });
+  }
+  std::uint64_t total(int cache, int stat) const { return totals_[cache][stat]; }
 
   bool ok() const { return result_.ok; }
   void fail(std::string what) {
@@ -85,6 +102,11 @@ class SlabChecker {
   // with the cache's order.
   void find_slabs() {
     index_.assign(g_slab_table_entries, -1);
+    std::size_t objects = 0;
+    for (std::size_t pfn = 0; pfn < g_slab_table_entries; ++pfn)
+      if (g_slab_table[pfn].cache != nullptr) objects += g_slab_table[pfn].objects;
+    where_.assign(objects, Where::kNowhere);
+    objects = 0;
     for (std::size_t pfn = 0; pfn < g_slab_table_entries && ok(); ++pfn) {
       Slab* s = &g_slab_table[pfn];
       if (s->cache == nullptr) continue;
@@ -98,7 +120,8 @@ class SlabChecker {
         if (pfn_to_page(pfn + i)->owner_private.load() != s)
           return fail(slab_str(s) + ": frame " + std::to_string(pfn + i) + " does not point at the slab");
       index_[pfn] = static_cast<int>(found_.size());
-      found_.push_back(Found{s, std::vector<Where>(s->objects, Where::kNowhere)});
+      found_.push_back(Found{s, where_.data() + objects});
+      objects += s->objects;
     }
   }
 
@@ -234,10 +257,10 @@ class SlabChecker {
           return fail(slab_str(s) + ": object " + std::to_string(i) + " is free but on no freelist or deferred list (lost)");
       }
     }
-    std::uint64_t live = slab_stat_sum(c.index, kSlabStatSlabsAllocated) - slab_stat_sum(c.index, kSlabStatSlabsFreed);
+    std::uint64_t live = total(c.index, kSlabStatSlabsAllocated) - total(c.index, kSlabStatSlabsFreed);
     if (slabs != live)
       return fail(std::string(name) + ": " + std::to_string(slabs) + " live slabs, the counters say " + std::to_string(live));
-    std::uint64_t counted = slab_stat_sum(c.index, kSlabStatAllocs) - slab_stat_sum(c.index, kSlabStatFrees);
+    std::uint64_t counted = total(c.index, kSlabStatAllocs) - total(c.index, kSlabStatFrees);
     if (in_use != counted)
       return fail(std::string(name) + ": " + std::to_string(in_use) + " objects marked allocated, the counters say " +
                   std::to_string(counted) + " are in use (allocs - frees)");
@@ -246,6 +269,8 @@ class SlabChecker {
   InvariantResult result_;
   std::vector<int> index_;     // pfn -> found_ index, -1 when not a slab head
   std::vector<Found> found_;
+  std::vector<Where> where_;  // every live slab's objects, slab after slab
+  std::uint64_t totals_[kKmallocCaches][kSlabStatCount] = {};
   std::uint64_t deferred_found_ = 0;
 };
 

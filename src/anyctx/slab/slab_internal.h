@@ -126,6 +126,8 @@ extern std::atomic<std::uintptr_t> g_shared_deferred;
 extern std::uintptr_t g_deferred_secret;
 extern Slab* g_slab_table;
 extern std::size_t g_slab_table_entries;
+extern PerCpu<SlabStatSlots> g_stats;  // a slot per CPU (see SlabStatSlots)
+extern SlabStatSlots g_shared_stats;   // threads that are not CPUs
 
 std::uint64_t slab_stat_sum(int cache, int stat);
 void slab_stat_add(int cache, int stat, std::uint64_t delta);
