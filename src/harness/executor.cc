@@ -30,6 +30,7 @@
 #include "anyctx/page/fault.h"
 #include "anyctx/page/page_alloc.h"
 #include "anyctx/slab/slab.h"
+#include "harness/bytes.h"
 #include "harness/feedback.h"
 #include "harness/text.h"
 
@@ -305,19 +306,6 @@ void for_each_checked(const Slot& s, Fn&& fn) {
     fn(base + i * kPageSize, kPatternBytes);
     fn(base + (i + 1) * kPageSize - kPatternBytes, kPatternBytes);
   }
-}
-
-// Return: the index of the first byte of p[0, n) that is not `want`, or n.
-std::size_t first_mismatch(const unsigned char* p, std::size_t n, std::uint8_t want) {
-  std::uint64_t word = 0x0101010101010101ull * want;
-  std::size_t k = 0;
-  for (; k + 8 <= n; k += 8) {
-    std::uint64_t v;
-    std::memcpy(&v, p + k, 8);
-    if (v != word) break;
-  }
-  while (k < n && p[k] == want) ++k;
-  return k;
 }
 
 void shadow_expect(int slot_index, const Slot& s, std::uint8_t want, const char* what) {

@@ -45,6 +45,7 @@
 #include "anyctx/memcg/memcg.h"
 #include "anyctx/page/page_alloc.h"
 #include "anyctx/slab/slab.h"
+#include "harness/bytes.h"
 
 namespace anyctx::harness {
 namespace {
@@ -256,18 +257,6 @@ void describe(Report& r, Frame& f) {
 
 constexpr std::size_t kEdge = 64;
 constexpr std::size_t kMinItemBytes = 16;
-
-std::size_t first_mismatch(const unsigned char* p, std::size_t n, std::uint8_t want) {
-  std::uint64_t word = 0x0101010101010101ull * want;
-  std::size_t k = 0;
-  for (; k + 8 <= n; k += 8) {
-    std::uint64_t v;
-    std::memcpy(&v, p + k, 8);
-    if (v != word) break;
-  }
-  while (k < n && p[k] == want) ++k;
-  return k;
-}
 
 // The byte ranges a stamp covers past the two header words.
 template <class Fn>
