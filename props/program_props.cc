@@ -114,6 +114,23 @@ rc::Gen<Program> gen_program(const TargetSpec& target) {
         next = s.event + 1;
         p.schedule.push_back(s);
       }
+      int na = *rc::gen::inRange(0, harness::kMaxAnchoredSwitches + 1);
+      for (int i = 0; i < na; ++i) {
+        harness::AnchoredSwitch a;
+        a.on = static_cast<std::uint8_t>(*rc::gen::inRange(0, ncpus));
+        a.cpu = static_cast<std::uint8_t>((a.on + *rc::gen::inRange(1, ncpus)) % ncpus);
+        a.site = static_cast<std::uint16_t>(*rc::gen::inRange(0, harness::kInjectionSites));
+        a.level = *rc::gen::element(Ctx::kTask, Ctx::kIrq, Ctx::kNmi);
+        a.nth = static_cast<std::uint8_t>(*rc::gen::inRange(1, harness::kMaxAnchorNth + 1));
+        p.anchored.push_back(a);
+      }
+      if (*rc::gen::inRange(0, 4) == 0) {  // a PCT schedule instead of the written one
+        p.schedule.clear();
+        p.anchored.clear();
+        p.pct.seed = *rc::gen::arbitrary<std::uint16_t>();
+        p.pct.depth = static_cast<std::uint8_t>(*rc::gen::inRange(1, harness::kMaxPctDepth + 1));
+        p.pct.steps = static_cast<std::uint16_t>(*rc::gen::inRange(1, harness::kMaxPctSteps + 1));
+      }
     }
     return p;
   });

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstring>
+#include <algorithm>
 #include <optional>
 #include <thread>
 
@@ -32,6 +33,7 @@
 #include "anyctx/slab/slab.h"
 #include "harness/bytes.h"
 #include "harness/feedback.h"
+#include "harness/interleave.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
@@ -72,6 +74,7 @@ struct Frame {
   int injection = -1;  // -1: the CPU's own ops
   int op = -1;
   OpKind kind = OpKind::kAllocPages;
+  std::uint8_t held = 0;  // HeldClass bits this frame's sites say it holds
 };
 
 constexpr int kMaxFrames = 4;  // task, irq, nmi (+ one spare)
@@ -84,6 +87,7 @@ struct CpuState {
   const Spinlock* spin_lock = nullptr;
   int depth = 0;           // frames in use
   Frame frames[kMaxFrames];
+  int pct_priority = 0;    // PCT: the highest priority that can run runs
 };
 
 struct LockModel {
@@ -112,6 +116,10 @@ struct Exec {
   bool fired[kMaxInjections] = {};
   int hits[kMaxInjections] = {};
   std::size_t next_switch = 0;
+  int anchor_hits[kMaxAnchoredSwitches] = {};
+  std::uint32_t pct_changes[kMaxPctDepth] = {};  // events where the running CPU drops, ascending
+  int pct_nchanges = 0;
+  int pct_next_change = 0;
   std::uint64_t events = 0;
   std::uint64_t allocator_ops = 0;          // ops run that can change allocator state
   std::uint64_t checked_allocator_ops = 0;  // allocator_ops at the last per-op check
@@ -211,13 +219,52 @@ void switch_to(int me, int to) {
   wait_turn(me);
 }
 
-// Return: the next unfinished CPU after `me` (round robin), or -1.
+// Return: whether CPU `c` waits for a lock that is still held.
+bool blocked(const CpuState& c) { return c.spinning && c.spin_lock != nullptr && c.spin_lock->is_locked(); }
+
+// Return: the unfinished CPU other than `me` with the highest PCT priority,
+// preferring one that is not blocked, or -1.
+int pct_pick_other(int me) {
+  int best = -1;
+  for (int c = 0; c < g.ncpus; ++c) {
+    const CpuState& cpu = g.cpus[c];
+    if (c == me || cpu.done) continue;
+    if (best < 0 || blocked(g.cpus[best]) > blocked(cpu) ||
+        (blocked(g.cpus[best]) == blocked(cpu) && cpu.pct_priority > g.cpus[best].pct_priority))
+      best = c;
+  }
+  return best;
+}
+
+// Return: the next unfinished CPU after `me` (round robin; under PCT the
+// highest priority), or -1.
 int next_runnable(int me) {
+  if (g.program->pct.on()) return pct_pick_other(me);
   for (int i = 1; i <= g.ncpus; ++i) {
     int c = (me + i) % g.ncpus;
     if (c != me && !g.cpus[c].done) return c;
   }
   return -1;
+}
+
+// PCT set-up (Burckhardt et al.): distinct random priorities depth..depth+n-1,
+// and depth-1 change points drawn uniformly from events 1..steps; at the ith
+// the running CPU's priority drops to depth-1-i, below every initial one.
+void pct_start(const PctSpec& pct) {
+  std::uint64_t state = 0x243f6a8885a308d3ull ^ pct.seed;
+  auto next = [&state](std::uint32_t bound) {  // splitmix64, reduced to 0..bound-1
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return static_cast<std::uint32_t>((z ^ (z >> 31)) % bound);
+  };
+  int order[kMaxProgramCpus];
+  for (int c = 0; c < g.ncpus; ++c) order[c] = c;
+  for (int c = g.ncpus - 1; c > 0; --c) std::swap(order[c], order[next(static_cast<std::uint32_t>(c + 1))]);
+  for (int c = 0; c < g.ncpus; ++c) g.cpus[order[c]].pct_priority = pct.depth + c;
+  g.pct_nchanges = pct.depth - 1;
+  for (int i = 0; i < g.pct_nchanges; ++i) g.pct_changes[i] = 1 + next(pct.steps);
+  std::sort(g.pct_changes, g.pct_changes + g.pct_nchanges);
 }
 
 // --- reports --------------------------------------------------------------------------
@@ -594,6 +641,7 @@ void release_frame_locks() ANYCTX_NO_TSA {
 
 void site_event(int site);
 void cycle_cpu();
+std::uint8_t held_by(int c);
 
 bool run_op(const Op& op, Ctx ctx) {
   switch (op.kind) {
@@ -737,6 +785,7 @@ void fire(int index) {
   g.fired[index] = true;
   ++g.stats.injections_fired;
   feedback::injection_fired(inj.site, inj.kind, inj.level);
+  feedback::injected_holding(inj.site, held_by(t_cpu), inj.kind, inj.level);
   Pending& q = t_pending[inj.kind == Ctx::kNmi ? 1 : 0];
   q.items[q.count++] = index;
   if (inj.kind == Ctx::kNmi) raise_nmi(); else raise_irq();
@@ -805,6 +854,14 @@ void on_spin_wait(int me) {
   cpu.spinning = true;
   cpu.spin_lock = spinlock_spinning_on();
   if (cpu.spin_lock != nullptr && !cpu.spin_lock->is_locked()) return;  // freed meanwhile: retry
+  if (g.program->pct.on()) {
+    int c = pct_pick_other(me);
+    if (c >= 0 && !blocked(g.cpus[c])) {
+      switch_to(me, c);
+      return;
+    }
+    report_global_deadlock();
+  }
   for (int i = 1; i < g.ncpus; ++i) {
     int c = (me + i) % g.ncpus;
     const CpuState& other = g.cpus[c];
@@ -815,6 +872,36 @@ void on_spin_wait(int me) {
     }
   }
   report_global_deadlock();
+}
+
+// Return: the lock classes CPU `c` holds, over all its frames, and whether
+// one of its frames is inside an update (interleave.h).
+std::uint8_t held_by(int c) {
+  const CpuState& cpu = g.cpus[c];
+  std::uint8_t held = 0;
+  for (int d = 0; d < cpu.depth; ++d) held |= cpu.frames[d].held;
+  if (g.local_model[c].cpu == c) held |= kHeldLocal;
+  for (const LockModel& m : g.spin_model)
+    if (m.cpu == c) held |= kHeldSpin;
+  return held;
+}
+
+// Follows the current frame's sites (interleave.h) and tells the fuzzer
+// what the other CPUs hold while this one reaches `site`.
+void track_held(int me, int site) {
+  CpuState& cpu = g.cpus[me];
+  if (cpu.depth == 0) return;
+  Frame& f = cpu.frames[cpu.depth - 1];
+  SiteEffect e = site_effect(site);
+  if (site == kOpBoundary) f.held = 0;
+  f.held = static_cast<std::uint8_t>((f.held & ~kHeldMidUpdate) | e.takes | (e.mid_update ? kHeldMidUpdate : 0));
+  f.held = static_cast<std::uint8_t>(f.held & ~e.drops);
+  if (g.ncpus == 1) return;
+  Ctx level = current_ctx();
+  for (int c = 0; c < g.ncpus; ++c) {
+    if (c == me || g.cpus[c].done) continue;
+    if (std::uint8_t held = held_by(c); held != 0) feedback::reached_while_held_elsewhere(site, level, held);
+  }
 }
 
 void site_event(int site) {
@@ -832,6 +919,9 @@ void site_event(int site) {
   if (site == kOpBoundary && !g.sabotaged && g.events >= g.options.sabotage_event) g.sabotaged = apply_sabotage();
   Ctx level = current_ctx();
   feedback::site_reached(site, level);
+  std::uint16_t& hits = g.stats.site_hits[me][site][static_cast<int>(level)];
+  if (hits < UINT16_MAX) ++hits;
+  track_held(me, site);
   trace(static_cast<std::uint64_t>(site) << 4 | static_cast<std::uint64_t>(level), static_cast<std::uint64_t>(me));
   for (std::size_t i = 0; i < g.program->injections.size(); ++i) {
     const Injection& inj = g.program->injections[i];
@@ -843,8 +933,27 @@ void site_event(int site) {
     return;
   }
   g.cpus[me].spinning = false;
-  while (g.next_switch < g.program->schedule.size() && g.program->schedule[g.next_switch].event <= g.events) {
-    int to = g.program->schedule[g.next_switch++].cpu;
+  const Program& p = *g.program;
+  if (p.pct.on()) {
+    while (g.pct_next_change < g.pct_nchanges && g.pct_changes[g.pct_next_change] <= g.events)
+      g.cpus[me].pct_priority = p.pct.depth - 1 - g.pct_next_change++;
+    int best = pct_pick_other(me);
+    if (best >= 0 && !blocked(g.cpus[best]) && g.cpus[best].pct_priority > g.cpus[me].pct_priority) {
+      feedback::switched(site);
+      switch_to(me, best);
+    }
+    return;
+  }
+  for (std::size_t i = 0; i < p.anchored.size(); ++i) {
+    const AnchoredSwitch& a = p.anchored[i];
+    if (a.on != me || a.site != site || a.level != level || ++g.anchor_hits[i] != a.nth) continue;
+    if (!g.cpus[a.cpu].done) {
+      feedback::switched(site);
+      switch_to(me, a.cpu);
+    }
+  }
+  while (g.next_switch < p.schedule.size() && p.schedule[g.next_switch].event <= g.events) {
+    int to = p.schedule[g.next_switch++].cpu;
     if (to != me && !g.cpus[to].done) {
       feedback::switched(site);
       switch_to(me, to);
@@ -1012,6 +1121,7 @@ RunStats run_program(const TargetSpec& target, const Program& program, const Run
   g.ncpus = static_cast<int>(program.cpus.size());
   g.layers = layers_of(target);
   for (int c = 0; c < g.ncpus; ++c) g.cpus[c].index = c;
+  if (program.pct.on()) pct_start(program.pct);
 
   // The allocator outlives a run: every run ends with it fully free, drained
   // and coalesced (the final oracles check exactly that), which is the state

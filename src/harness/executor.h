@@ -8,6 +8,10 @@
 //    changes only where the schedule says (at a global event count; events
 //    are site hits and op boundaries), when a CPU finishes, and when a CPU
 //    spins on a lock (kSpinWait): then it hands over, so the holder can run.
+//    A switch happens at a global event count (Switch), when a CPU reaches
+//    the nth hit of a site in a context (AnchoredSwitch), or, under a PCT
+//    schedule, whenever a CPU of higher priority can run (a CPU spinning on
+//    a held lock cannot).
 //    Interrupts are real signals raised synchronously (pthread_kill to
 //    itself) at the injection's site hit; one that a CPU sends another
 //    (memcg's drain request) is held until the receiver runs again. Same
@@ -67,6 +71,9 @@ struct RunStats {
   int ops_skipped = 0;  // slot in the wrong state, lock legalised away, ...
   int injections_fired = 0;
   int switches = 0;
+  // Hits per program CPU, site (or kOpBoundary) and context level, saturating:
+  // where an injection or an anchored switch can be placed (the sweep's map).
+  std::uint16_t site_hits[kMaxProgramCpus][kInjectionSites][3] = {};
 };
 
 // Runs `program` (valid for `target`); aborts with a report on any oracle.

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "harness/feedback.h"
+#include "harness/interleave.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
@@ -82,6 +83,67 @@ switch event=1 cpu=1
   EXPECT_GE(s.switches, switches);
   for (int site = 0; site < kInjectionSites; ++site)
     for (int kind = 0; kind < 2; ++kind) EXPECT_EQ(c.fired[site][kind][task], 0) << site;
+}
+
+// Which site the program's switches were taken at (the feedback flags).
+std::vector<int> switch_sites() {
+  std::vector<int> out;
+  for (int site = 0; site < kInjectionSites; ++site)
+    if (feedback::counters().switched[site] != 0) out.push_back(site);
+  return out;
+}
+
+// A switch anchored to "the first ZoneLocked of cpu 0" stays there when an op
+// is inserted before it; one written at a global event count moves.
+TEST_F(ExecutorTest, AnAnchoredSwitchSurvivesAnOpInsertedBeforeIt) {
+  const int zone_locked = static_cast<int>(Site::kZoneLocked);
+  const char* anchored = R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=2 slot=0
+  free_pages spinning slot=0
+cpu 1
+  drain_all
+switch on=0 site=ZoneLocked level=task nth=1 cpu=1
+)";
+  Program p = parse_or_fail(anchored);
+  feedback::reset();
+  run_program(*target_spec("page_smp"), p);
+  ASSERT_EQ(switch_sites(), std::vector<int>{zone_locked});
+  // drain_all on cpu 1 found zone.lock held by switched-out cpu 0: the
+  // interleaving feedback saw it.
+  bool seen = false;
+  for (unsigned held = 0; held < 256; ++held)
+    if ((held & kHeldZone) != 0)
+      seen |= feedback::counters().held_elsewhere[feedback::state_index(
+                  static_cast<unsigned>(Site::kSpinWait), held, static_cast<unsigned>(Ctx::kTask))] != 0;
+  EXPECT_TRUE(seen) << "cpu 1 spun while cpu 0 held zone.lock";
+
+  // The same moment written as a global event count...
+  std::uint64_t event = 0;
+  for (std::uint64_t e = 1; e < 40 && event == 0; ++e) {
+    Program q = p;
+    q.anchored.clear();
+    q.schedule.push_back(Switch{static_cast<std::uint32_t>(e), 1});
+    feedback::reset();
+    run_program(*target_spec("page_smp"), q);
+    if (switch_sites() == std::vector<int>{zone_locked}) event = e;
+  }
+  ASSERT_NE(event, 0u) << "some event count is cpu 0's first ZoneLocked";
+
+  // ...and both after an op inserted at the start of cpu 0.
+  const Op inserted{OpKind::kWriteVerify, Path::kSpinning, 0, 0, 5};
+  Program moved = p;
+  moved.cpus[0].insert(moved.cpus[0].begin(), inserted);
+  feedback::reset();
+  run_program(*target_spec("page_smp"), moved);
+  EXPECT_EQ(switch_sites(), std::vector<int>{zone_locked}) << "the anchored switch kept its moment";
+
+  moved.anchored.clear();
+  moved.schedule.push_back(Switch{static_cast<std::uint32_t>(event), 1});
+  feedback::reset();
+  run_program(*target_spec("page_smp"), moved);
+  EXPECT_NE(switch_sites(), std::vector<int>{zone_locked}) << "the event switch moved off it";
 }
 
 TEST_F(ExecutorTest, SameProgramSameTrace) {

@@ -10,6 +10,15 @@
 //   fired[site][kind][level]    an IRQ or NMI injection delivered at the site,
 //                               at that level (an NMI at irq: nested)
 //   switched[site]              a schedule switch taken at the site
+//   held_at_injection[h]        an injection delivered at a site while its CPU
+//                               held a set of lock classes (interleave.h),
+//                               h = hash(site, held set, kind, level)
+//   held_elsewhere[h]           a site reached while another CPU (switched
+//                               out) held a set of lock classes or was inside
+//                               an update, h = hash(site, level, that set)
+//
+// The last two see interleavings, not code: the same edges run whether or
+// not CPU 1 was switched out holding zone.lock when CPU 0 got there.
 //
 // Sites are the library's Site values and kOpBoundary. In fuzzing builds
 // (ANYCTX_FUZZING) the counters sit in libFuzzer's
@@ -35,10 +44,14 @@
 
 namespace anyctx::harness::feedback {
 
+inline constexpr int kStateCounters = 8192;  // per state table (a power of two)
+
 struct Counters {
   std::uint8_t reached[kInjectionSites][3];
   std::uint8_t fired[kInjectionSites][2][3];
   std::uint8_t switched[kInjectionSites];
+  std::uint8_t held_at_injection[kStateCounters];
+  std::uint8_t held_elsewhere[kStateCounters];
 };
 
 namespace detail {
@@ -55,5 +68,17 @@ inline void injection_fired(int site, Ctx kind, Ctx level) {
   detail::g_counters.fired[site][kind == Ctx::kNmi ? 1 : 0][static_cast<int>(level)] = 1;
 }
 inline void switched(int site) { detail::g_counters.switched[site] = 1; }
+
+// Return: a counter index for a tuple of small values.
+constexpr unsigned state_index(unsigned a, unsigned b, unsigned c) {
+  return ((a * 0x9e3779b1u) ^ (b * 0x85ebca77u) ^ (c * 0xc2b2ae3du)) >> 7 & (kStateCounters - 1);
+}
+inline void injected_holding(int site, std::uint8_t held, Ctx kind, Ctx level) {
+  detail::g_counters.held_at_injection[state_index(static_cast<unsigned>(site), held,
+                                                   static_cast<unsigned>(kind) << 2 | static_cast<unsigned>(level))] = 1;
+}
+inline void reached_while_held_elsewhere(int site, Ctx level, std::uint8_t held) {
+  detail::g_counters.held_elsewhere[state_index(static_cast<unsigned>(site), held, static_cast<unsigned>(level))] = 1;
+}
 
 }  // namespace anyctx::harness::feedback

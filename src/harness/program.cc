@@ -244,6 +244,28 @@ Program decode(const TargetSpec& t, std::span<const std::uint8_t> bytes) {
       next = s.event + 1;
       p.schedule.push_back(s);
     }
+    // Appended in the second version of the format: an older input ends
+    // before these bytes and decodes as it always did (no anchors, no PCT).
+    int nanchored = r.u8() % (kMaxAnchoredSwitches + 1);
+    for (int i = 0; i < nanchored; ++i) {
+      std::uint8_t b0 = r.u8();
+      AnchoredSwitch a;
+      a.on = static_cast<std::uint8_t>((b0 & 3) % ncpus);
+      a.cpu = static_cast<std::uint8_t>(((b0 >> 2) & 3) % ncpus);
+      if (a.cpu == a.on) a.cpu = static_cast<std::uint8_t>((a.on + 1) % ncpus);
+      a.level = static_cast<Ctx>(((b0 >> 4) & 3) % 3);
+      a.site = static_cast<std::uint16_t>(r.u8() % kInjectionSites);
+      a.nth = static_cast<std::uint8_t>(1 + r.u8() % kMaxAnchorNth);
+      p.anchored.push_back(a);
+    }
+    std::uint8_t depth = r.u8() % (kMaxPctDepth + 1);
+    if (depth != 0) {
+      p.pct.depth = depth;
+      p.pct.seed = static_cast<std::uint16_t>(r.u8() | r.u8() << 8);
+      p.pct.steps = static_cast<std::uint16_t>(1 + (r.u8() | r.u8() << 8) % kMaxPctSteps);
+      p.schedule.clear();  // a PCT schedule replaces the written switches
+      p.anchored.clear();
+    }
   }
   return p;
 }
@@ -293,7 +315,23 @@ std::vector<std::uint8_t> encode(const TargetSpec& t, const Program& p) {
       put(s.cpu);
       next = s.event + 1;
     }
+    put(static_cast<unsigned>(p.anchored.size()));
+    for (const AnchoredSwitch& a : p.anchored) {
+      put(a.on | static_cast<unsigned>(a.cpu) << 2 | static_cast<unsigned>(a.level) << 4);
+      put(a.site);
+      put(a.nth - 1u);
+    }
+    put(p.pct.depth);
+    if (p.pct.on()) {
+      put(p.pct.seed & 0xff);
+      put(p.pct.seed >> 8);
+      put((p.pct.steps - 1u) & 0xff);
+      put((p.pct.steps - 1u) >> 8);
+    }
   }
+  // Trailing zero bytes decode to nothing: drop them, so the canonical form
+  // of a program without anchors or PCT is the first version's bytes.
+  while (!out.empty() && out.back() == 0) out.pop_back();
   return out;
 }
 
@@ -350,6 +388,26 @@ std::string validate(const TargetSpec& t, const Program& p) {
     if (s.event - next > 255) return "schedule: switch " + std::to_string(i) + " is more than 255 events after the one before";
     if (s.cpu >= ncpus) return "schedule: switch " + std::to_string(i) + " names cpu " + std::to_string(s.cpu);
     next = s.event + 1;
+  }
+  if (ncpus == 1 && (!p.anchored.empty() || p.pct.on())) return "schedule: a one-cpu program has no switches";
+  if (static_cast<int>(p.anchored.size()) > kMaxAnchoredSwitches)
+    return "schedule: more than " + std::to_string(kMaxAnchoredSwitches) + " anchored switches";
+  for (std::size_t i = 0; i < p.anchored.size(); ++i) {
+    const AnchoredSwitch& a = p.anchored[i];
+    std::string at = "schedule: anchored switch " + std::to_string(i);
+    if (a.on >= ncpus) return at + ": on=" + std::to_string(a.on) + " names no cpu";
+    if (a.cpu >= ncpus) return at + ": cpu=" + std::to_string(a.cpu) + " names no cpu";
+    if (a.cpu == a.on) return at + ": switches cpu " + std::to_string(a.on) + " to itself";
+    if (a.site >= kInjectionSites) return at + ": unknown site";
+    if (static_cast<int>(a.level) > 2) return at + ": level must be task, irq or nmi";
+    if (a.nth < 1 || a.nth > kMaxAnchorNth) return at + ": nth must be 1.." + std::to_string(kMaxAnchorNth);
+  }
+  if (p.pct.on()) {
+    if (p.pct.depth > kMaxPctDepth) return "pct: depth must be 1.." + std::to_string(kMaxPctDepth);
+    if (p.pct.steps < 1 || p.pct.steps > kMaxPctSteps) return "pct: steps must be 1.." + std::to_string(kMaxPctSteps);
+    if (!p.schedule.empty() || !p.anchored.empty()) return "pct: a PCT schedule replaces the written switches";
+  } else if (!(p.pct == PctSpec{})) {
+    return "pct: seed and steps must be 0 when depth is 0";
   }
   return {};
 }

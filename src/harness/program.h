@@ -5,7 +5,8 @@
 // Contract:
 //  - A Program is plain data, bounded (kMaxProgramCpus CPUs, kMaxOps ops per
 //    CPU, kMaxInjections injections of kMaxInjectionOps ops, kMaxSwitches
-//    switches) and always valid: every op is legal in the context it runs in
+//    switches at global events, kMaxAnchoredSwitches switches anchored to a
+//    site hit) and always valid: every op is legal in the context it runs in
 //    (an NMI's ops are nolock ops; drains, CPU cycles and limits are task
 //    ops), and every argument is in range.
 //  - decode() is total: every byte string gives a valid program for the
@@ -122,11 +123,44 @@ struct Injection {
 };
 
 // "When the global event count reaches `event`, switch to CPU `cpu`." Events
-// are site hits and op boundaries, on any CPU, in order of execution.
+// are site hits and op boundaries, on any CPU, in order of execution. (The
+// first form of switch: any op inserted before it moves it to another moment.)
 struct Switch {
   std::uint32_t event = 0;
   std::uint8_t cpu = 0;
   bool operator==(const Switch&) const = default;
+};
+
+inline constexpr int kMaxAnchoredSwitches = 8;
+inline constexpr int kMaxAnchorNth = 32;
+
+// "When CPU `on` reaches the nth hit of `site` in context `level`, switch to
+// CPU `cpu`." Anchored to its moment: an op inserted on another CPU, or
+// before it on the same CPU at a different site, does not move it.
+struct AnchoredSwitch {
+  std::uint8_t on = 0;
+  std::uint16_t site = kOpBoundary;  // a Site, or kOpBoundary
+  Ctx level = Ctx::kTask;            // task, irq or nmi
+  std::uint8_t nth = 1;              // 1..kMaxAnchorNth
+  std::uint8_t cpu = 1;              // the CPU to run; not `on`
+  bool operator==(const AnchoredSwitch&) const = default;
+};
+
+inline constexpr int kMaxPctDepth = 4;
+inline constexpr int kMaxPctSteps = 4096;
+
+// A PCT schedule (Burckhardt et al., ASPLOS 2010) instead of written
+// switches: CPUs get distinct random priorities from `seed`, the highest
+// priority CPU that can run runs, and at depth-1 events drawn uniformly from
+// 1..steps the running CPU drops below every other. A bug of depth d among
+// n CPUs and k events shows with probability at least 1/(n·k^(d-1)).
+// depth 0 = off. A program with a PCT schedule has no written switches.
+struct PctSpec {
+  std::uint16_t seed = 0;
+  std::uint8_t depth = 0;    // 0 (off) or 1..kMaxPctDepth
+  std::uint16_t steps = 0;   // 1..kMaxPctSteps when on
+  bool operator==(const PctSpec&) const = default;
+  bool on() const { return depth != 0; }
 };
 
 struct FaultSpec {
@@ -142,6 +176,8 @@ struct Program {
   std::vector<std::vector<Op>> cpus{{}};  // 1..kMaxProgramCpus
   std::vector<Injection> injections;
   std::vector<Switch> schedule;  // strictly increasing events
+  std::vector<AnchoredSwitch> anchored;
+  PctSpec pct;  // when on: schedule and anchored are empty
   FaultSpec fault;
   bool operator==(const Program&) const = default;
 };

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "harness/text.h"
@@ -150,7 +151,22 @@ TEST(ProgramTest, BadTextGetsTheLineAndWhatWasExpected) {
       {"fault nth=3 contexts=task,bogus\n", "line 1: expected one of task, irq, nmi in contexts, got 'bogus'"},
       {"cpu 0\n  kmalloc nolock size=100 slot=1\n",
        "line 2: expected one of the program sizes 1,8,16,24,32,64,96,128,200,256,500,1024,2048,4000,4096,8192, got '100'"},
-      {"hello\n", "line 1: expected target, fault, cpu, inject or switch, got 'hello'"},
+      {"hello\n", "line 1: expected target, fault, cpu, inject, switch or pct, got 'hello'"},
+      {"# anyctx program v1\ncpu 0\ncpu 1\nswitch on=0 site=ZoneLocked level=task nth=1 cpu=1\n",
+       "line 4: a switch anchored to a site needs '# anyctx program v2' as the first line"},
+      {"# anyctx program v1\ncpu 0\ncpu 1\npct seed=1 depth=2 steps=10\n",
+       "line 4: pct needs '# anyctx program v2' as the first line"},
+      {"target page_smp\ncpu 0\ncpu 1\nswitch on=0 site=ZoneLocked event=3 cpu=1\n",
+       "line 4: a switch is at event=N or at on=, site=, ..., not both"},
+      {"target page_smp\ncpu 0\ncpu 1\nswitch on=1 site=ZoneLocked level=task nth=1 cpu=1\n",
+       "schedule: anchored switch 0: switches cpu 1 to itself"},
+      {"target page_smp\ncpu 0\ncpu 1\nswitch on=0 site=ZoneLocked level=softirq nth=1 cpu=1\n",
+       "line 4: expected level=task, irq or nmi, got 'softirq'"},
+      {"target page_smp\ncpu 0\ncpu 1\nswitch on=0 site=ZoneLocked nth=33 cpu=1\n", "line 4: nth=33 is out of range 1..32"},
+      {"target page_smp\ncpu 0\ncpu 1\npct seed=3 depth=2\n", "line 4: pct needs depth=D and steps=K"},
+      {"target page_smp\ncpu 0\ncpu 1\npct seed=3 depth=2 steps=9\nswitch event=1 cpu=1\n",
+       "pct: a PCT schedule replaces the written switches"},
+      {"target page_ops\ncpu 0\npct seed=3 depth=2 steps=9\n", "schedule: a one-cpu program has no switches"},
       {"target page_ops\ncpu 0\ncpu 1\n", "cpus: 2 is outside 1..1 for target page_ops"},
       {"target page_ops\ncpu 0\n  kmalloc nolock size=64 slot=1\n",
        "cpu 0 op 0: kmalloc is not allowed in task context for target page_ops"},
@@ -163,8 +179,48 @@ TEST(ProgramTest, BadTextGetsTheLineAndWhatWasExpected) {
   }
 }
 
+TEST(ProgramTest, TextV2ReadsAnchoredSwitchesAndPct) {
+  ParseResult r = parse(R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=0 slot=1
+cpu 1
+  free_pages nolock slot=1
+switch event=3 cpu=1
+switch on=0 site=ZoneListEdit level=irq nth=2 cpu=1
+)", *target_spec("all"));
+  ASSERT_TRUE(r.ok()) << r.error;
+  ASSERT_EQ(r.program.anchored.size(), 1u);
+  EXPECT_TRUE((r.program.anchored[0] ==
+               AnchoredSwitch{0, static_cast<std::uint16_t>(Site::kZoneListEdit), Ctx::kIrq, 2, 1}));
+  ASSERT_EQ(r.program.schedule.size(), 1u);
+  EXPECT_EQ(print(*r.target, r.program).substr(0, kTextMagic.size()), kTextMagic);
+
+  ParseResult pct = parse("target page_smp\ncpu 0\ncpu 1\npct seed=300 depth=3 steps=1000\n", *target_spec("all"));
+  ASSERT_TRUE(pct.ok()) << pct.error;
+  EXPECT_TRUE((pct.program.pct == PctSpec{300, 3, 1000}));
+  EXPECT_NE(print(*pct.target, pct.program).find("pct seed=300 depth=3 steps=1000\n"), std::string::npos);
+}
+
+// A v1 text (the regressions kept before v2) reads as the same program, and a
+// program without v2 features encodes to the same bytes as before.
+TEST(ProgramTest, V1TextAndBytesStillMeanTheSameProgram) {
+  const char* v1 = "# anyctx program v1\ntarget page_smp\ncpu 0\n  drain_all\ncpu 1\nswitch event=2 cpu=1\n";
+  ParseResult r = parse(v1, *target_spec("all"));
+  ASSERT_TRUE(r.ok()) << r.error;
+  EXPECT_TRUE(r.program.anchored.empty());
+  EXPECT_FALSE(r.program.pct.on());
+  // ncpus-2, no fault, 1 op (kind index of drain_all, 0, 0), 0 ops, 0 injections, 1 switch (+2, cpu 1)
+  const TargetSpec& t = *target_spec("page_smp");
+  std::vector<std::uint8_t> bytes = encode(t, r.program);
+  std::uint8_t drain_all = static_cast<std::uint8_t>(
+      std::find(t.task_ops.begin(), t.task_ops.end(), OpKind::kDrainAll) - t.task_ops.begin());
+  EXPECT_EQ(bytes, (std::vector<std::uint8_t>{0, 0, 1, drain_all, 0, 0, 0, 0, 1, 2, 1}));
+}
+
 TEST(ProgramTest, DetectsTextByItsFirstLine) {
   EXPECT_TRUE(is_text_program("# anyctx program v1\ncpu 0\n"));
+  EXPECT_TRUE(is_text_program("# anyctx program v2\ncpu 0\n"));
   EXPECT_FALSE(is_text_program("\x01\x02"));
   EXPECT_FALSE(is_text_program(""));
 }

@@ -218,11 +218,7 @@ class Parser {
       if (k == "cpu") {
         inj.cpu = static_cast<std::uint8_t>(number(k, v, 0, kMaxProgramCpus - 1));
       } else if (k == "site") {
-        int site = -1;
-        for (int s = 0; s < kInjectionSites; ++s)
-          if (v == injection_site_name(s)) site = s;
-        if (site < 0) expected("a site name (ZoneLocked, PcpLocked, ..., OpBoundary)", v);
-        inj.site = static_cast<std::uint16_t>(site);
+        inj.site = site_number(v);
       } else if (k == "level") {
         if (v != "task" && v != "irq") expected("level=task or level=irq", v);
         inj.level = v == "task" ? Ctx::kTask : Ctx::kIrq;
@@ -235,7 +231,61 @@ class Parser {
     program_.injections.push_back(std::move(inj));
   }
 
+  // `switch event=N cpu=C` (v1 and v2) or, v2 only,
+  // `switch on=D site=S level=L nth=N cpu=C`.
+  void parse_switch(const std::vector<std::string_view>& w) {
+    Switch s;
+    AnchoredSwitch a;
+    bool has_event = false, has_anchor = false, has_cpu = false;
+    for (std::size_t i = 1; i < w.size(); ++i) {
+      std::string_view k, v;
+      if (!split(w[i], k, v)) expected("event=N or on=, site=, level=, nth=, and cpu=N", w[i]);
+      if (k == "event") {
+        s.event = static_cast<std::uint32_t>(number(k, v, 0, 1 << 20));
+        has_event = true;
+      } else if (k == "cpu") {
+        s.cpu = a.cpu = static_cast<std::uint8_t>(number(k, v, 0, kMaxProgramCpus - 1));
+        has_cpu = true;
+      } else if (k == "on" || k == "site" || k == "level" || k == "nth") {
+        if (version_ < 2) fail("a switch anchored to a site needs '" + std::string(kTextMagic) + "' as the first line");
+        has_anchor = true;
+        if (k == "on") a.on = static_cast<std::uint8_t>(number(k, v, 0, kMaxProgramCpus - 1));
+        else if (k == "site") a.site = site_number(v);
+        else if (k == "nth") a.nth = static_cast<std::uint8_t>(number(k, v, 1, kMaxAnchorNth));
+        else if (v == "task" || v == "irq" || v == "nmi") a.level = v == "task" ? Ctx::kTask : v == "irq" ? Ctx::kIrq : Ctx::kNmi;
+        else expected("level=task, irq or nmi", v);
+      } else {
+        expected("event, on, site, level, nth or cpu", k);
+      }
+    }
+    if (!has_cpu) fail("switch needs cpu=N, the cpu to run");
+    if (has_event && has_anchor) fail("a switch is at event=N or at on=, site=, ..., not both");
+    if (has_anchor) program_.anchored.push_back(a);
+    else program_.schedule.push_back(s);
+  }
+
+  void parse_pct(const std::vector<std::string_view>& w) {
+    PctSpec pct;
+    for (std::size_t i = 1; i < w.size(); ++i) {
+      std::string_view k, v;
+      if (!split(w[i], k, v)) expected("key=value (seed, depth, steps)", w[i]);
+      if (k == "seed") pct.seed = static_cast<std::uint16_t>(number(k, v, 0, 65535));
+      else if (k == "depth") pct.depth = static_cast<std::uint8_t>(number(k, v, 1, kMaxPctDepth));
+      else if (k == "steps") pct.steps = static_cast<std::uint16_t>(number(k, v, 1, kMaxPctSteps));
+      else expected("seed, depth or steps", k);
+    }
+    if (pct.depth == 0 || pct.steps == 0) fail("pct needs depth=D and steps=K");
+    program_.pct = pct;
+  }
+
+  std::uint16_t site_number(std::string_view v) {
+    for (int s = 0; s < kInjectionSites; ++s)
+      if (v == injection_site_name(s)) return static_cast<std::uint16_t>(s);
+    expected("a site name (ZoneLocked, PcpLocked, ..., OpBoundary)", v);
+  }
+
   void parse_all() {
+    version_ = text_.substr(0, kTextMagicV1.size()) == kTextMagicV1 ? 1 : 2;
     program_.cpus.clear();
     enum { kNone, kCpu, kInject } block = kNone;
     std::size_t pos = 0;
@@ -265,22 +315,18 @@ class Parser {
         parse_inject(w);
         block = kInject;
       } else if (w[0] == "switch") {
-        Switch s;
-        for (std::size_t i = 1; i < w.size(); ++i) {
-          std::string_view k, v;
-          if (!split(w[i], k, v)) expected("event=N or cpu=N", w[i]);
-          if (k == "event") s.event = static_cast<std::uint32_t>(number(k, v, 0, 1 << 20));
-          else if (k == "cpu") s.cpu = static_cast<std::uint8_t>(number(k, v, 0, kMaxProgramCpus - 1));
-          else expected("event or cpu", k);
-        }
-        program_.schedule.push_back(s);
+        parse_switch(w);
+        block = kNone;
+      } else if (w[0] == "pct") {
+        if (version_ < 2) fail("pct needs '" + std::string(kTextMagic) + "' as the first line");
+        parse_pct(w);
         block = kNone;
       } else if (block == kCpu) {
         program_.cpus.back().push_back(parse_op(w, Ctx::kTask));
       } else if (block == kInject) {
         program_.injections.back().ops.push_back(parse_op(w, program_.injections.back().kind));
       } else {
-        expected("target, fault, cpu, inject or switch", w[0]);
+        expected("target, fault, cpu, inject, switch or pct", w[0]);
       }
     }
     if (program_.cpus.empty()) program_.cpus.emplace_back();
@@ -290,6 +336,7 @@ class Parser {
   const TargetSpec* target_;
   Program program_;
   int line_no_ = 0;
+  int version_ = 2;  // 1 for a text that starts with kTextMagicV1
 };
 
 }  // namespace
@@ -313,6 +360,11 @@ std::string print(const TargetSpec& target, const Program& p) {
     for (const Op& op : inj.ops) out << "  " << print_op(op) << "\n";
   }
   for (const Switch& s : p.schedule) out << "switch event=" << s.event << " cpu=" << int{s.cpu} << "\n";
+  for (const AnchoredSwitch& a : p.anchored)
+    out << "switch on=" << int{a.on} << " site=" << injection_site_name(a.site) << " level=" << ctx_word(a.level)
+        << " nth=" << int{a.nth} << " cpu=" << int{a.cpu} << "\n";
+  if (p.pct.on())
+    out << "pct seed=" << p.pct.seed << " depth=" << int{p.pct.depth} << " steps=" << p.pct.steps << "\n";
   return out.str();
 }
 
@@ -320,7 +372,9 @@ ParseResult parse(std::string_view text, const TargetSpec& default_target) {
   return Parser(text, default_target).run();
 }
 
-bool is_text_program(std::string_view bytes) { return bytes.substr(0, kTextMagic.size()) == kTextMagic; }
+bool is_text_program(std::string_view bytes) {
+  return bytes.substr(0, kTextMagic.size()) == kTextMagic || bytes.substr(0, kTextMagicV1.size()) == kTextMagicV1;
+}
 
 std::string print_regression_test(const TargetSpec& target, const Program& p, std::string_view test_name) {
   std::ostringstream out;

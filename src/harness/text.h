@@ -3,14 +3,16 @@
 //
 // Contract:
 //  - print() writes the canonical text; parse(print(p)) == p for every valid
-//    program of the target. The first line is kTextMagic, which is how the
-//    fuzz entry and the replayer tell a text program from a binary one.
+//    program of the target. The first line is kTextMagic (v2), which is how
+//    the fuzz entry and the replayer tell a text program from a binary one.
+//  - v2 adds switches anchored to a site hit and PCT schedules; a v1 text
+//    (kTextMagicV1, no such lines) parses to the same program as before.
 //  - parse() accepts what print() writes, with comments (#...) and blank
 //    lines anywhere and the words of an op in any order; anything else is an
 //    error "line N: expected ..., got ..." naming what was wrong. A parsed
 //    program is also validated against its target.
 //
-//      # anyctx program v1
+//      # anyctx program v2
 //      target page_smp
 //      fault nth=3 percent=0 contexts=task,irq,nmi paths=spinning,nolock seed=7
 //      cpu 0
@@ -21,6 +23,8 @@
 //      inject nmi cpu=0 site=ZoneLocked level=task nth=1
 //        alloc_pages nolock order=0 slot=2
 //      switch event=5 cpu=1
+//      switch on=0 site=ZoneListEdit level=task nth=2 cpu=1
+//      pct seed=7 depth=3 steps=200          (instead of switch lines)
 #pragma once
 
 #include <string>
@@ -30,7 +34,8 @@
 
 namespace anyctx::harness {
 
-inline constexpr std::string_view kTextMagic = "# anyctx program v1";
+inline constexpr std::string_view kTextMagic = "# anyctx program v2";
+inline constexpr std::string_view kTextMagicV1 = "# anyctx program v1";
 
 std::string print(const TargetSpec& target, const Program& program);
 
@@ -44,7 +49,7 @@ struct ParseResult {
 // `default_target` is used when the text has no `target` line.
 ParseResult parse(std::string_view text, const TargetSpec& default_target);
 
-// Return: whether `bytes` start with kTextMagic.
+// Return: whether `bytes` start with kTextMagic or kTextMagicV1.
 bool is_text_program(std::string_view bytes);
 
 // A gtest test that replays the program and passes when it runs clean.
