@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <random>
+#include <sstream>
 
 #include "harness/feedback.h"
 #include "harness/interleave.h"
@@ -207,6 +208,7 @@ TEST_F(ExecutorTest, EveryCorpusInputReplaysIdentically) {
   namespace fs = std::filesystem;
   int files = 0;
   for (const auto& dir : fs::directory_iterator(fs::path(ANYCTX_SOURCE_DIR) / "corpus")) {
+    if (!dir.is_directory()) continue;
     std::string name = dir.path().filename().string();
     std::string base = name.substr(0, name.find("-regressions"));
     const TargetSpec* t = target_spec(base == "program_text" ? "all" : base);
@@ -231,6 +233,34 @@ TEST_F(ExecutorTest, EveryCorpusInputReplaysIdentically) {
     }
   }
   EXPECT_GT(files, 5);
+}
+
+// Program v2 changed the executor (anchored switches, PCT, interleaving
+// state); a v1 program still runs exactly as before: corpus/v1-traces.txt
+// holds each v1 text's trace hash and event count from the executor of
+// commit 4fa9de0. (A deliberate change to what the executor traces
+// regenerates that table, and says so in its commit.)
+TEST_F(ExecutorTest, V1ProgramsReplayTheSameExecution) {
+  std::ifstream table(std::string(ANYCTX_SOURCE_DIR) + "/corpus/v1-traces.txt");
+  ASSERT_TRUE(table) << "corpus/v1-traces.txt";
+  int checked = 0;
+  for (std::string line; std::getline(table, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    std::string path, hash;
+    std::uint64_t events = 0;
+    ASSERT_TRUE(fields >> path >> hash >> events) << line;
+    std::ifstream in(std::string(ANYCTX_SOURCE_DIR) + "/" + path, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_EQ(text.rfind(kTextMagicV1, 0), 0u) << path << " is not a v1 program";
+    ParseResult r = parse(text, *target_spec("all"));
+    ASSERT_TRUE(r.ok()) << path << ": " << r.error;
+    RunStats s = run_program(*r.target, r.program);
+    EXPECT_EQ(s.trace_hash, std::stoull(hash, nullptr, 16)) << path;
+    EXPECT_EQ(s.events, events) << path;
+    ++checked;
+  }
+  EXPECT_GE(checked, 15);
 }
 
 // --- every oracle fires --------------------------------------------------------------------
