@@ -14,10 +14,23 @@
 // stays the same program when the binary format grows).
 // --sabotage KIND makes an oracle fire on purpose (see Sabotage in
 // harness/executor.h), to check the tool chain end to end.
+//
+// Program-level tools (every run in a child process, killed after --timeout
+// seconds, default 10; progress on stderr, results on stdout):
+//   --minimize [--out OUT] [--budget S]  shrink a failing program while the same
+//        oracle fires at the same kind of step (harness/minimize.h); prints the
+//        result as a v2 text program (to OUT with --out) and its oracle and step.
+//   --sweep [--max-runs N] [--out DIR]   one more injection (the standard nolock
+//        workload) at every site hit × IRQ/NMI (harness/explore.h); prints each
+//        failing point with its oracle and the first failing program (with
+//        --out, every failing program goes to DIR/ and its path is printed).
+//   --schedules N [--depth D] [--out OUT]  N PCT schedules (seeds 0..N-1, depth
+//        D, default 3); prints how many fail and the first failing one as a
+//        program with its `pct` line (replaying it replays the schedule).
 // Exit status: 0 when no run failed, 1 when some did, 2 on bad usage or input.
-#include <sys/wait.h>
-#include <unistd.h>
+#include <sys/stat.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,7 +39,10 @@
 #include <string>
 #include <vector>
 
+#include "harness/child.h"
 #include "harness/executor.h"
+#include "harness/explore.h"
+#include "harness/minimize.h"
 #include "harness/program.h"
 #include "harness/text.h"
 
@@ -36,7 +52,10 @@ using namespace anyctx::harness;
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr, "anyctx-repro: %s\nusage: anyctx-repro [--target NAME] [--runs N] [--emit-test NAME] "
-                       "[--encode OUT] [--print] [--sabotage KIND] FILE\n", why);
+                       "[--encode OUT] [--print] [--sabotage KIND] [--timeout S] FILE\n"
+                       "       anyctx-repro --minimize [--out OUT] [--budget S] FILE\n"
+                       "       anyctx-repro --sweep [--max-runs N] [--out DIR] FILE\n"
+                       "       anyctx-repro --schedules N [--depth D] [--out OUT] FILE\n", why);
   std::exit(2);
 }
 
@@ -51,63 +70,116 @@ const TargetSpec* target_from_path(const std::string& path) {
   return nullptr;
 }
 
-struct Outcome {
-  bool failed = false;
-  std::string how;     // "exit 1", "signal 6"
-  std::string output;  // what the child wrote to stderr
-};
-
-// Runs the program in a child, collecting its stderr.
-Outcome run_child(const TargetSpec& target, const Program& program, const RunOptions& options) {
-  int fds[2];
-  if (pipe(fds) != 0) usage("pipe failed");
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    run_program(target, program, options);
-    std::_Exit(0);
-  }
-  close(fds[1]);
-  Outcome o;
-  char buf[4096];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) o.output.append(buf, static_cast<std::size_t>(n));
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (WIFSIGNALED(status)) {
-    o.failed = true;
-    o.how = "signal " + std::to_string(WTERMSIG(status));
-  } else if (WEXITSTATUS(status) != 0) {
-    o.failed = true;
-    o.how = "exit " + std::to_string(WEXITSTATUS(status));
-  }
-  return o;
+// Prints the oracle and the step of a failure.
+void describe(const Signature& sig, const char* prefix = "") {
+  std::printf("%soracle: %s\n", prefix, sig.oracle.empty() ? "(none printed: see the output above)" : sig.oracle.c_str());
+  std::printf("%sstep:   %s\n", prefix, sig.step.empty() ? "(not inside a program step)" : sig.step.c_str());
 }
 
-// The first "anyctx: KIND: ..." line names the oracle; "harness step" or the
-// bracket at the end of a harness report names the step.
-void describe(const std::string& output) {
-  std::string oracle, step;
-  std::size_t pos = 0;
-  while (pos < output.size()) {
-    std::size_t nl = output.find('\n', pos);
-    std::string line = output.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    pos = nl == std::string::npos ? output.size() : nl + 1;
-    if (line.rfind("anyctx: harness step: ", 0) == 0) {
-      std::size_t b = line.find('[');
-      if (b != std::string::npos) step = line.substr(b);
-    } else if (oracle.empty() && line.rfind("anyctx: ", 0) == 0) {
-      std::size_t colon = line.find(": ", 8);
-      oracle = line.substr(8, colon == std::string::npos ? std::string::npos : colon - 8);
-      std::size_t b = line.rfind('[');
-      if (b != std::string::npos && line.back() == ']') step = line.substr(b);
-    } else if (oracle.empty() && line.find("Sanitizer") != std::string::npos && line.find("ERROR") != std::string::npos) {
-      oracle = line;
-    }
+void progress(const std::string& line) { std::fprintf(stderr, "anyctx-repro: %s\n", line.c_str()); }
+
+bool write_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+  return static_cast<bool>(f);
+}
+
+// The program as v2 text, then its failure as comments (so it still parses).
+std::string reproducer(const TargetSpec& target, const Program& program, const Signature& sig) {
+  return print(target, program) + "# oracle: " + sig.oracle + "\n# step:   " +
+         (sig.step.empty() ? "(not inside a program step)" : sig.step) + "\n";
+}
+
+int run_minimize(const TargetSpec& target, const Program& program, const RunOptions& options, int timeout_ms,
+                 int budget_s, const char* out) {
+  ChildRun first = run_in_child(target, program, options, timeout_ms);
+  if (!first.failed) {
+    std::fprintf(stderr, "anyctx-repro: the program does not fail: nothing to minimize\n");
+    return 2;
   }
-  std::printf("oracle: %s\n", oracle.empty() ? "(none printed: see the output above)" : oracle.c_str());
-  std::printf("step:   %s\n", step.empty() ? "(not inside a program step)" : step.c_str());
+  Signature want = signature_of(first);
+  progress("minimize: the program fails with " + want.text() + " (" + first.how + ")");
+  MinimizeOptions mo;
+  mo.progress = [](const std::string& line) { progress("minimize: " + line); };
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(budget_s);
+  if (budget_s > 0) mo.stop = [deadline] { return std::chrono::steady_clock::now() >= deadline; };
+  MinimizeStats stats;
+  Program small = minimize(target, program, fails_like(target, want, options, timeout_ms), mo, &stats);
+  // The step of the result (its numbers changed with the program).
+  Signature got = signature_of(run_in_child(target, small, options, timeout_ms));
+  progress("minimize: " + std::to_string(total_ops(program)) + " -> " + std::to_string(total_ops(small)) +
+           " ops; " + std::to_string(stats.candidates) + " candidates, " + std::to_string(stats.accepted) +
+           " accepted, " + std::to_string(stats.rounds) + " rounds" +
+           (stats.stopped ? " (stopped by --budget before a fixpoint)" : ""));
+  std::string text = reproducer(target, small, got);
+  if (out != nullptr) {
+    if (!write_file(out, text)) usage((std::string("cannot write ") + out).c_str());
+    std::printf("minimized: %s (%d ops, was %d)\n", out, total_ops(small), total_ops(program));
+    describe(got);
+  } else {
+    std::fputs(text.c_str(), stdout);
+  }
+  return 0;
+}
+
+int run_sweep(const TargetSpec& target, const Program& program, const RunOptions& options, int timeout_ms,
+              int max_runs, const char* file, const char* out_dir) {
+  SweepOptions so;
+  so.run = options;
+  so.timeout_ms = timeout_ms;
+  so.max_runs = max_runs;
+  so.progress = progress;
+  SweepResult r = sweep(target, program, so);
+  if (!r.error.empty()) {
+    std::fprintf(stderr, "anyctx-repro: %s: sweep: %s\n", file, r.error.c_str());
+    return 2;
+  }
+  if (out_dir != nullptr) mkdir(out_dir, 0777);
+  for (const SweepFinding& f : r.findings) {
+    std::printf("%s: sweep: %s: %s", file, f.point.text().c_str(), f.signature.text().c_str());
+    if (out_dir != nullptr) {
+      std::string path = std::string(out_dir) + "/sweep-cpu" + std::to_string(f.point.cpu) + "-" +
+                         injection_site_name(f.point.site) + "-" + ctx_word(f.point.level) + "-nth" +
+                         std::to_string(f.point.nth) + "-" + ctx_word(f.point.kind) + ".txt";
+      if (!write_file(path, reproducer(target, f.program, f.signature))) usage(("cannot write " + path).c_str());
+      std::printf(" -> %s", path.c_str());
+    }
+    std::printf("\n");
+  }
+  std::printf("%s: sweep: %d of %d points run%s, %zu failed%s\n", file, r.runs, r.points,
+              r.runs < r.points ? " (--max-runs)" : "", r.findings.size(),
+              r.replaced_last ? " (each replaced the program's last injection)" : "");
+  if (!r.findings.empty() && out_dir == nullptr) {
+    std::printf("first failing program (%s):\n%s", r.findings[0].point.text().c_str(),
+                reproducer(target, r.findings[0].program, r.findings[0].signature).c_str());
+  }
+  return r.findings.empty() ? 0 : 1;
+}
+
+int run_schedules(const TargetSpec& target, const Program& program, const RunOptions& options, int timeout_ms, int n,
+                  int depth, const char* out) {
+  SchedulesOptions so;
+  so.run = options;
+  so.timeout_ms = timeout_ms;
+  so.depth = depth;
+  so.progress = progress;
+  SchedulesResult r = schedules(target, program, n, so);
+  if (!r.error.empty()) {
+    std::fprintf(stderr, "anyctx-repro: schedules: %s\n", r.error.c_str());
+    return 2;
+  }
+  std::printf("schedules: %d of %d failed (depth %d, steps %d)\n", r.failed, r.runs, depth, r.steps);
+  if (r.failed == 0) return 0;
+  std::printf("first failing schedule: seed %d\n", r.first_failing);
+  describe(r.signature);
+  std::string text = reproducer(target, r.first, r.signature);
+  if (out != nullptr) {
+    if (!write_file(out, text)) usage((std::string("cannot write ") + out).c_str());
+    std::printf("wrote %s\n", out);
+  } else {
+    std::fputs(text.c_str(), stdout);
+  }
+  return 1;
 }
 
 }  // namespace
@@ -120,6 +192,16 @@ int main(int argc, char** argv) {
   bool print_only = false;
   const char* file = nullptr;
   RunOptions options;
+  enum class Mode { kReplay, kMinimize, kSweep, kSchedules } mode = Mode::kReplay;
+  const char* out = nullptr;
+  int timeout_s = 10, budget_s = 0, max_runs = 4000, nschedules = 0, depth = 3;
+  auto count = [](const char* v, const char* what, int lo, int hi) {
+    char* end = nullptr;
+    long n = std::strtol(v, &end, 10);
+    if (end == v || *end != 0 || n < lo || n > hi)
+      usage((std::string(what) + " needs a number " + std::to_string(lo) + ".." + std::to_string(hi)).c_str());
+    return static_cast<int>(n);
+  };
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* what) {
@@ -144,11 +226,29 @@ int main(int argc, char** argv) {
       const std::pair<const char*, Sabotage> kinds[] = {
           {"corrupt-live-block", Sabotage::kCorruptLiveBlock}, {"corrupt-free-page", Sabotage::kCorruptFreePage},
           {"leak-page", Sabotage::kLeakPage},                  {"lock-model-lie", Sabotage::kLockModelLie},
-          {"no-lock-legalization", Sabotage::kNoLockLegalization}, {"spinning-in-nmi", Sabotage::kSpinningInNmi}};
+          {"no-lock-legalization", Sabotage::kNoLockLegalization}, {"spinning-in-nmi", Sabotage::kSpinningInNmi},
+          {"third-zone-list-edit", Sabotage::kThirdZoneListEdit},  {"atomicity-cpu0-op1", Sabotage::kAtomicityCpu0Op1}};
       bool known = false;
       for (const auto& [name, k] : kinds)
         if (kind == name) options.sabotage = k, known = true;
       if (!known) usage(("unknown sabotage '" + kind + "'").c_str());
+    } else if (a == "--minimize") {
+      mode = Mode::kMinimize;
+    } else if (a == "--sweep") {
+      mode = Mode::kSweep;
+    } else if (a == "--schedules") {
+      mode = Mode::kSchedules;
+      nschedules = count(value("--schedules"), "--schedules", 1, 65536);
+    } else if (a == "--depth") {
+      depth = count(value("--depth"), "--depth", 1, kMaxPctDepth);
+    } else if (a == "--out") {
+      out = value("--out");
+    } else if (a == "--timeout") {
+      timeout_s = count(value("--timeout"), "--timeout", 1, 3600);
+    } else if (a == "--budget") {
+      budget_s = count(value("--budget"), "--budget", 0, 1 << 20);
+    } else if (a == "--max-runs") {
+      max_runs = count(value("--max-runs"), "--max-runs", 1, 1 << 24);
     } else if (a == "-h" || a == "--help") {
       usage("reproduce a fuzz input");
     } else if (!a.empty() && a[0] == '-') {
@@ -208,11 +308,17 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  const int timeout_ms = timeout_s * 1000;
+  if (mode == Mode::kMinimize) return run_minimize(*target, program, options, timeout_ms, budget_s, out);
+  if (mode == Mode::kSweep) return run_sweep(*target, program, options, timeout_ms, max_runs, file, out);
+  if (mode == Mode::kSchedules)
+    return run_schedules(*target, program, options, timeout_ms, nschedules, depth, out);
+
   std::printf("program (target %s):\n%s\n", target->name, print(*target, program).c_str());
   int failed = 0;
-  Outcome first_failure;
+  ChildRun first_failure;
   for (int r = 1; r <= runs; ++r) {
-    Outcome o = run_child(*target, program, options);
+    ChildRun o = run_in_child(*target, program, options, timeout_ms);
     if (o.failed) {
       if (failed == 0) first_failure = o;
       ++failed;
@@ -222,6 +328,6 @@ int main(int argc, char** argv) {
   std::printf("hit rate: %d/%d runs failed\n", failed, runs);
   if (failed == 0) return 0;
   std::printf("first failure's output:\n%s", first_failure.output.c_str());
-  describe(first_failure.output);
+  describe(signature_of(first_failure));
   return 1;
 }

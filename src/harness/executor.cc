@@ -793,6 +793,37 @@ void fire(int index) {
 
 // --- sabotage (test seams) ------------------------------------------------------------------
 
+// Marks the top-most free frame allocated. Return: whether there was one.
+bool corrupt_free_page() {
+  for (std::size_t pfn = arena_pages(); pfn-- > 0;) {  // from the top: the last to be split
+    Page* p = pfn_to_page(pfn);
+    if (p->state.load() == PageState::kBuddy) {
+      p->state.store(PageState::kAllocated);
+      return true;
+    }
+  }
+  return false;
+}
+
+// kThirdZoneListEdit: this op boundary is in an injection that landed at the
+// 3rd hit of ZoneListEdit of its CPU (g.hits: the hits when it fired).
+bool at_third_zone_list_edit() {
+  const CpuState& cpu = g.cpus[t_cpu];
+  if (cpu.depth < 2) return false;
+  int index = cpu.frames[cpu.depth - 1].injection;
+  if (index < 0) return false;
+  const Injection& inj = g.program->injections[static_cast<std::size_t>(index)];
+  return inj.site == static_cast<int>(Site::kZoneListEdit) && g.hits[index] == 3;
+}
+
+// kAtomicityCpu0Op1: CPU 1 at a task op boundary while CPU 0 is inside op 1
+// (from its boundary to op 2's).
+bool cpu1_inside_cpu0_op1() {
+  if (t_cpu != 1 || g.ncpus < 2 || g.cpus[1].depth != 1) return false;
+  const CpuState& c0 = g.cpus[0];
+  return !c0.done && c0.depth >= 1 && c0.frames[0].op == 1;
+}
+
 // Applied at an op boundary (no allocator lock held) at or after the event.
 // Return: whether it could be applied now (else it is tried at the next one).
 bool apply_sabotage() {
@@ -806,14 +837,11 @@ bool apply_sabotage() {
       }
       return false;
     case Sabotage::kCorruptFreePage:
-      for (std::size_t pfn = arena_pages(); pfn-- > 0;) {  // from the top: the last to be split
-        Page* p = pfn_to_page(pfn);
-        if (p->state.load() == PageState::kBuddy) {
-          p->state.store(PageState::kAllocated);
-          return true;
-        }
-      }
-      return false;
+      return corrupt_free_page();
+    case Sabotage::kThirdZoneListEdit:
+      return at_third_zone_list_edit() && corrupt_free_page();
+    case Sabotage::kAtomicityCpu0Op1:
+      return cpu1_inside_cpu0_op1() && corrupt_free_page();
     case Sabotage::kLeakPage:
       if (current_ctx() != Ctx::kTask) return false;
       (void)alloc_pages(kGfpKernel, 0);

@@ -55,6 +55,14 @@ enum class Sabotage : std::uint8_t {
   kLockModelLie,        // at the event: the model believes lock A is held (lock model)
   kNoLockLegalization,  // spin_lock always waits (self-deadlock, global deadlock)
   kSpinningInNmi,       // allocations in an NMI take the spinning path (context rule)
+  // For the injection sweep: an injection that landed at the 3rd hit of
+  // ZoneListEdit (on its CPU, at its level) marks a free frame allocated at
+  // its first op boundary (invariants). Visible at that one site hit only.
+  kThirdZoneListEdit,
+  // For PCT: program CPU 1 reaches a task op boundary while CPU 0 is between
+  // the boundaries of its op 1 and op 2 (an atomicity violation of depth 2):
+  // a free frame is marked allocated (invariants).
+  kAtomicityCpu0Op1,
 };
 
 struct RunOptions {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "harness/feedback.h"
@@ -356,6 +357,38 @@ TEST_F(ExecutorTest, FuzzEntryTakesTextAndBytes) {
   EXPECT_EQ(fuzz_one(*target_spec("page_ops"), reinterpret_cast<const std::uint8_t*>(text.data()), text.size()), 0);
   const std::uint8_t bytes[] = {0, 0, 4, 0, 0x02, 1, 1, 0x02, 0};
   EXPECT_EQ(fuzz_one(*target_spec("page_ops"), bytes, sizeof bytes), 0);
+}
+
+// PCT: the seed alone decides the schedule — one seed, one trace; other
+// seeds, other traces (a program with enough events to differ).
+TEST_F(ExecutorTest, OnePctSeedGivesOneTrace) {
+  const TargetSpec& t = *target_spec("page_smp");
+  Program p = parse_or_fail(R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=2 slot=0
+  alloc_pages spinning order=0 slot=1
+  free_pages spinning slot=0
+  free_pages nolock slot=1
+cpu 1
+  alloc_pages nolock order=1 slot=2
+  drain_all
+  free_pages spinning slot=2
+cpu 2
+  alloc_pages spinning order=3 slot=3
+  free_pages spinning slot=3
+pct seed=0 depth=3 steps=60
+)");
+  std::set<std::uint64_t> traces;
+  for (std::uint16_t seed = 0; seed < 8; ++seed) {
+    p.pct.seed = seed;
+    RunStats a = run_program(t, p);
+    RunStats b = run_program(t, p);
+    ASSERT_EQ(a.trace_hash, b.trace_hash) << "seed " << seed;
+    ASSERT_EQ(a.events, b.events) << "seed " << seed;
+    traces.insert(a.trace_hash);
+  }
+  EXPECT_GE(traces.size(), 4u) << "8 seeds, 3 cpus, 2 change points: most schedules differ";
 }
 
 }  // namespace

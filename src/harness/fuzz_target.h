@@ -2,16 +2,52 @@
 // the input (bytes, or a text program) becomes a program for the named
 // target and runs under the deterministic executor. The same source builds
 // for libFuzzer (`fuzz` preset), AFL++ (`afl`) and the replayer (any preset).
+//
+// It also defines libFuzzer's LLVMFuzzerCustomMutator and
+// LLVMFuzzerCustomCrossOver: the structure-aware mutator (mutator.h), with
+// LLVMFuzzerMutate as its byte mutator, so the dictionary and libFuzzer's
+// comparison tracing still reach the bytes. LLVMFuzzerMutate is declared
+// weak: a replay_NAME (no libFuzzer) links, and passes nullptr. AFL++'s
+// driver never calls these; AFL++ loads the same mutator as a custom
+// mutator library (fuzz/afl_mutator.cc). ANYCTX_MUTATOR=bytes in the
+// environment turns the custom mutator into plain LLVMFuzzerMutate (libFuzzer
+// as it is without one), for comparisons.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "harness/executor.h"
+#include "harness/mutator.h"
 #include "harness/program.h"
 
+extern "C" __attribute__((weak)) std::size_t LLVMFuzzerMutate(std::uint8_t* data, std::size_t size,
+                                                              std::size_t max_size);
+
 #define ANYCTX_FUZZ_TARGET(target_name)                                                       \
-  extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {         \
+  static const ::anyctx::harness::TargetSpec& anyctx_fuzz_target() {                          \
     static const ::anyctx::harness::TargetSpec& target = *::anyctx::harness::target_spec(target_name); \
-    return ::anyctx::harness::fuzz_one(target, data, size);                                   \
+    return target;                                                                            \
+  }                                                                                           \
+  extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {         \
+    return ::anyctx::harness::fuzz_one(anyctx_fuzz_target(), data, size);                     \
+  }                                                                                           \
+  extern "C" std::size_t LLVMFuzzerCustomMutator(std::uint8_t* data, std::size_t size,        \
+                                                 std::size_t max_size, unsigned int seed) {   \
+    static const bool bytes_only = [] {                                                       \
+      const char* m = std::getenv("ANYCTX_MUTATOR");                                          \
+      return m != nullptr && std::strcmp(m, "bytes") == 0;                                    \
+    }();                                                                                      \
+    if (bytes_only && LLVMFuzzerMutate != nullptr) return LLVMFuzzerMutate(data, size, max_size); \
+    return ::anyctx::harness::mutate_input(anyctx_fuzz_target(), data, size, max_size, seed,  \
+                                           LLVMFuzzerMutate);                                 \
+  }                                                                                           \
+  extern "C" std::size_t LLVMFuzzerCustomCrossOver(const std::uint8_t* data1, std::size_t size1, \
+                                                   const std::uint8_t* data2, std::size_t size2, \
+                                                   std::uint8_t* out, std::size_t max_out_size, \
+                                                   unsigned int seed) {                       \
+    return ::anyctx::harness::cross_over(anyctx_fuzz_target(), data1, size1, data2, size2, out, \
+                                         max_out_size, seed);                                 \
   }

@@ -1,0 +1,240 @@
+// The structure-aware mutator: every output is the canonical encoding of a
+// valid program that fits, every kind of mutation is reached where it
+// applies, sites are weighted toward locks and half-done updates, text
+// inputs are parsed, and the same seed gives the same output.
+#include "harness/mutator.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "harness/interleave.h"
+#include "harness/text.h"
+
+namespace anyctx::harness {
+namespace {
+
+const char* kFuzzTargets[] = {"page_ops", "page_smp", "slab_ops", "memcg_ops", "lock_ops"};
+
+std::vector<std::uint8_t> random_bytes(std::mt19937& rng, std::size_t max) {
+  std::vector<std::uint8_t> bytes(rng() % (max + 1));
+  for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
+  return bytes;
+}
+
+// Checks that out[0, n) is what mutate_input / cross_over promise.
+void expect_canonical(const TargetSpec& t, const std::uint8_t* out, std::size_t n, std::size_t max,
+                      const char* what, int i) {
+  ASSERT_GT(n, 0u) << t.name << " " << what << " " << i << ": empty output";
+  ASSERT_LE(n, max) << t.name << " " << what << " " << i;
+  std::span<const std::uint8_t> bytes(out, n);
+  Program p = decode(t, bytes);
+  ASSERT_EQ(validate(t, p), "") << t.name << " " << what << " " << i;
+  ASSERT_EQ(encode(t, p), std::vector<std::uint8_t>(bytes.begin(), bytes.end()))
+      << t.name << " " << what << " " << i << ": not canonical";
+}
+
+TEST(MutatorTest, EveryOutputIsTheCanonicalEncodingOfAValidProgramThatFits) {
+  std::mt19937 rng(11);
+  for (const char* name : kFuzzTargets) {
+    const TargetSpec& t = *target_spec(name);
+    MutationCounts counts{};
+    for (int i = 0; i < 2000; ++i) {
+      // Random bytes, then a few rounds of mutation of the output: the
+      // second and later rounds start from structured programs.
+      std::size_t max = i % 10 == 0 ? 8 + rng() % 48 : 64 + rng() % 960;
+      std::vector<std::uint8_t> buf = random_bytes(rng, max);
+      std::size_t size = buf.size();
+      buf.resize(max);
+      int rounds = 1 + static_cast<int>(rng() % 4);
+      for (int r = 0; r < rounds; ++r) {
+        size = mutate_input(t, buf.data(), size, max, static_cast<unsigned>(rng()), simple_byte_mutator, &counts);
+        expect_canonical(t, buf.data(), size, max, "mutate_input", i);
+        if (HasFatalFailure()) return;
+      }
+    }
+    for (int k = 0; k < kMutationKinds; ++k) {
+      Mutation m = static_cast<Mutation>(k);
+      if (mutation_applies(t, m, true))
+        EXPECT_GT(counts[k], 0u) << name << ": " << mutation_name(m) << " never applied";
+      else
+        EXPECT_EQ(counts[k], 0u) << name << ": " << mutation_name(m) << " applied where it cannot";
+    }
+  }
+}
+
+TEST(MutatorTest, EveryMutationLeavesTheProgramValid) {
+  std::mt19937 seeds(12);
+  for (const char* name : kFuzzTargets) {
+    const TargetSpec& t = *target_spec(name);
+    MutationCounts counts{};
+    for (int i = 0; i < 300; ++i) {
+      Program p = decode(t, random_bytes(seeds, 300));
+      Rng rng(seeds());
+      for (int step = 0; step < 20; ++step) {
+        Mutation m = mutate_program(t, p, rng, step % 2 == 0 ? simple_byte_mutator : nullptr);
+        ++counts[static_cast<int>(m)];
+        ASSERT_TRUE(mutation_applies(t, m, true)) << name << ": " << mutation_name(m);
+        ASSERT_EQ(validate(t, p), "") << name << " program " << i << " step " << step << " after "
+                                      << mutation_name(m) << "\n" << print(t, p);
+      }
+    }
+    for (int k = 0; k < kMutationKinds; ++k)
+      if (mutation_applies(t, static_cast<Mutation>(k), true))
+        EXPECT_GT(counts[k], 0u) << name << ": " << mutation_name(static_cast<Mutation>(k));
+  }
+}
+
+TEST(MutatorTest, WithoutAByteMutatorTheByteKindsNeverApply) {
+  const TargetSpec& t = *target_spec("page_smp");
+  std::mt19937 seeds(13);
+  for (int i = 0; i < 500; ++i) {
+    Program p = decode(t, random_bytes(seeds, 200));
+    Rng rng(seeds());
+    Mutation m = mutate_program(t, p, rng, nullptr);
+    ASSERT_NE(m, Mutation::kByteMutateOpArgs);
+    ASSERT_NE(m, Mutation::kByteMutateEncoding);
+  }
+}
+
+TEST(MutatorTest, CrossOverGivesTheCanonicalEncodingOfAValidProgramThatFits) {
+  std::mt19937 rng(14);
+  for (const char* name : kFuzzTargets) {
+    const TargetSpec& t = *target_spec(name);
+    int differs = 0;
+    for (int i = 0; i < 1500; ++i) {
+      std::vector<std::uint8_t> a = random_bytes(rng, 400), b = random_bytes(rng, 400);
+      if (i % 2 == 0) {  // structured parents: mutated once already
+        a.resize(1024);
+        a.resize(mutate_input(t, a.data(), a.size() / 4, a.size(), i, nullptr));
+      }
+      std::size_t max = i % 10 == 0 ? 8 + rng() % 48 : 64 + rng() % 960;
+      std::vector<std::uint8_t> out(max);
+      std::size_t n = cross_over(t, a.data(), a.size(), b.data(), b.size(), out.data(), max, rng());
+      expect_canonical(t, out.data(), n, max, "cross_over", i);
+      if (HasFatalFailure()) return;
+      if (std::vector<std::uint8_t>(out.begin(), out.begin() + n) != encode(t, decode(t, a))) ++differs;
+    }
+    EXPECT_GT(differs, 750) << name << ": cross_over mostly returns its first parent";
+  }
+}
+
+TEST(MutatorTest, LimitsAreKept) {
+  const TargetSpec& t = *target_spec("page_smp");
+  std::vector<std::uint8_t> buf(64, 0x5a);
+  EXPECT_EQ(mutate_input(t, buf.data(), 64, 0, 1, nullptr), 0u);
+  std::vector<std::uint8_t> out(4);
+  EXPECT_EQ(cross_over(t, buf.data(), 64, buf.data(), 64, out.data(), 0, 1), 0u);
+  for (std::size_t max = 3; max < 12; ++max) {
+    for (unsigned seed = 0; seed < 50; ++seed) {
+      std::vector<std::uint8_t> in(256, static_cast<std::uint8_t>(seed * 37));
+      std::size_t n = mutate_input(t, in.data(), max, max, seed, simple_byte_mutator);
+      expect_canonical(t, in.data(), n, max, "tiny max_size", static_cast<int>(seed));
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST(MutatorTest, TheSameSeedGivesTheSameOutput) {
+  const TargetSpec& t = *target_spec("memcg_ops");
+  std::mt19937 rng(15);
+  for (int i = 0; i < 200; ++i) {
+    std::vector<std::uint8_t> in = random_bytes(rng, 200);
+    std::vector<std::uint8_t> x = in, y = in;
+    x.resize(512);
+    y.resize(512);
+    unsigned seed = rng();
+    std::size_t nx = mutate_input(t, x.data(), in.size(), 512, seed, nullptr);
+    std::size_t ny = mutate_input(t, y.data(), in.size(), 512, seed, nullptr);
+    ASSERT_EQ(nx, ny);
+    ASSERT_EQ(x, y);
+  }
+}
+
+TEST(MutatorTest, ATextProgramIsParsedAndMutated) {
+  const TargetSpec& t = *target_spec("page_smp");
+  const std::string text =
+      "# anyctx program v2\n"
+      "target page_smp\n"
+      "cpu 0\n"
+      "  alloc_pages nolock order=2 zero slot=1\n"
+      "  free_pages spinning slot=1\n"
+      "  alloc_pages spinning order=1 slot=2\n"
+      "  free_pages nolock slot=2\n"
+      "cpu 1\n"
+      "  alloc_pages spinning order=3 slot=3\n"
+      "  free_pages spinning slot=3\n"
+      "inject nmi cpu=0 site=ZoneLocked level=task nth=1\n"
+      "  alloc_pages nolock order=0 slot=4\n"
+      "switch on=0 site=ZoneListEdit level=task nth=2 cpu=1\n";
+  ParseResult parsed = parse(text, t);
+  ASSERT_TRUE(parsed.ok()) << parsed.error;
+  int kept = 0;
+  for (unsigned seed = 0; seed < 200; ++seed) {
+    std::vector<std::uint8_t> buf(text.begin(), text.end());
+    buf.resize(1024);
+    std::size_t n = mutate_input(t, buf.data(), text.size(), buf.size(), seed, nullptr);
+    expect_canonical(t, buf.data(), n, buf.size(), "text input", static_cast<int>(seed));
+    if (HasFatalFailure()) return;
+    Program p = decode(t, std::span<const std::uint8_t>(buf.data(), n));
+    // One to four edits of the parsed program: most of it is still there.
+    int same = 0;
+    for (std::size_t c = 0; c < std::min(p.cpus.size(), parsed.program.cpus.size()); ++c)
+      for (const Op& op : parsed.program.cpus[c])
+        same += std::find(p.cpus[c].begin(), p.cpus[c].end(), op) != p.cpus[c].end();
+    if (same >= 4) ++kept;
+  }
+  EXPECT_GT(kept, 140) << "mutations of a text program keep most of its ops";
+}
+
+// Sites drawn for new injections and anchored switches: inside a lock or an
+// update about kInsideUpdatePercent of the time, and among the sites the
+// target's ops reach.
+TEST(MutatorTest, SitesAreWeightedTowardLocksAndUpdates) {
+  for (const char* name : {"page_smp", "lock_ops"}) {
+    const TargetSpec& t = *target_spec(name);
+    int drawn = 0, inside = 0, lock_sites = 0;
+    Rng rng(16);
+    for (int i = 0; i < 3000; ++i) {
+      Program p;
+      p.cpus.assign(static_cast<std::size_t>(t.max_cpus), {});
+      for (auto& ops : p.cpus) ops.push_back(normalize_op(Op{t.task_ops[0]}, Ctx::kTask));
+      Mutation m = mutate_program(t, p, rng, nullptr);
+      auto count = [&](int site) {
+        ++drawn;
+        inside += site_inside_update(site);
+        lock_sites += site == static_cast<int>(Site::kSpinWait) || site == static_cast<int>(Site::kLocalLockHeld) ||
+                      site == static_cast<int>(Site::kLocalLockRelease) || site == kOpBoundary;
+      };
+      if (m == Mutation::kAddInjection) count(p.injections[0].site);
+      if (m == Mutation::kAddAnchoredSwitch) count(p.anchored[0].site);
+    }
+    ASSERT_GT(drawn, 100) << name;
+    EXPECT_GT(inside * 100, drawn * 65) << name << ": " << inside << " of " << drawn << " inside an update";
+    if (std::string(name) == "lock_ops")
+      EXPECT_GT(lock_sites * 100, drawn * 90) << "lock_ops reaches the lock sites only";
+  }
+}
+
+TEST(MutatorTest, AnchoredSwitchesGoBetweenCpusThatHaveOps) {
+  const TargetSpec& t = *target_spec("page_smp");
+  Rng rng(17);
+  int added = 0, between_busy = 0;
+  for (int i = 0; i < 3000; ++i) {
+    Program p;
+    p.cpus.assign(4, {});
+    p.cpus[1].push_back(normalize_op(Op{OpKind::kAllocPages}, Ctx::kTask));
+    p.cpus[3].push_back(normalize_op(Op{OpKind::kAllocPages}, Ctx::kTask));
+    if (mutate_program(t, p, rng, nullptr) != Mutation::kAddAnchoredSwitch) continue;
+    ++added;
+    const AnchoredSwitch& a = p.anchored[0];
+    between_busy += (a.on == 1 && a.cpu == 3) || (a.on == 3 && a.cpu == 1);
+  }
+  ASSERT_GT(added, 50);
+  EXPECT_GT(between_busy * 100, added * 70) << between_busy << " of " << added;
+}
+
+}  // namespace
+}  // namespace anyctx::harness
