@@ -27,6 +27,7 @@
 #include "anyctx/ctx/site.h"
 #include "anyctx/lock/local_lock.h"
 #include "anyctx/lock/spinlock.h"
+#include "anyctx/lock/validator.h"
 #include "anyctx/memcg/memcg.h"
 #include "anyctx/page/fault.h"
 #include "anyctx/page/page_alloc.h"
@@ -134,6 +135,16 @@ Exec g;
 Spinlock g_lock_a{"harness.A"};
 Spinlock g_lock_b{"harness.B"};
 PerCpu<LocalLockSlot> g_local_locks;
+
+// The program locks A, B and L are taken in any order and context by design:
+// the executor's lock model (spin_lock_may_wait, op_local) decides when a
+// lock() may wait, and under Sabotage::kNoLockLegalization its own global
+// deadlock report is the oracle. So the lock validator leaves their order
+// and IRQ safety to the executor (it still reports them inside a nolock
+// call). Set before main: the class table is constant-initialised.
+[[maybe_unused]] const bool g_program_locks_unchecked = set_lock_class_unchecked("harness.A") &&
+                                                        set_lock_class_unchecked("harness.B") &&
+                                                        set_lock_class_unchecked("harness.L");
 
 thread_local constinit int t_cpu = -1;  // this thread's program CPU, -1 = none
 

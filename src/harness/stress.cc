@@ -42,6 +42,7 @@
 #include "anyctx/ctx/report.h"
 #include "anyctx/ctx/site.h"
 #include "anyctx/lock/spinlock.h"
+#include "anyctx/lock/validator.h"
 #include "anyctx/memcg/memcg.h"
 #include "anyctx/page/page_alloc.h"
 #include "anyctx/slab/slab.h"
@@ -209,6 +210,10 @@ ReportHook g_previous_report_hook = nullptr;
 
 Spinlock g_seam_a{"stress.seam_a"};
 Spinlock g_seam_b{"stress.seam_b"};
+// The seams deadlock on purpose (a lost unlock, an ABBA) so that the
+// watchdog can be tested: the lock validator must not report them first.
+[[maybe_unused]] const bool g_seams_unchecked =
+    set_lock_class_unchecked("stress.seam_a") && set_lock_class_unchecked("stress.seam_b");
 
 Run& run() { return *g_run.load(kRelaxed); }
 

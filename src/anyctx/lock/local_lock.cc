@@ -7,6 +7,9 @@ namespace anyctx {
 void LocalLock::check_may_wait(SrcLoc at) const {
   if (ANYCTX_UNLIKELY(in_nmi()))
     report_misuse("lock() in NMI context: an NMI may interrupt the holder; use LocalTryLock::try_lock() (context rule)", at);
+#if ANYCTX_DEBUG
+  validator_wait(this, class_name_, class_id_, LockFamily::kLocal, at);
+#endif
 }
 
 void LocalLock::report_nested(SrcLoc at) const {

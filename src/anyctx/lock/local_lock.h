@@ -23,6 +23,9 @@
 //    while the lock is held (nested critical section: an interrupt took a
 //    lock its interrupted frame holds), naming both sites; unlock() of a lock
 //    that is not held, or on another CPU than the one that took it.
+//  - ANYCTX_DEBUG builds feed the lock validator (validator.h): lock() is a
+//    waiting acquisition (reported inside a nolock call, and from IRQ context
+//    when task context holds the class with IRQs enabled), try_lock() is not.
 //  - Harness sites kLocalLockHeld after taking, kLocalLockRelease before
 //    releasing.
 // Signal safety: all operations are async-signal-safe.
@@ -36,6 +39,7 @@
 #include "anyctx/ctx/cpu.h"
 #include "anyctx/ctx/site.h"
 #include "anyctx/ctx/src_loc.h"
+#include "anyctx/lock/validator.h"
 
 namespace anyctx {
 
@@ -50,7 +54,7 @@ class ANYCTX_CAPABILITY("local lock") LocalLock {
   // Context: task or IRQ, on the CPU that owns this lock.
   void lock(SrcLoc at = SrcLoc::here()) ANYCTX_ACQUIRE() {
     if constexpr (kDebug) check_may_wait(at);
-    enter(at);
+    enter(at, LockAcquire::kWait);
   }
   void unlock() ANYCTX_RELEASE() { exit(); }
 
@@ -70,7 +74,7 @@ class ANYCTX_CAPABILITY("local lock") LocalLock {
   friend class LocalTryLock;
 
   void check_may_wait(SrcLoc at) const;
-  void enter(SrcLoc at);
+  void enter(SrcLoc at, LockAcquire how);
   void exit();
   [[noreturn]] ANYCTX_COLD void report_nested(SrcLoc at) const;
   [[noreturn]] ANYCTX_COLD void report_misuse(const char* what, SrcLoc at) const;
@@ -82,6 +86,7 @@ class ANYCTX_CAPABILITY("local lock") LocalLock {
   std::atomic<std::uint8_t> owner_level_{0};
   std::atomic<const char*> owner_file_{nullptr};
   std::atomic<std::uint32_t> owner_line_{0};
+  mutable LockClassCache class_id_{0};  // the lock validator's class id
 #endif
 };
 
@@ -96,7 +101,7 @@ class ANYCTX_CAPABILITY("local trylock") LocalTryLock {
     if (ANYCTX_UNLIKELY(is_locked())) base_.report_nested(at);
     if constexpr (kDebug) base_.check_may_wait(at);
     set_acquired(1);
-    base_.enter(at);
+    base_.enter(at, LockAcquire::kWait);
   }
 
   // Context: any, on the owning CPU. Return: false when a frame of this CPU
@@ -104,7 +109,7 @@ class ANYCTX_CAPABILITY("local trylock") LocalTryLock {
   [[nodiscard]] bool try_lock(SrcLoc at = SrcLoc::here()) ANYCTX_TRY_ACQUIRE(true) {
     if (is_locked()) return false;
     set_acquired(1);  // before the bookkeeping: an IRQ from here on sees it taken
-    base_.enter(at);
+    base_.enter(at, LockAcquire::kTry);
     return true;
   }
 
@@ -148,7 +153,7 @@ class ANYCTX_CAPABILITY("local trylock") LocalTryLock {
 
 // --- LocalLock bookkeeping ------------------------------------------------------
 
-inline void LocalLock::enter(SrcLoc at) {
+inline void LocalLock::enter(SrcLoc at, LockAcquire how) {
 #if ANYCTX_DEBUG
   auto& t = detail::this_thread();
   int cpu = require_cpu("LocalLock::lock");
@@ -160,8 +165,10 @@ inline void LocalLock::enter(SrcLoc at) {
   owner_file_.store(at.file, std::memory_order_relaxed);
   owner_line_.store(at.line, std::memory_order_relaxed);
   held_.store(true, std::memory_order_relaxed);
+  validator_acquired(this, class_name_, class_id_, LockFamily::kLocal, how, at);
 #else
   (void)at;
+  (void)how;
 #endif
   detail::barrier_against_interrupts();
   ANYCTX_SITE(kLocalLockHeld);
@@ -176,6 +183,7 @@ inline void LocalLock::exit() {
     report_misuse("unlock() of a local lock that is not held", SrcLoc{});
   if (ANYCTX_UNLIKELY(owner_cpu_.load(std::memory_order_relaxed) != current_cpu()))
     report_misuse("unlock() on another cpu than the one that took the lock", SrcLoc{});
+  validator_released(this);
   held_.store(false, std::memory_order_relaxed);
   t.preempt_count.store(static_cast<std::uint16_t>(t.preempt_count.load(std::memory_order_relaxed) - 1),
                         std::memory_order_relaxed);

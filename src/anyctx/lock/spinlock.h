@@ -20,7 +20,9 @@
 //      * a CPU spinning on a lock that the same CPU holds — in an interrupted
 //        frame (self-deadlock) or in this very frame (recursion) — naming the
 //        lock class and both acquisition sites, instead of hanging;
-//      * unlock() of a lock that is not locked.
+//      * unlock() of a lock that is not locked;
+//    and feed the lock validator (validator.h): lock() is a waiting
+//    acquisition, try_lock() is not.
 //  - TSan builds annotate the lock as a mutex. Inside the slow path every
 //    spin iteration passes the harness site kSpinWait, so the deterministic
 //    executor can hand the CPU to the lock holder.
@@ -35,6 +37,7 @@
 #include "anyctx/ctx/src_loc.h"
 #include "anyctx/lock/lock_stats.h"
 #include "anyctx/lock/tsan_mutex.h"
+#include "anyctx/lock/validator.h"
 
 namespace anyctx {
 
@@ -94,6 +97,7 @@ class ANYCTX_CAPABILITY("spinlock") Spinlock {
 #if ANYCTX_DEBUG
   std::atomic<const char*> owner_file_{nullptr};
   std::atomic<std::uint32_t> owner_line_{0};
+  mutable LockClassCache class_id_{0};  // the lock validator's class id
 #endif
 };
 
@@ -132,6 +136,9 @@ inline bool Spinlock::acquire_word(SrcLoc at) {
 inline bool Spinlock::try_lock(SrcLoc at) {
   ANYCTX_TSAN_MUTEX(__tsan_mutex_pre_lock(this, __tsan_mutex_try_lock));
   bool taken = acquire_word(at);
+#if ANYCTX_DEBUG
+  if (taken) validator_acquired(this, class_name_, class_id_, LockFamily::kSpin, LockAcquire::kTry, at);
+#endif
   ANYCTX_TSAN_MUTEX(__tsan_mutex_post_lock(
       this, taken ? __tsan_mutex_try_lock : __tsan_mutex_try_lock | __tsan_mutex_try_lock_failed, 0));
   return taken;
@@ -141,6 +148,9 @@ inline void Spinlock::lock(SrcLoc at) {
   if constexpr (kDebug) check_may_spin(at);
   ANYCTX_TSAN_MUTEX(__tsan_mutex_pre_lock(this, 0));
   if (ANYCTX_UNLIKELY(!acquire_word(at))) lock_slow(at);
+#if ANYCTX_DEBUG
+  validator_acquired(this, class_name_, class_id_, LockFamily::kSpin, LockAcquire::kWait, at);
+#endif
   ANYCTX_TSAN_MUTEX(__tsan_mutex_post_lock(this, 0, 0));
 }
 
@@ -149,6 +159,9 @@ inline void Spinlock::unlock() {
     if (ANYCTX_UNLIKELY(word_.load(std::memory_order_relaxed) == 0))
       report_misuse("unlock() of a spinlock that is not locked", SrcLoc{});
   }
+#if ANYCTX_DEBUG
+  validator_released(this);
+#endif
   ANYCTX_TSAN_MUTEX(__tsan_mutex_pre_unlock(this, 0));
   word_.store(0, std::memory_order_release);
   ANYCTX_TSAN_MUTEX(__tsan_mutex_post_unlock(this, 0));

@@ -83,7 +83,7 @@ TEST_F(SpinlockTest, TryLockFromAnNmiThatInterruptedTheHolderFails) {
 
 TEST_F(SpinlockTest, IrqsaveKeepsIrqsOutUntilUnlock) {
   CpuScope cpu;
-  Spinlock l("test.lock");
+  Spinlock l("test.irq_lock");
   int irq_saw_locked = -1;
   IrqFlags flags = l.lock_irqsave();
   EXPECT_TRUE(irqs_disabled());

@@ -522,6 +522,7 @@ bool memcg_try_charge(MemCgroup* memcg, Gfp gfp, unsigned pages) {
     if (ANYCTX_LIKELY(consume_stock(memcg, pages, kPathSpinning))) return true;
     return charge_spinning_slow(memcg, gfp, pages);
   }
+  NolockScope nolock("memcg_try_charge (nolock)");  // the lock validator: nothing below may wait
   if (consume_stock(memcg, pages, kPathNolock)) return true;
   return charge_nolock_slow(memcg, pages);
 }

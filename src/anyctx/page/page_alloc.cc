@@ -739,6 +739,7 @@ void free_pages(Page* page, unsigned order) {
 }
 
 Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
+  NolockScope nolock("alloc_pages_nolock");  // the lock validator: nothing below may wait
   if (ANYCTX_UNLIKELY(!(gfp & ~kGfpAccount).empty())) {
     (Report("bad gfp") << "alloc_pages_nolock(): gfp may carry only kGfpAccount, got ").hex(gfp.bits()).fatal();
   }
@@ -747,6 +748,7 @@ Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
 }
 
 void free_pages_nolock(Page* page, unsigned order) {
+  NolockScope nolock("free_pages_nolock");
   if (!free_pages_prepare("free_pages_nolock", page, order)) return;
   uncharge_page(page, order);
   stat_inc(kStatFreed + 1);

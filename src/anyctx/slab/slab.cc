@@ -708,6 +708,7 @@ void* kmalloc(std::size_t size, Gfp gfp) {
 }
 
 void* kmalloc_nolock(std::size_t size, Gfp gfp) {
+  NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
   if (ANYCTX_UNLIKELY(!(gfp & ~(kGfpZero | kGfpAccount)).empty())) report_bad_gfp(gfp);
   int idx = size_index(size, gfp);
   int cpu = current_cpu();
@@ -752,6 +753,7 @@ void kfree(const void* p) {
 
 void kfree_nolock(const void* p) {
   if (p == nullptr) return;
+  NolockScope nolock("kfree_nolock");
   Slab* s = free_prepare("kfree_nolock", p);
   if (ANYCTX_UNLIKELY(s == nullptr)) return;
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
