@@ -30,7 +30,8 @@ TEST_F(ValidatorTest, OrderInversionIsReportedWhenTheSecondOrderFirstAppears) {
   EXPECT_DEATH(
       {
         CpuScope cpu;
-        Spinlock a("test.order_a"), b("test.order_b");
+        Spinlock a("test.order_a");
+        Spinlock b("test.order_b");
         a.lock();
         b.lock();  // a -> b
         b.unlock();
@@ -50,10 +51,18 @@ TEST_F(ValidatorTest, OrderInversionIsReportedWhenTheSecondOrderFirstAppears) {
 TEST_F(ValidatorTest, ALongerCycleIsReportedWithEveryEdge) {
   EXPECT_DEATH(
       {
-        Spinlock a("test.ring_a"), b("test.ring_b"), c("test.ring_c");
-        a.lock(), b.lock(), b.unlock(), a.unlock();  // a -> b
-        b.lock(), c.lock(), c.unlock(), b.unlock();  // b -> c
-        c.lock(), a.lock(), a.unlock(), c.unlock();  // c -> a closes a -> b -> c -> a
+        Spinlock a("test.ring_a");
+        Spinlock b("test.ring_b");
+        Spinlock c("test.ring_c");
+        auto nest = [](Spinlock& outer, Spinlock& inner) {
+          outer.lock();
+          inner.lock();
+          inner.unlock();
+          outer.unlock();
+        };
+        nest(a, b);
+        nest(b, c);
+        nest(c, a);  // closes a -> b -> c -> a
       },
       "order inversion: .* takes 'test.ring_a' .* Cycle: 'test.ring_c' -> 'test.ring_a' .*; "
       "'test.ring_a' -> 'test.ring_b' .*; 'test.ring_b' -> 'test.ring_c'");
@@ -171,7 +180,8 @@ TEST_F(ValidatorTest, SpinlockLockInsideANolockCallIsReportedInTaskContext) {
   EXPECT_DEATH(
       {
         CpuScope cpu;
-        Spinlock held("test.nolock_held"), l("test.nolock_lock");
+        Spinlock held("test.nolock_held");
+        Spinlock l("test.nolock_lock");
         NolockScope nolock("test_nolock_entry");
         ASSERT_TRUE(held.try_lock());
         l.lock();  // free, uncontended, task context: still a wait in a no-wait call
@@ -211,8 +221,9 @@ TEST_F(ValidatorTest, TheNolockMarkIsPerFrame) {
   {
     NolockScope nolock("test_nolock_entry");
     EXPECT_TRUE(in_nolock_call());
-    ASSERT_TRUE(l.try_lock());  // a trylock is what a nolock call does
-    l.unlock();
+    IrqFlags f;
+    ASSERT_TRUE(l.try_lock_irqsave(f));  // a trylock is what a nolock call does
+    l.unlock_irqrestore(f);
     // An IRQ that interrupts the nolock call is not inside it: it may spin.
     run_in_irq([&] {
       EXPECT_FALSE(in_nolock_call());
