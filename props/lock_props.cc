@@ -21,6 +21,7 @@
 
 #include "anyctx/lock/local_lock.h"
 #include "anyctx/lock/spinlock.h"
+#include "anyctx/lock/validator.h"
 #include "props_common.h"
 
 namespace anyctx::props {
@@ -357,6 +358,14 @@ struct Observed {
   Snapshot after;
   Replay replay;
 };
+
+// The model decides when lock() may be asked for (only when no frame holds
+// the lock), in any order and context, as the executor's model does for the
+// program locks: the lock validator leaves these classes' order and IRQ
+// safety to it. Set before main (the class table is constant-initialised).
+[[maybe_unused]] const bool g_sut_locks_unchecked = set_lock_class_unchecked("props.A") &&
+                                                    set_lock_class_unchecked("props.B") &&
+                                                    set_lock_class_unchecked("props.L");
 
 struct LockSut {
   Spinlock a{"props.A"};
