@@ -4,6 +4,14 @@
 //
 //   cmake --workflow --preset release && build/release/bench/lock_bench
 //
+// The Validator rows time lock+unlock with the lock validator on and off (at
+// run time): they mean something in a debug build (`dev`), where the
+// validator is compiled in; in `release` it is compiled out and both rows
+// equal BM_Spinlock. The Nested rows hold another lock (one edge lookup).
+//
+//   cmake --build --preset dev --target lock_bench &&
+//     build/dev/bench/lock_bench --benchmark_filter=Validator
+//
 // Built with ANYCTX_LOCK_STATS=1 (lock_bench_rmw) the Spinlock rows also
 // report `rmw_per_acq`: atomic RMW attempts on the lock word per acquisition.
 #include <benchmark/benchmark.h>
@@ -12,6 +20,7 @@
 #include <mutex>
 
 #include "anyctx/lock/spinlock.h"
+#include "anyctx/lock/validator.h"
 
 namespace {
 
@@ -51,7 +60,37 @@ void BM_PthreadSpinlock(benchmark::State& state) {
   }
 }
 
+// Argument: 1 = validator on, 0 = off.
+void BM_SpinlockValidator(benchmark::State& state) {
+  anyctx::set_lock_validator(state.range(0) != 0 ? anyctx::LockValidator::kOn : anyctx::LockValidator::kOff);
+  anyctx::Spinlock l("bench.validator");
+  for (auto _ : state) {
+    l.lock();
+    benchmark::ClobberMemory();
+    l.unlock();
+  }
+  anyctx::set_lock_validator(anyctx::LockValidator::kOn);
+  state.SetLabel(state.range(0) != 0 ? "validator on" : "validator off");
+}
+
+void BM_SpinlockNestedValidator(benchmark::State& state) {
+  anyctx::set_lock_validator(state.range(0) != 0 ? anyctx::LockValidator::kOn : anyctx::LockValidator::kOff);
+  anyctx::Spinlock outer("bench.validator_outer");
+  anyctx::Spinlock inner("bench.validator_inner");
+  outer.lock();
+  for (auto _ : state) {
+    inner.lock();
+    benchmark::ClobberMemory();
+    inner.unlock();
+  }
+  outer.unlock();
+  anyctx::set_lock_validator(anyctx::LockValidator::kOn);
+  state.SetLabel(state.range(0) != 0 ? "validator on" : "validator off");
+}
+
 BENCHMARK(BM_Spinlock)->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK(BM_SpinlockValidator)->Arg(0)->Arg(1);
+BENCHMARK(BM_SpinlockNestedValidator)->Arg(0)->Arg(1);
 BENCHMARK(BM_StdMutex)->Threads(1)->Threads(2)->UseRealTime();
 BENCHMARK(BM_PthreadSpinlock)->Threads(1)->Threads(2)->UseRealTime();
 

@@ -201,9 +201,8 @@ void put_where(Report& r) {
   r.fatal();
 }
 
-void check_nolock(const char* what, const char* class_name, SrcLoc at) {
-  if (ANYCTX_UNLIKELY(t_val.nolock_depth[level_index(context_level())] != 0))
-    report_wait_in_nolock(what, class_name, at);
+void check_nolock(ContextLevel level, const char* what, const char* class_name, SrcLoc at) {
+  if (ANYCTX_UNLIKELY(t_val.nolock_depth[level_index(level)] != 0)) report_wait_in_nolock(what, class_name, at);
 }
 
 // --- reports 2 and 4: IRQ safety ---------------------------------------------------
@@ -242,8 +241,7 @@ void mark_usage(std::uint16_t id, std::uint16_t bits, LockFamily family, SrcLoc 
     report_irq_inversion(id, family, at);
 }
 
-std::uint16_t usage_bits(LockFamily family, LockAcquire how) {
-  ContextLevel level = context_level();
+std::uint16_t usage_bits(ContextLevel level, LockFamily family, LockAcquire how) {
   std::uint16_t bits = level == ContextLevel::kTask ? kUsedTask : level == ContextLevel::kIrq ? kUsedIrq : kUsedNmi;
   bits |= family == LockFamily::kSpin ? kFamilySpin : kFamilyLocal;
   bits |= how == LockAcquire::kWait ? kWaited : kTried;
@@ -360,12 +358,12 @@ void validator_wait_slow(const void* lock, const char* class_name, LockClassCach
   // Already held by this thread: the lock's own report (self-deadlock,
   // recursion, nested section) names it better.
   if (holds(t, lock)) return;
-  check_nolock(family == LockFamily::kSpin ? "lock() on spinlock" : "lock() on local lock", class_name, at);
+  ContextLevel level = context_level();
+  check_nolock(level, family == LockFamily::kSpin ? "lock() on spinlock" : "lock() on local lock", class_name, at);
   std::uint16_t id = class_id(class_name, cache);
   if (id == kNoClass) return;
-  mark_usage(id, usage_bits(family, LockAcquire::kWait), family, at);
+  mark_usage(id, usage_bits(level, family, LockAcquire::kWait), family, at);
   if (family != LockFamily::kSpin || unchecked(id)) return;
-  ContextLevel level = context_level();
   int d = t.depth.load(std::memory_order_relaxed);
   for (int i = 0; i < d; ++i) {
     const Held& h = t.held[i];
@@ -379,13 +377,13 @@ void validator_wait_slow(const void* lock, const char* class_name, LockClassCach
 void validator_acquired_slow(const void* lock, const char* class_name, LockClassCache& cache, LockFamily family,
                              LockAcquire how, SrcLoc at) {
   std::uint16_t id = class_id(class_name, cache);
-  if (how == LockAcquire::kTry && id != kNoClass) mark_usage(id, usage_bits(family, how), family, at);
+  if (how == LockAcquire::kTry && id != kNoClass) mark_usage(id, usage_bits(context_level(), family, how), family, at);
   push_held(lock, id, family, how, at);
 }
 
 void validator_released_slow(const void* lock) { pop_held(lock); }
 
-void validator_note_wait_slow(const char* what, SrcLoc at) { check_nolock(what, nullptr, at); }
+void validator_note_wait_slow(const char* what, SrcLoc at) { check_nolock(context_level(), what, nullptr, at); }
 
 void nolock_enter(const char* entry) {
   ValidatorThread& t = t_val;
