@@ -126,6 +126,7 @@ inline void validator_note_wait(const char*, SrcLoc = SrcLoc::here()) {}
 class NolockScope {
  public:
   explicit constexpr NolockScope(const char*) {}
+  ~NolockScope() {}  // user-provided: a scope is "used" (no unused-variable warning)
   NolockScope(const NolockScope&) = delete;
   NolockScope& operator=(const NolockScope&) = delete;
 };
