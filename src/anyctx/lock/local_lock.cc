@@ -5,11 +5,13 @@
 namespace anyctx {
 
 void LocalLock::check_may_wait(SrcLoc at) const {
-  if (ANYCTX_UNLIKELY(in_nmi()))
-    report_misuse("lock() in NMI context: an NMI may interrupt the holder; use LocalTryLock::try_lock() (context rule)", at);
 #if ANYCTX_DEBUG
+  // First: inside a nolock call its report names the entry point and what
+  // the frame holds, which says more than the NMI context rule below.
   validator_wait(this, class_name_, class_id_, LockFamily::kLocal, at);
 #endif
+  if (ANYCTX_UNLIKELY(in_nmi()))
+    report_misuse("lock() in NMI context: an NMI may interrupt the holder; use LocalTryLock::try_lock() (context rule)", at);
 }
 
 void LocalLock::report_nested(SrcLoc at) const {

@@ -60,11 +60,13 @@ void Spinlock::lock_slow(SrcLoc at) {
 }
 
 void Spinlock::check_may_spin(SrcLoc at) const {
-  if (ANYCTX_UNLIKELY(in_nmi()))
-    report_misuse("lock() in NMI context: an NMI may only try_lock() (context rule)", at);
 #if ANYCTX_DEBUG
+  // First: inside a nolock call its report names the entry point and what
+  // the frame holds, which says more than the NMI context rule below.
   validator_wait(this, class_name_, class_id_, LockFamily::kSpin, at);
 #endif
+  if (ANYCTX_UNLIKELY(in_nmi()))
+    report_misuse("lock() in NMI context: an NMI may only try_lock() (context rule)", at);
 }
 
 void Spinlock::report_self_deadlock(std::uint32_t word, SrcLoc at) const {

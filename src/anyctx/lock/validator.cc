@@ -130,6 +130,12 @@ thread_local constinit ValidatorThread t_val;
 
 int level_index(ContextLevel level) { return static_cast<int>(level); }
 
+// A slot being filled: a handler that interrupts push_held() sees it counted
+// but skips it, and its own pops do not trim below it.
+const void* const kFilling = reinterpret_cast<const void*>(1);
+
+bool is_lock(const void* p) { return p != nullptr && p != kFilling; }
+
 bool holds(const ValidatorThread& t, const void* lock) {
   int d = t.depth.load(std::memory_order_relaxed);
   for (int i = 0; i < d; ++i)
@@ -145,9 +151,15 @@ void push_held(const void* lock, std::uint16_t cls, LockFamily family, LockAcqui
     g_saturated.store(true, std::memory_order_relaxed);
     return;
   }
-  t.held[d] = Held{lock, at.file, at.line, cls, context_level(), how, family};
+  // Reserve the slot, then fill it: a handler landing in between pushes
+  // above it and cannot trim it away.
+  t.held[d].lock = kFilling;
   barrier_against_interrupts();
   t.depth.store(d + 1, std::memory_order_relaxed);
+  barrier_against_interrupts();
+  t.held[d] = Held{kFilling, at.file, at.line, cls, context_level(), how, family};
+  barrier_against_interrupts();
+  t.held[d].lock = lock;
   barrier_against_interrupts();
 }
 
@@ -176,7 +188,7 @@ void put_held(Report& r, ContextLevel level) {
   bool first = true;
   for (int i = 0; i < d; ++i) {
     const Held& h = t.held[i];
-    if (h.lock == nullptr || h.level != level) continue;
+    if (!is_lock(h.lock) || h.level != level) continue;
     r << (first ? "; this frame holds " : ", ") << "'" << (h.cls != kNoClass ? name_of(h.cls) : "?") << "' ("
       << how_name(h.how) << ") taken at " << SrcLoc{h.file, h.line};
     first = false;
@@ -367,7 +379,7 @@ void validator_wait_slow(const void* lock, const char* class_name, LockClassCach
   int d = t.depth.load(std::memory_order_relaxed);
   for (int i = 0; i < d; ++i) {
     const Held& h = t.held[i];
-    if (h.lock == nullptr || h.level != level || h.family != LockFamily::kSpin || h.cls == id || h.cls == kNoClass ||
+    if (!is_lock(h.lock) || h.level != level || h.family != LockFamily::kSpin || h.cls == id || h.cls == kNoClass ||
         unchecked(h.cls))
       continue;
     add_edge(h, id, level, at);

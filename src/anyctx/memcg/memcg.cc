@@ -671,6 +671,7 @@ static void forget_in_stocks(MemCgroup* m) ANYCTX_NO_TSA {
     if (g_stock.on(self).cached.load(std::memory_order_relaxed) == m)
       report_misuse("~MemCgroup", m, "destroyed inside this CPU's stock section");
   }
+  validator_note_wait("waiting for other CPUs to drain their memcg stocks");
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + std::chrono::seconds(60);
   auto next_ask = Clock::now();
