@@ -268,6 +268,7 @@ constexpr int kWords = (kMaxLockClasses + 63) / 64;
 std::atomic<std::uint64_t> g_adj[kMaxLockClasses][kWords];  // [from-1] bit to-1
 
 struct Edge {
+  std::atomic<std::uint16_t> from{0}, to{0};  // 0-based classes
   std::atomic<const char*> from_file{nullptr}, to_file{nullptr};
   std::atomic<std::uint32_t> from_line{0}, to_line{0};
   std::atomic<std::uint8_t> level{0};
@@ -346,6 +347,8 @@ void add_edge(const Held& held, std::uint16_t to_id, ContextLevel level, SrcLoc 
   int n = g_edge_count.fetch_add(1, std::memory_order_relaxed);
   if (n < kMaxLockEdges) {
     Edge& e = g_edges[n];
+    e.from.store(static_cast<std::uint16_t>(a), std::memory_order_relaxed);
+    e.to.store(static_cast<std::uint16_t>(b), std::memory_order_relaxed);
     e.from_file.store(held.file, std::memory_order_relaxed);
     e.from_line.store(held.line, std::memory_order_relaxed);
     e.to_file.store(at.file, std::memory_order_relaxed);
@@ -424,6 +427,30 @@ bool set_lock_class_unchecked(const char* class_name) {
   return true;
 }
 
+void lock_validator_forget() {
+  int n = g_edge_count.load(std::memory_order_acquire);
+  if (n > kMaxLockEdges) {  // some edges have no record: clear everything
+    for (auto& row : g_adj)
+      for (auto& w : row) w.store(0, std::memory_order_relaxed);
+    for (auto& row : g_edge_of)
+      for (auto& e : row) e.store(0, std::memory_order_relaxed);
+  } else {
+    for (int i = 0; i < n; ++i) {
+      int a = g_edges[i].from.load(std::memory_order_relaxed), b = g_edges[i].to.load(std::memory_order_relaxed);
+      g_adj[a][b / 64].store(0, std::memory_order_relaxed);  // whole word: every edge in it is in the log
+      g_edge_of[a][b].store(0, std::memory_order_relaxed);
+    }
+  }
+  g_edge_count.store(0, std::memory_order_release);
+  for (ClassSlot& c : g_classes) {
+    c.usage.store(0, std::memory_order_relaxed);
+    for (SiteSlot* site : {&c.wait_in_irq, &c.irqs_on}) {
+      site->file.store(nullptr, std::memory_order_relaxed);
+      site->line.store(0, std::memory_order_relaxed);
+    }
+  }
+}
+
 int held_lock_count() { return t_val.depth.load(std::memory_order_relaxed); }
 bool in_nolock_call() { return t_val.nolock_depth[level_index(context_level())] != 0; }
 
@@ -439,6 +466,7 @@ LockValidatorStats lock_validator_stats() {
 #else  // !ANYCTX_DEBUG
 
 void set_lock_validator(LockValidator) {}
+void lock_validator_forget() {}
 bool lock_validator_on() { return false; }
 bool set_lock_class_unchecked(const char*) { return true; }
 int held_lock_count() { return 0; }

@@ -41,6 +41,8 @@
 //    checks, for locks whose discipline a caller enforces itself (the
 //    harness's program locks, test seams that deadlock on purpose). The
 //    nolock rule (3) still applies to them.
+//  - Learnt state lives for the process (like lockdep's, for the boot), until
+//    lock_validator_forget().
 //  - The nolock mark is per frame: an IRQ or NMI that interrupts a nolock call
 //    is not inside it (unless it makes a nolock call itself).
 // Context: any. Signal safety: async-signal-safe (constant-initialised
@@ -143,6 +145,13 @@ bool lock_validator_on();
 // Exempts `class_name` from the order and IRQ-safety checks (see above).
 // Context: any. Return: false when the class table is full (release: true).
 bool set_lock_class_unchecked(const char* class_name);
+
+// Forgets what the validator learnt (usage states, dependencies), keeping the
+// classes and the unchecked marks: reports after this depend only on what
+// runs from here on. The deterministic executor calls it before each program,
+// so a report replays from that one input. Context: task, no lock held by
+// any thread, no other thread taking locks.
+void lock_validator_forget();
 
 // Return: locks this thread holds, all frames (0 in release builds).
 // Context: any (a handler sees the frames it interrupted).

@@ -325,6 +325,29 @@ TEST_F(ValidatorTest, OffMeansOff) {
   EXPECT_TRUE(lock_validator_on());
 }
 
+TEST_F(ValidatorTest, ForgetStartsOver) {
+  CpuScope cpu;
+  Spinlock a("test.forget_a");
+  Spinlock b("test.forget_b");
+  auto nest = [](Spinlock& outer, Spinlock& inner) {
+    IrqFlags f = outer.lock_irqsave();
+    inner.lock();
+    inner.unlock();
+    outer.unlock_irqrestore(f);
+  };
+  nest(a, b);
+  run_in_irq([&] {
+    a.lock();
+    a.unlock();
+  });
+  lock_validator_forget();
+  EXPECT_EQ(lock_validator_stats().edges, 0);
+  nest(b, a);  // only b -> a now
+  a.lock();    // IRQs on: the IRQ usage was forgotten too
+  a.unlock();
+  EXPECT_DEATH(nest(a, b), "order inversion: .* takes 'test.forget_b' .* while holding 'test.forget_a'");
+}
+
 // The lock's own report wins when the deadlock is real, not just possible.
 TEST_F(ValidatorTest, ARealSelfDeadlockKeepsItsOwnReport) {
   EXPECT_DEATH(
