@@ -113,13 +113,16 @@ TEST_F(ValidatorTest, AnInterruptedFramesLocksOrderNothing) {
   a.lock();  // b -> a in task context
   a.unlock();
   b.unlock_irqrestore(fb);
-  ASSERT_TRUE(a.try_lock());  // IRQs on, but no IRQ ever waits for a
+  // Other locks of the same classes: TSan's own lock-order check knows
+  // nothing of frames and would see the same two instances in both orders.
+  Spinlock a2("test.frame_a"), b2("test.frame_b");
+  ASSERT_TRUE(a2.try_lock());  // IRQs on, but no IRQ ever waits for a
   run_in_irq([&] {
     EXPECT_EQ(held_lock_count(), 1) << "the IRQ sees the task frame's lock";
-    b.lock();  // not a -> b: the task frame, not this one, holds a
-    b.unlock();
+    b2.lock();  // not a -> b: the task frame, not this one, holds a
+    b2.unlock();
   });
-  a.unlock();
+  a2.unlock();
   EXPECT_EQ(held_lock_count(), 0);
 }
 
@@ -295,8 +298,9 @@ TEST_F(ValidatorTest, UncheckedClassesAreLeftToTheirOwner) {
   ASSERT_TRUE(set_lock_class_unchecked("test.unchecked_a"));
   ASSERT_TRUE(set_lock_class_unchecked("test.unchecked_b"));
   Spinlock a("test.unchecked_a"), b("test.unchecked_b");
+  Spinlock a2("test.unchecked_a"), b2("test.unchecked_b");  // for TSan: other instances
   a.lock(), b.lock(), b.unlock(), a.unlock();
-  b.lock(), a.lock(), a.unlock(), b.unlock();
+  b2.lock(), a2.lock(), a2.unlock(), b2.unlock();
   run_in_irq([&] {
     a.lock();
     a.unlock();
@@ -342,9 +346,11 @@ TEST_F(ValidatorTest, ForgetStartsOver) {
   });
   lock_validator_forget();
   EXPECT_EQ(lock_validator_stats().edges, 0);
-  nest(b, a);  // only b -> a now
-  a.lock();    // IRQs on: the IRQ usage was forgotten too
-  a.unlock();
+  Spinlock a2("test.forget_a");  // the same classes, other instances (for TSan)
+  Spinlock b2("test.forget_b");
+  nest(b2, a2);  // only b -> a now
+  a2.lock();     // IRQs on: the IRQ usage was forgotten too
+  a2.unlock();
   EXPECT_DEATH(nest(a, b), "order inversion: .* takes 'test.forget_b' .* while holding 'test.forget_a'");
 }
 
