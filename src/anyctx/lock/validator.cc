@@ -443,6 +443,7 @@ void lock_validator_forget() {
   }
   g_edge_count.store(0, std::memory_order_release);
   for (ClassSlot& c : g_classes) {
+    if (c.usage.load(std::memory_order_relaxed) == 0) continue;  // most slots: unused since the last forget
     c.usage.store(0, std::memory_order_relaxed);
     for (SiteSlot* site : {&c.wait_in_irq, &c.irqs_on}) {
       site->file.store(nullptr, std::memory_order_relaxed);
