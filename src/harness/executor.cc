@@ -15,10 +15,13 @@
 
 #include <atomic>
 #include <csignal>
-#include <cstring>
 #include <algorithm>
+#include <cstring>
+#include <functional>
 #include <optional>
+#include <string_view>
 #include <thread>
+#include <unordered_map>
 
 #include "anyctx/ctx/context.h"
 #include "anyctx/ctx/cpu.h"
@@ -1221,18 +1224,44 @@ RunStats run_text_or_die(std::string_view text) {
   return run_program(*parsed.target, parsed.program);
 }
 
+namespace {
+
+// What the mutator asks of a fuzz target (fuzz_site_hits): the site hits of
+// the input fuzz_one ran last (a mutation chain mutates the input it just
+// ran), and of corpus inputs observed before (run again only once).
+struct ObservedHits {
+  SiteHitCounts at;
+};
+std::uint64_t input_hash(const std::uint8_t* data, std::size_t size) {
+  return std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(data), size)) ^ size;
+}
+std::uint64_t g_last_input = 0;
+ObservedHits g_last_hits;
+constexpr std::size_t kObservedInputs = 8192;  // then forgotten all at once
+std::unordered_map<std::uint64_t, ObservedHits> g_observed;
+
+}  // namespace
+
 int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t size) {
-  std::string_view bytes(reinterpret_cast<const char*>(data), size);
-  if (is_text_program(bytes)) {
-    ParseResult parsed = parse(bytes, target);
-    if (parsed.ok() && parsed.target == &target) {
-      run_program(target, parsed.program);
-      return 0;
-    }
-  }
-  Program program = decode(target, std::span<const std::uint8_t>(data, size));
-  run_program(target, program);
+  thread_local Program program;
+  read_fuzz_input(target, data, size, program);
+  RunStats stats = run_program(target, program);
+  g_last_input = input_hash(data, size);
+  std::memcpy(g_last_hits.at, stats.site_hits, sizeof g_last_hits.at);
   return 0;
+}
+
+const SiteHitCounts* fuzz_site_hits(const TargetSpec& target, const std::uint8_t* data, std::size_t size) {
+  std::uint64_t key = input_hash(data, size);
+  if (key == g_last_input) return &g_last_hits.at;
+  if (auto it = g_observed.find(key); it != g_observed.end()) return &it->second.at;
+  if (g_observed.size() >= kObservedInputs) g_observed.clear();
+  thread_local Program program;
+  read_fuzz_input(target, data, size, program);
+  RunStats stats = run_program(target, program);
+  ObservedHits& slot = g_observed[key];
+  std::memcpy(slot.at, stats.site_hits, sizeof slot.at);
+  return &slot.at;
 }
 
 }  // namespace anyctx::harness

@@ -79,9 +79,8 @@ struct RunStats {
   int ops_skipped = 0;  // slot in the wrong state, lock legalised away, ...
   int injections_fired = 0;
   int switches = 0;
-  // Hits per program CPU, site (or kOpBoundary) and context level, saturating:
-  // where an injection or an anchored switch can be placed (the sweep's map).
-  std::uint16_t site_hits[kMaxProgramCpus][kInjectionSites][3] = {};
+  // Where the program went: the sweep's map, and the mutator's (SiteObserver).
+  SiteHitCounts site_hits = {};
 };
 
 // Runs `program` (valid for `target`); aborts with a report on any oracle.
@@ -97,5 +96,13 @@ RunStats run_text_or_die(std::string_view text);
 // not parse is decoded as bytes instead — anything else is decoded for
 // `target`; then it runs. Return: 0.
 int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
+
+// The fuzz targets' SiteObserver (mutator.h): where the input data[0, size)
+// goes. The input fuzz_one ran last is answered from that run; another is
+// run now (it must be one that ran clean: a corpus input) and remembered.
+// Return: its site hits, valid until the next call of either function.
+// Context: task, between fuzz runs (libFuzzer resets its counters before
+// each input, so this run adds no coverage of its own).
+const SiteHitCounts* fuzz_site_hits(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
 
 }  // namespace anyctx::harness

@@ -6,7 +6,10 @@
 // It also defines libFuzzer's LLVMFuzzerCustomMutator and
 // LLVMFuzzerCustomCrossOver: the structure-aware mutator (mutator.h), with
 // LLVMFuzzerMutate as its byte mutator, so the dictionary and libFuzzer's
-// comparison tracing still reach the bytes. LLVMFuzzerMutate is declared
+// comparison tracing still reach the bytes, and fuzz_site_hits as its
+// SiteObserver, so injections and anchored switches land where the input
+// goes (the input just run, or a corpus input run once more when it is
+// first picked). LLVMFuzzerMutate is declared
 // weak: a replay_NAME (no libFuzzer) links, and passes nullptr. AFL++'s
 // driver never calls these; AFL++ loads the same mutator as a custom
 // mutator library (fuzz/afl_mutator.cc). ANYCTX_MUTATOR=bytes in the
@@ -42,7 +45,8 @@ extern "C" __attribute__((weak)) std::size_t LLVMFuzzerMutate(std::uint8_t* data
     }();                                                                                      \
     if (bytes_only && LLVMFuzzerMutate != nullptr) return LLVMFuzzerMutate(data, size, max_size); \
     return ::anyctx::harness::mutate_input(anyctx_fuzz_target(), data, size, max_size, seed,  \
-                                           LLVMFuzzerMutate);                                 \
+                                           LLVMFuzzerMutate, nullptr,                         \
+                                           ::anyctx::harness::fuzz_site_hits);                \
   }                                                                                           \
   extern "C" std::size_t LLVMFuzzerCustomCrossOver(const std::uint8_t* data1, std::size_t size1, \
                                                    const std::uint8_t* data2, std::size_t size2, \

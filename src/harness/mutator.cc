@@ -308,8 +308,56 @@ struct Mutator {
   Program& p;
   Rng& rng;
   ByteMutator bytes;
+  const SiteHitCounts* hits;  // where the input went, or nullptr
 
   int ncpus() const { return static_cast<int>(p.cpus.size()); }
+
+  // A moment the input reached: CPU, site, level and how often.
+  struct Spot {
+    int cpu = 0;
+    std::uint16_t site = kOpBoundary;
+    Ctx level = Ctx::kTask;
+    int hits = 0;
+  };
+
+  // Draws a spot from the observed hits at levels up to `top`, inside an
+  // update kInsideUpdatePercent of the time (when the input reached one).
+  // Return: false (the caller draws from the site tables) when the hits are
+  // unknown, kObservedSitePercent was not drawn, or nothing qualifies.
+  bool observed_spot(Ctx top, Spot& out) {
+    if (hits == nullptr || !rng.chance(kObservedSitePercent)) return false;
+    const bool inside_only = rng.chance(kInsideUpdatePercent);
+    const int levels = static_cast<int>(top) + 1;
+    for (int pass = inside_only ? 0 : 1; pass < 2; ++pass) {
+      auto eligible = [&](int c, int site, int l) {
+        return (*hits)[c][site][l] != 0 && (pass == 1 || site_inside_update(site));
+      };
+      std::uint32_t n = 0;
+      for (int c = 0; c < ncpus(); ++c)
+        for (int site = 0; site < kInjectionSites; ++site)
+          for (int l = 0; l < levels; ++l) n += eligible(c, site, l) ? 1 : 0;
+      if (n == 0) continue;
+      std::uint32_t k = rng.below(n);
+      for (int c = 0; c < ncpus(); ++c)
+        for (int site = 0; site < kInjectionSites; ++site)
+          for (int l = 0; l < levels; ++l) {
+            if (!eligible(c, site, l) || k-- != 0) continue;
+            out = Spot{c, static_cast<std::uint16_t>(site), static_cast<Ctx>(l), (*hits)[c][site][l]};
+            return true;
+          }
+    }
+    return false;
+  }
+
+  // Return: the input's hits of `site` on `cpu` at `level` (0 when unknown).
+  int observed_hits(int cpu, int site, Ctx level) const {
+    return hits == nullptr || cpu >= ncpus() ? 0 : (*hits)[cpu][site][static_cast<int>(level)];
+  }
+
+  // Return: an nth among `n` observed hits (uniform), at most `max`.
+  std::uint8_t observed_nth(int n, int max) {
+    return static_cast<std::uint8_t>(1 + rng.below(static_cast<std::uint32_t>(std::min(n, max))));
+  }
 
   bool insert_op() {
     OpList l;
@@ -439,6 +487,14 @@ struct Mutator {
   Injection new_injection(Ctx kind, int cpu) {
     Injection inj;
     inj.kind = kind;
+    // An IRQ lands in task context only: IRQs are masked in an IRQ.
+    if (Spot at; observed_spot(kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, at)) {
+      inj.cpu = static_cast<std::uint8_t>(at.cpu);
+      inj.site = at.site;
+      inj.level = at.level;
+      inj.nth = observed_nth(at.hits, 8);
+      return inj;
+    }
     inj.cpu = static_cast<std::uint8_t>(cpu);
     inj.site = pick_site(t, rng);
     inj.level = rng.chance(80) ? Ctx::kTask : Ctx::kIrq;
@@ -522,9 +578,17 @@ struct Mutator {
     std::uint32_t r = rng.below(100);
     if (r >= 90 && ncpus() < 2) r = 0;
     if (r < 40) {
-      inj.site = pick_site(t, rng);
+      if (Spot at; observed_spot(inj.kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, at)) {
+        inj.cpu = static_cast<std::uint8_t>(at.cpu);
+        inj.site = at.site;
+        inj.level = at.level;
+        inj.nth = observed_nth(at.hits, 8);
+      } else {
+        inj.site = pick_site(t, rng);
+      }
     } else if (r < 60) {
-      inj.nth = pick_nth(rng, 8);
+      int n = observed_hits(inj.cpu, inj.site, inj.level);
+      inj.nth = n > 0 && rng.chance(kObservedSitePercent) ? observed_nth(n, 8) : pick_nth(rng, 8);
     } else if (r < 75) {
       inj.level = inj.level == Ctx::kTask ? Ctx::kIrq : Ctx::kTask;
     } else if (r < 90) {
@@ -542,6 +606,14 @@ struct Mutator {
 
   AnchoredSwitch new_anchored() {
     AnchoredSwitch a;
+    if (Spot at; observed_spot(Ctx::kNmi, at)) {
+      a.on = static_cast<std::uint8_t>(at.cpu);
+      a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, at.cpu));
+      a.site = at.site;
+      a.level = at.level;
+      a.nth = observed_nth(at.hits, kMaxAnchorNth);
+      return a;
+    }
     int on = pick_busy_cpu(p, rng, -1);
     a.on = static_cast<std::uint8_t>(on);
     a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, on));
@@ -569,10 +641,21 @@ struct Mutator {
     AnchoredSwitch before = a;
     std::uint32_t r = rng.below(100);
     if (r < 35) {
-      a.site = pick_site(t, rng);
+      if (Spot at; observed_spot(Ctx::kNmi, at)) {
+        a.on = static_cast<std::uint8_t>(at.cpu);
+        if (a.cpu == a.on) a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, a.on));
+        a.site = at.site;
+        a.level = at.level;
+        a.nth = observed_nth(at.hits, kMaxAnchorNth);
+      } else {
+        a.site = pick_site(t, rng);
+      }
     } else if (r < 60) {
-      a.nth = rng.chance(50) ? static_cast<std::uint8_t>(a.nth % kMaxAnchorNth + 1)  // the next hit
-                             : pick_nth(rng, kMaxAnchorNth);
+      int n = observed_hits(a.on, a.site, a.level);
+      if (rng.chance(50))
+        a.nth = static_cast<std::uint8_t>(a.nth % kMaxAnchorNth + 1);  // the next hit
+      else
+        a.nth = n > 0 && rng.chance(kObservedSitePercent) ? observed_nth(n, kMaxAnchorNth) : pick_nth(rng, kMaxAnchorNth);
     } else if (r < 80) {
       if (rng.chance(50)) {
         a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, a.on));
@@ -785,19 +868,6 @@ struct Mutator {
   }
 };
 
-// Reads an input as fuzz_one does: a text program of the target, else bytes.
-void load(const TargetSpec& t, const std::uint8_t* data, std::size_t size, Program& out) {
-  std::string_view text(reinterpret_cast<const char*>(data), size);
-  if (size != 0 && is_text_program(text)) {
-    ParseResult r = parse(text, t);
-    if (r.ok() && r.target == &t) {
-      out = std::move(r.program);
-      return;
-    }
-  }
-  out = decode(t, std::span<const std::uint8_t>(data, size));
-}
-
 // Drops the end of the program (ops of the longest list first, then
 // injections, switches, PCT, fault plan, CPUs) until its encoding fits.
 void shrink_to_fit(const TargetSpec& t, Program& p, std::size_t max_size, std::vector<std::uint8_t>& out) {
@@ -879,8 +949,9 @@ bool mutation_applies(const TargetSpec& t, Mutation m, bool have_byte_mutator) {
   }
 }
 
-Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMutator bytes) {
-  Mutator mut{target, p, rng, bytes};
+Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMutator bytes,
+                        const SiteHitCounts* hits) {
+  Mutator mut{target, p, rng, bytes, hits};
   unsigned total = 0;
   unsigned weights[kMutationKinds];
   for (int i = 0; i < kMutationKinds; ++i) {
@@ -901,20 +972,22 @@ Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMuta
 }
 
 std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size_t size, std::size_t max_size,
-                         unsigned seed, ByteMutator bytes, MutationCounts* counts) {
+                         unsigned seed, ByteMutator bytes, MutationCounts* counts, SiteObserver observe) {
   if (max_size == 0) return 0;
   // Reused between calls: a fuzzer calls this once per execution.
   thread_local Program original;
   thread_local Program p;
   thread_local std::vector<std::uint8_t> out;
-  load(target, data, size, original);
+  read_fuzz_input(target, data, size, original);
+  const SiteHitCounts* hits =
+      observe != nullptr && (target.injections || target.max_cpus >= 2) ? observe(target, data, size) : nullptr;
   Rng rng(mix_seed(seed, 1));
   for (int attempt = 0; attempt < 4; ++attempt) {
     p = original;
     std::uint32_t r = rng.below(100);
     int stacked = r < 50 ? 1 : r < 75 ? 2 : r < 90 ? 3 : 4;
     Mutation applied[4];
-    for (int i = 0; i < stacked; ++i) applied[i] = mutate_program(target, p, rng, bytes);
+    for (int i = 0; i < stacked; ++i) applied[i] = mutate_program(target, p, rng, bytes, hits);
     out = encode(target, p);
     if (std::size_t n = put(out, data, max_size); n != 0) {
       if (counts != nullptr)
@@ -931,8 +1004,8 @@ std::size_t cross_over(const TargetSpec& target, const std::uint8_t* a, std::siz
   thread_local Program pa;
   thread_local Program pb;
   thread_local std::vector<std::uint8_t> bytes;
-  load(target, a, asize, pa);
-  load(target, b, bsize, pb);
+  read_fuzz_input(target, a, asize, pa);
+  read_fuzz_input(target, b, bsize, pb);
   Rng rng(mix_seed(seed, 2));
   Program& p = pa;
   switch (rng.below(4)) {

@@ -20,6 +20,15 @@
 //    holds: where an interrupt or a switch meets a lock held or an update
 //    half done. Anchored switches usually go on a CPU that has ops and switch
 //    to another CPU that has ops; they are preferred to event switches.
+//  - When the input's site hits are known (a SiteObserver, or the hits
+//    passed to mutate_program), kObservedSitePercent of those placements
+//    are drawn from what the input reached instead: a (CPU, site, level)
+//    it hit, with an nth among its hits there, inside an update
+//    kInsideUpdatePercent of the time. A placement drawn from the site
+//    tables alone lands on a site the program never reaches (its ops, this
+//    schedule) most of the time, and then the run is the parent's again.
+//    The hits are those of the input as it came in: a stacked mutation
+//    after the first may have moved them.
 //  - mutate_input() and cross_over() read their inputs like the fuzz entry
 //    (fuzz_one): a text program of the target is parsed, anything else is
 //    decoded. They write the canonical bytes (encode()) of a valid program,
@@ -86,6 +95,15 @@ using MutationCounts = std::array<std::uint64_t, kMutationKinds>;
 // sites inside a lock or a half-done update (site_inside_update()).
 inline constexpr int kInsideUpdatePercent = 75;
 
+// Percent of placements (injections, anchored switches, their retargets)
+// drawn from the input's observed site hits, when they are known.
+inline constexpr int kObservedSitePercent = 85;
+
+// Return: the site hits of the program that data[0, size) reads as (as
+// fuzz_one reads it), from a run of it (the fuzz target's last run, or one
+// now), or nullptr when not known. Context: task, between fuzz runs.
+using SiteObserver = const SiteHitCounts* (*)(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
+
 // Return: the kind's name ("insert_op"), or "?" out of range. Context: any.
 const char* mutation_name(Mutation m);
 
@@ -116,15 +134,20 @@ class Rng {
 
 // Applies one structural mutation to `p` (valid for `target`; still valid
 // after). `bytes` may be nullptr: the byte-level kinds are then skipped.
-// Return: the kind applied.
-Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMutator bytes);
+// `hits`, when given, are the site hits of `p` (or of the program it was
+// mutated from). Return: the kind applied.
+Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMutator bytes,
+                        const SiteHitCounts* hits = nullptr);
 
 // Reads data[0, size) (text or bytes), applies one to four stacked
 // mutations and writes the canonical encoding into data (capacity
-// max_size). `counts`, when given, counts each kind applied.
+// max_size). `counts`, when given, counts each kind applied; `observe`,
+// when given, says where the input goes (asked once, before mutating, for
+// targets with injections or more than one CPU).
 // Return: the new size.
 std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size_t size, std::size_t max_size,
-                         unsigned seed, ByteMutator bytes, MutationCounts* counts = nullptr);
+                         unsigned seed, ByteMutator bytes, MutationCounts* counts = nullptr,
+                         SiteObserver observe = nullptr);
 
 // Splices programs a and b (CPU lists of one with the injections and
 // schedule of the other, op sequences cut and joined, injections merged, a

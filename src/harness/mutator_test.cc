@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "harness/executor.h"
 #include "harness/interleave.h"
 #include "harness/text.h"
 
@@ -234,6 +235,47 @@ TEST(MutatorTest, AnchoredSwitchesGoBetweenCpusThatHaveOps) {
   }
   ASSERT_GT(added, 50);
   EXPECT_GT(between_busy * 100, added * 70) << between_busy << " of " << added;
+}
+
+// With the input's site hits, new injections and anchored switches land on a
+// moment the input reaches (a CPU, site and level it hit, at most as often
+// as it hit it); from the site tables alone most of them do not.
+TEST(MutatorTest, PlacementsLandWhereTheInputWent) {
+  const TargetSpec& t = *target_spec("page_smp");
+  Program base;
+  base.cpus.assign(2, {});
+  base.cpus[0] = {Op{OpKind::kAllocPages, Path::kSpinning, 4, 0, 0}, Op{OpKind::kFreePages, Path::kNolock, 0, 0, 0}};
+  base.cpus[1] = {Op{OpKind::kAllocPages, Path::kNolock, 0, 0, 1}, Op{OpKind::kFreePages, Path::kSpinning, 0, 0, 1}};
+  for (auto& ops : base.cpus)
+    for (Op& op : ops) op = normalize_op(op, Ctx::kTask);
+  ASSERT_EQ(validate(t, base), "");
+  RunStats stats = run_program(t, base);
+  auto landed_share = [&](const SiteHitCounts* hits) {
+    Rng rng(18);
+    int placed = 0, landed = 0;
+    for (int i = 0; i < 4000; ++i) {
+      Program p = base;
+      Mutation m = mutate_program(t, p, rng, nullptr, hits);
+      auto lands = [&](int cpu, int site, Ctx level, int nth) {
+        ++placed;
+        landed += stats.site_hits[cpu][site][static_cast<int>(level)] >= nth;
+      };
+      if (m == Mutation::kAddInjection) {
+        const Injection& inj = p.injections[0];
+        lands(inj.cpu, inj.site, inj.level, inj.nth);
+      }
+      if (m == Mutation::kAddAnchoredSwitch) {
+        const AnchoredSwitch& a = p.anchored[0];
+        lands(a.on, a.site, a.level, a.nth);
+      }
+    }
+    EXPECT_GT(placed, 200);
+    return landed * 100 / std::max(placed, 1);
+  };
+  int observed = landed_share(&stats.site_hits);
+  int blind = landed_share(nullptr);
+  EXPECT_GE(observed, kObservedSitePercent - 5) << "with the hits";
+  EXPECT_LT(blind, 50) << "from the site tables alone";
 }
 
 }  // namespace

@@ -40,6 +40,11 @@ inline constexpr int kLocks = 3;    // spinlock A, spinlock B, per-CPU local try
 inline constexpr int kOpBoundary = kSiteCount;
 inline constexpr int kInjectionSites = kSiteCount + 1;
 
+// Hits per program CPU, site (or kOpBoundary) and context level (task, irq,
+// nmi), saturating: where a run of a program went (RunStats::site_hits), and
+// so where an injection or an anchored switch can meet it.
+using SiteHitCounts = std::uint16_t[kMaxProgramCpus][kInjectionSites][3];
+
 // Return: the name of a site or of kOpBoundary ("OpBoundary"), as the text
 // form writes it. Context: any (a constant string).
 inline const char* injection_site_name(int site) {

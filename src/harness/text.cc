@@ -376,6 +376,18 @@ bool is_text_program(std::string_view bytes) {
   return bytes.substr(0, kTextMagic.size()) == kTextMagic || bytes.substr(0, kTextMagicV1.size()) == kTextMagicV1;
 }
 
+void read_fuzz_input(const TargetSpec& target, const std::uint8_t* data, std::size_t size, Program& out) {
+  std::string_view bytes(reinterpret_cast<const char*>(data), size);
+  if (size != 0 && is_text_program(bytes)) {
+    ParseResult parsed = parse(bytes, target);
+    if (parsed.ok() && parsed.target == &target) {
+      out = std::move(parsed.program);
+      return;
+    }
+  }
+  out = decode(target, std::span<const std::uint8_t>(data, size));
+}
+
 std::string print_regression_test(const TargetSpec& target, const Program& p, std::string_view test_name) {
   std::ostringstream out;
   out << "// Regression test printed by anyctx-repro --emit-test: the program must run clean.\n"

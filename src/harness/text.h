@@ -52,6 +52,11 @@ ParseResult parse(std::string_view text, const TargetSpec& default_target);
 // Return: whether `bytes` start with kTextMagic or kTextMagicV1.
 bool is_text_program(std::string_view bytes);
 
+// Reads a fuzz input as the fuzz targets do: a text program of `target` is
+// parsed; anything else (bytes, a text that does not parse, or a text of
+// another target) is decoded as bytes for `target`. `out` is valid for it.
+void read_fuzz_input(const TargetSpec& target, const std::uint8_t* data, std::size_t size, Program& out);
+
 // A gtest test that replays the program and passes when it runs clean.
 std::string print_regression_test(const TargetSpec& target, const Program& program, std::string_view test_name);
 
