@@ -930,20 +930,26 @@ std::uint8_t held_by(int c) {
 
 // Follows the current frame's sites (interleave.h) and tells the fuzzer
 // what the other CPUs hold while this one reaches `site`.
-void track_held(int me, int site) {
+// Return: whether another CPU holds a lock class or is inside an update.
+bool track_held(int me, int site) {
   CpuState& cpu = g.cpus[me];
-  if (cpu.depth == 0) return;
+  if (cpu.depth == 0) return false;
   Frame& f = cpu.frames[cpu.depth - 1];
   SiteEffect e = site_effect(site);
   if (site == kOpBoundary) f.held = 0;
   f.held = static_cast<std::uint8_t>((f.held & ~kHeldMidUpdate) | e.takes | (e.mid_update ? kHeldMidUpdate : 0));
   f.held = static_cast<std::uint8_t>(f.held & ~e.drops);
-  if (g.ncpus == 1) return;
+  if (g.ncpus == 1) return false;
   Ctx level = current_ctx();
+  bool elsewhere = false;
   for (int c = 0; c < g.ncpus; ++c) {
     if (c == me || g.cpus[c].done) continue;
-    if (std::uint8_t held = held_by(c); held != 0) feedback::reached_while_held_elsewhere(site, level, held);
+    if (std::uint8_t held = held_by(c); held != 0) {
+      feedback::reached_while_held_elsewhere(site, level, held);
+      elsewhere = true;
+    }
   }
+  return elsewhere;
 }
 
 void site_event(int site) {
@@ -961,9 +967,9 @@ void site_event(int site) {
   if (site == kOpBoundary && !g.sabotaged && g.events >= g.options.sabotage_event) g.sabotaged = apply_sabotage();
   Ctx level = current_ctx();
   feedback::site_reached(site, level);
-  std::uint16_t& hits = g.stats.site_hits[me][site][static_cast<int>(level)];
+  std::uint16_t& hits = g.stats.sites.hits[me][site][static_cast<int>(level)];
   if (hits < UINT16_MAX) ++hits;
-  track_held(me, site);
+  if (track_held(me, site) && hits <= 32) g.stats.sites.held_elsewhere[me][site][static_cast<int>(level)] |= 1u << (hits - 1);
   trace(static_cast<std::uint64_t>(site) << 4 | static_cast<std::uint64_t>(level), static_cast<std::uint64_t>(me));
   for (std::size_t i = 0; i < g.program->injections.size(); ++i) {
     const Injection& inj = g.program->injections[i];
@@ -1226,19 +1232,16 @@ RunStats run_text_or_die(std::string_view text) {
 
 namespace {
 
-// What the mutator asks of a fuzz target (fuzz_site_hits): the site hits of
+// What the mutator asks of a fuzz target (fuzz_site_map): the site map of
 // the input fuzz_one ran last (a mutation chain mutates the input it just
 // ran), and of corpus inputs observed before (run again only once).
-struct ObservedHits {
-  SiteHitCounts at;
-};
 std::uint64_t input_hash(const std::uint8_t* data, std::size_t size) {
   return std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(data), size)) ^ size;
 }
 std::uint64_t g_last_input = 0;
-ObservedHits g_last_hits;
-constexpr std::size_t kObservedInputs = 8192;  // then forgotten all at once
-std::unordered_map<std::uint64_t, ObservedHits> g_observed;
+SiteMap g_last_sites;
+constexpr std::size_t kObservedInputs = 4096;  // then forgotten all at once
+std::unordered_map<std::uint64_t, SiteMap> g_observed;
 
 }  // namespace
 
@@ -1247,21 +1250,19 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
   read_fuzz_input(target, data, size, program);
   RunStats stats = run_program(target, program);
   g_last_input = input_hash(data, size);
-  std::memcpy(g_last_hits.at, stats.site_hits, sizeof g_last_hits.at);
+  g_last_sites = stats.sites;
   return 0;
 }
 
-const SiteHitCounts* fuzz_site_hits(const TargetSpec& target, const std::uint8_t* data, std::size_t size) {
+const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size) {
   std::uint64_t key = input_hash(data, size);
-  if (key == g_last_input) return &g_last_hits.at;
-  if (auto it = g_observed.find(key); it != g_observed.end()) return &it->second.at;
+  if (key == g_last_input) return &g_last_sites;
+  if (auto it = g_observed.find(key); it != g_observed.end()) return &it->second;
   if (g_observed.size() >= kObservedInputs) g_observed.clear();
   thread_local Program program;
   read_fuzz_input(target, data, size, program);
   RunStats stats = run_program(target, program);
-  ObservedHits& slot = g_observed[key];
-  std::memcpy(slot.at, stats.site_hits, sizeof slot.at);
-  return &slot.at;
+  return &(g_observed[key] = stats.sites);
 }
 
 }  // namespace anyctx::harness

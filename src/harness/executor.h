@@ -79,8 +79,7 @@ struct RunStats {
   int ops_skipped = 0;  // slot in the wrong state, lock legalised away, ...
   int injections_fired = 0;
   int switches = 0;
-  // Where the program went: the sweep's map, and the mutator's (SiteObserver).
-  SiteHitCounts site_hits = {};
+  SiteMap sites;  // where the program went
 };
 
 // Runs `program` (valid for `target`); aborts with a report on any oracle.
@@ -100,9 +99,9 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
 // The fuzz targets' SiteObserver (mutator.h): where the input data[0, size)
 // goes. The input fuzz_one ran last is answered from that run; another is
 // run now (it must be one that ran clean: a corpus input) and remembered.
-// Return: its site hits, valid until the next call of either function.
+// Return: its site map, valid until the next call of either function.
 // Context: task, between fuzz runs (libFuzzer resets its counters before
 // each input, so this run adds no coverage of its own).
-const SiteHitCounts* fuzz_site_hits(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
+const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
 
 }  // namespace anyctx::harness

@@ -110,8 +110,14 @@ switch on=0 site=ZoneLocked level=task nth=1 cpu=1
 )";
   Program p = parse_or_fail(anchored);
   feedback::reset();
-  run_program(*target_spec("page_smp"), p);
+  RunStats stats = run_program(*target_spec("page_smp"), p);
   ASSERT_EQ(switch_sites(), std::vector<int>{zone_locked});
+  // The site map marks that hit as one made while another CPU held a lock,
+  // and cpu 0's, made before cpu 1 ran, as not.
+  const int spin = static_cast<int>(Site::kSpinWait);
+  EXPECT_GE(stats.sites.hits[1][spin][0], 1);
+  EXPECT_EQ(stats.sites.held_elsewhere[1][spin][0] & 1u, 1u) << "cpu 1's first spin, zone.lock held by cpu 0";
+  EXPECT_EQ(stats.sites.held_elsewhere[0][zone_locked][0] & 1u, 0u) << "cpu 0 took zone.lock before cpu 1 ran";
   // drain_all on cpu 1 found zone.lock held by switched-out cpu 0: the
   // interleaving feedback saw it.
   bool seen = false;

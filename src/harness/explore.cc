@@ -18,7 +18,7 @@ std::vector<SweepPoint> sweep_points(const TargetSpec& target, const Program& pr
   for (int cpu = 0; cpu < static_cast<int>(program.cpus.size()); ++cpu) {
     for (int site = 0; site < kInjectionSites; ++site) {
       for (Ctx level : {Ctx::kTask, Ctx::kIrq}) {
-        int hits = std::min<int>(stats.site_hits[cpu][site][static_cast<int>(level)], max_nth);
+        int hits = std::min<int>(stats.sites.hits[cpu][site][static_cast<int>(level)], max_nth);
         for (int nth = 1; nth <= hits; ++nth) {
           if (irq && level == Ctx::kTask) out.push_back(SweepPoint{cpu, site, level, nth, Ctx::kIrq});
           if (nmi) out.push_back(SweepPoint{cpu, site, level, nth, Ctx::kNmi});

@@ -3,7 +3,7 @@
 // PCT schedules (one program under many seeded schedules).
 //
 // Contract:
-//  - sweep(): a first run (no injection added) gives RunStats::site_hits;
+//  - sweep(): a first run (no injection added) gives RunStats::sites;
 //    then, for every program CPU, site, level (task, irq), nth 1..min(hits, 8)
 //    and interrupt kind that may land there (an IRQ at level task, an NMI at
 //    task or irq), the program runs once with one more injection: the

@@ -6,7 +6,7 @@
 // It also defines libFuzzer's LLVMFuzzerCustomMutator and
 // LLVMFuzzerCustomCrossOver: the structure-aware mutator (mutator.h), with
 // LLVMFuzzerMutate as its byte mutator, so the dictionary and libFuzzer's
-// comparison tracing still reach the bytes, and fuzz_site_hits as its
+// comparison tracing still reach the bytes, and fuzz_site_map as its
 // SiteObserver, so injections and anchored switches land where the input
 // goes (the input just run, or a corpus input run once more when it is
 // first picked). LLVMFuzzerMutate is declared
@@ -46,7 +46,7 @@ extern "C" __attribute__((weak)) std::size_t LLVMFuzzerMutate(std::uint8_t* data
     if (bytes_only && LLVMFuzzerMutate != nullptr) return LLVMFuzzerMutate(data, size, max_size); \
     return ::anyctx::harness::mutate_input(anyctx_fuzz_target(), data, size, max_size, seed,  \
                                            LLVMFuzzerMutate, nullptr,                         \
-                                           ::anyctx::harness::fuzz_site_hits);                \
+                                           ::anyctx::harness::fuzz_site_map);                 \
   }                                                                                           \
   extern "C" std::size_t LLVMFuzzerCustomCrossOver(const std::uint8_t* data1, std::size_t size1, \
                                                    const std::uint8_t* data2, std::size_t size2, \

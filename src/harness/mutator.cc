@@ -308,50 +308,72 @@ struct Mutator {
   Program& p;
   Rng& rng;
   ByteMutator bytes;
-  const SiteHitCounts* hits;  // where the input went, or nullptr
+  const SiteMap* sites;  // where the input went, or nullptr
 
   int ncpus() const { return static_cast<int>(p.cpus.size()); }
 
-  // A moment the input reached: CPU, site, level and how often.
+  // A moment the input reached: a CPU, site and level, and the nth hit there.
   struct Spot {
     int cpu = 0;
     std::uint16_t site = kOpBoundary;
     Ctx level = Ctx::kTask;
-    int hits = 0;
+    std::uint8_t nth = 1;
   };
 
-  // Draws a spot from the observed hits at levels up to `top`, inside an
-  // update kInsideUpdatePercent of the time (when the input reached one).
-  // Return: false (the caller draws from the site tables) when the hits are
-  // unknown, kObservedSitePercent was not drawn, or nothing qualifies.
-  bool observed_spot(Ctx top, Spot& out) {
-    if (hits == nullptr || !rng.chance(kObservedSitePercent)) return false;
-    const bool inside_only = rng.chance(kInsideUpdatePercent);
+  // Draws a moment of the input at levels up to `top` (nth at most
+  // `max_nth`): kHeldElsewherePercent of the time one where another CPU,
+  // switched out, held a lock or was inside an update (the last step of a
+  // depth-3 bug), else any hit; inside an update kInsideUpdatePercent of the
+  // time, when the input reached one. Return: false (the caller draws from
+  // the site tables) when the map is unknown, kObservedSitePercent was not
+  // drawn, or nothing qualifies.
+  bool observed_spot(Ctx top, int max_nth, Spot& out) {
+    if (sites == nullptr || !rng.chance(kObservedSitePercent)) return false;
+    const bool want_inside = rng.chance(kInsideUpdatePercent);
+    const bool want_elsewhere = rng.chance(kHeldElsewherePercent);
     const int levels = static_cast<int>(top) + 1;
-    for (int pass = inside_only ? 0 : 1; pass < 2; ++pass) {
-      auto eligible = [&](int c, int site, int l) {
-        return (*hits)[c][site][l] != 0 && (pass == 1 || site_inside_update(site));
-      };
-      std::uint32_t n = 0;
-      for (int c = 0; c < ncpus(); ++c)
-        for (int site = 0; site < kInjectionSites; ++site)
-          for (int l = 0; l < levels; ++l) n += eligible(c, site, l) ? 1 : 0;
-      if (n == 0) continue;
-      std::uint32_t k = rng.below(n);
-      for (int c = 0; c < ncpus(); ++c)
-        for (int site = 0; site < kInjectionSites; ++site)
-          for (int l = 0; l < levels; ++l) {
-            if (!eligible(c, site, l) || k-- != 0) continue;
-            out = Spot{c, static_cast<std::uint16_t>(site), static_cast<Ctx>(l), (*hits)[c][site][l]};
-            return true;
+    // In order: held elsewhere and inside an update; held elsewhere; inside
+    // an update; any hit. What was not drawn is skipped.
+    for (int pass = 0; pass < 4; ++pass) {
+      const bool elsewhere = pass < 2, inside = pass % 2 == 0;
+      if ((elsewhere && !want_elsewhere) || (inside && !want_inside)) continue;
+      // A candidate: one set bit of held_elsewhere (that hit), or one
+      // (CPU, site, level) with hits (an nth among them).
+      auto each = [&](auto&& visit) {
+        for (int c = 0; c < ncpus(); ++c)
+          for (int site = 0; site < kInjectionSites; ++site) {
+            if (inside && !site_inside_update(site)) continue;
+            for (int l = 0; l < levels; ++l) {
+              int n = std::min<int>(sites->hits[c][site][l], max_nth);
+              if (n == 0) continue;
+              if (!elsewhere) {
+                if (visit(c, site, l, 0, n)) return;
+                continue;
+              }
+              std::uint32_t bits = sites->held_elsewhere[c][site][l] & (n >= 32 ? ~0u : (1u << n) - 1);
+              for (; bits != 0; bits &= bits - 1)
+                if (visit(c, site, l, std::countr_zero(bits) + 1, n)) return;
+            }
           }
+      };
+      std::uint32_t count = 0;
+      each([&](int, int, int, int, int) { ++count; return false; });
+      if (count == 0) continue;
+      std::uint32_t k = rng.below(count);
+      each([&](int c, int site, int l, int nth, int n) {
+        if (k-- != 0) return false;
+        out = Spot{c, static_cast<std::uint16_t>(site), static_cast<Ctx>(l),
+                   static_cast<std::uint8_t>(nth != 0 ? nth : 1 + static_cast<int>(rng.below(static_cast<std::uint32_t>(n))))};
+        return true;
+      });
+      return true;
     }
     return false;
   }
 
   // Return: the input's hits of `site` on `cpu` at `level` (0 when unknown).
   int observed_hits(int cpu, int site, Ctx level) const {
-    return hits == nullptr || cpu >= ncpus() ? 0 : (*hits)[cpu][site][static_cast<int>(level)];
+    return sites == nullptr || cpu >= ncpus() ? 0 : sites->hits[cpu][site][static_cast<int>(level)];
   }
 
   // Return: an nth among `n` observed hits (uniform), at most `max`.
@@ -488,11 +510,11 @@ struct Mutator {
     Injection inj;
     inj.kind = kind;
     // An IRQ lands in task context only: IRQs are masked in an IRQ.
-    if (Spot at; observed_spot(kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, at)) {
+    if (Spot at; observed_spot(kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, 8, at)) {
       inj.cpu = static_cast<std::uint8_t>(at.cpu);
       inj.site = at.site;
       inj.level = at.level;
-      inj.nth = observed_nth(at.hits, 8);
+      inj.nth = at.nth;
       return inj;
     }
     inj.cpu = static_cast<std::uint8_t>(cpu);
@@ -578,11 +600,11 @@ struct Mutator {
     std::uint32_t r = rng.below(100);
     if (r >= 90 && ncpus() < 2) r = 0;
     if (r < 40) {
-      if (Spot at; observed_spot(inj.kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, at)) {
+      if (Spot at; observed_spot(inj.kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, 8, at)) {
         inj.cpu = static_cast<std::uint8_t>(at.cpu);
         inj.site = at.site;
         inj.level = at.level;
-        inj.nth = observed_nth(at.hits, 8);
+        inj.nth = at.nth;
       } else {
         inj.site = pick_site(t, rng);
       }
@@ -606,12 +628,12 @@ struct Mutator {
 
   AnchoredSwitch new_anchored() {
     AnchoredSwitch a;
-    if (Spot at; observed_spot(Ctx::kNmi, at)) {
+    if (Spot at; observed_spot(Ctx::kNmi, kMaxAnchorNth, at)) {
       a.on = static_cast<std::uint8_t>(at.cpu);
       a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, at.cpu));
       a.site = at.site;
       a.level = at.level;
-      a.nth = observed_nth(at.hits, kMaxAnchorNth);
+      a.nth = at.nth;
       return a;
     }
     int on = pick_busy_cpu(p, rng, -1);
@@ -641,12 +663,12 @@ struct Mutator {
     AnchoredSwitch before = a;
     std::uint32_t r = rng.below(100);
     if (r < 35) {
-      if (Spot at; observed_spot(Ctx::kNmi, at)) {
+      if (Spot at; observed_spot(Ctx::kNmi, kMaxAnchorNth, at)) {
         a.on = static_cast<std::uint8_t>(at.cpu);
         if (a.cpu == a.on) a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, a.on));
         a.site = at.site;
         a.level = at.level;
-        a.nth = observed_nth(at.hits, kMaxAnchorNth);
+        a.nth = at.nth;
       } else {
         a.site = pick_site(t, rng);
       }
@@ -950,8 +972,8 @@ bool mutation_applies(const TargetSpec& t, Mutation m, bool have_byte_mutator) {
 }
 
 Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMutator bytes,
-                        const SiteHitCounts* hits) {
-  Mutator mut{target, p, rng, bytes, hits};
+                        const SiteMap* sites) {
+  Mutator mut{target, p, rng, bytes, sites};
   unsigned total = 0;
   unsigned weights[kMutationKinds];
   for (int i = 0; i < kMutationKinds; ++i) {
@@ -979,7 +1001,7 @@ std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size
   thread_local Program p;
   thread_local std::vector<std::uint8_t> out;
   read_fuzz_input(target, data, size, original);
-  const SiteHitCounts* hits =
+  const SiteMap* sites =
       observe != nullptr && (target.injections || target.max_cpus >= 2) ? observe(target, data, size) : nullptr;
   Rng rng(mix_seed(seed, 1));
   for (int attempt = 0; attempt < 4; ++attempt) {
@@ -987,7 +1009,7 @@ std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size
     std::uint32_t r = rng.below(100);
     int stacked = r < 50 ? 1 : r < 75 ? 2 : r < 90 ? 3 : 4;
     Mutation applied[4];
-    for (int i = 0; i < stacked; ++i) applied[i] = mutate_program(target, p, rng, bytes, hits);
+    for (int i = 0; i < stacked; ++i) applied[i] = mutate_program(target, p, rng, bytes, sites);
     out = encode(target, p);
     if (std::size_t n = put(out, data, max_size); n != 0) {
       if (counts != nullptr)

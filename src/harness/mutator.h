@@ -20,11 +20,13 @@
 //    holds: where an interrupt or a switch meets a lock held or an update
 //    half done. Anchored switches usually go on a CPU that has ops and switch
 //    to another CPU that has ops; they are preferred to event switches.
-//  - When the input's site hits are known (a SiteObserver, or the hits
+//  - When the input's site map is known (a SiteObserver, or the map
 //    passed to mutate_program), kObservedSitePercent of those placements
 //    are drawn from what the input reached instead: a (CPU, site, level)
 //    it hit, with an nth among its hits there, inside an update
-//    kInsideUpdatePercent of the time. A placement drawn from the site
+//    kInsideUpdatePercent of the time; kHeldElsewherePercent of them among
+//    the hits where another CPU was switched out holding a lock or inside
+//    an update (where a third event completes a depth-3 interleaving). A placement drawn from the site
 //    tables alone lands on a site the program never reaches (its ops, this
 //    schedule) most of the time, and then the run is the parent's again.
 //    The hits are those of the input as it came in: a stacked mutation
@@ -99,10 +101,15 @@ inline constexpr int kInsideUpdatePercent = 75;
 // drawn from the input's observed site hits, when they are known.
 inline constexpr int kObservedSitePercent = 85;
 
-// Return: the site hits of the program that data[0, size) reads as (as
+// Percent of observed placements drawn among the moments where another CPU,
+// switched out, held a lock or was inside an update (SiteMap::held_elsewhere),
+// when the input has such moments.
+inline constexpr int kHeldElsewherePercent = 50;
+
+// Return: the site map of the program that data[0, size) reads as (as
 // fuzz_one reads it), from a run of it (the fuzz target's last run, or one
 // now), or nullptr when not known. Context: task, between fuzz runs.
-using SiteObserver = const SiteHitCounts* (*)(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
+using SiteObserver = const SiteMap* (*)(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
 
 // Return: the kind's name ("insert_op"), or "?" out of range. Context: any.
 const char* mutation_name(Mutation m);
@@ -134,10 +141,10 @@ class Rng {
 
 // Applies one structural mutation to `p` (valid for `target`; still valid
 // after). `bytes` may be nullptr: the byte-level kinds are then skipped.
-// `hits`, when given, are the site hits of `p` (or of the program it was
+// `sites`, when given, is the site map of `p` (or of the program it was
 // mutated from). Return: the kind applied.
 Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMutator bytes,
-                        const SiteHitCounts* hits = nullptr);
+                        const SiteMap* sites = nullptr);
 
 // Reads data[0, size) (text or bytes), applies one to four stacked
 // mutations and writes the canonical encoding into data (capacity

@@ -250,15 +250,15 @@ TEST(MutatorTest, PlacementsLandWhereTheInputWent) {
     for (Op& op : ops) op = normalize_op(op, Ctx::kTask);
   ASSERT_EQ(validate(t, base), "");
   RunStats stats = run_program(t, base);
-  auto landed_share = [&](const SiteHitCounts* hits) {
+  auto landed_share = [&](const SiteMap* sites) {
     Rng rng(18);
     int placed = 0, landed = 0;
     for (int i = 0; i < 4000; ++i) {
       Program p = base;
-      Mutation m = mutate_program(t, p, rng, nullptr, hits);
+      Mutation m = mutate_program(t, p, rng, nullptr, sites);
       auto lands = [&](int cpu, int site, Ctx level, int nth) {
         ++placed;
-        landed += stats.site_hits[cpu][site][static_cast<int>(level)] >= nth;
+        landed += stats.sites.hits[cpu][site][static_cast<int>(level)] >= nth;
       };
       if (m == Mutation::kAddInjection) {
         const Injection& inj = p.injections[0];
@@ -272,7 +272,7 @@ TEST(MutatorTest, PlacementsLandWhereTheInputWent) {
     EXPECT_GT(placed, 200);
     return landed * 100 / std::max(placed, 1);
   };
-  int observed = landed_share(&stats.site_hits);
+  int observed = landed_share(&stats.sites);
   int blind = landed_share(nullptr);
   EXPECT_GE(observed, kObservedSitePercent - 5) << "with the hits";
   EXPECT_LT(blind, 50) << "from the site tables alone";

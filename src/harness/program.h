@@ -40,10 +40,15 @@ inline constexpr int kLocks = 3;    // spinlock A, spinlock B, per-CPU local try
 inline constexpr int kOpBoundary = kSiteCount;
 inline constexpr int kInjectionSites = kSiteCount + 1;
 
-// Hits per program CPU, site (or kOpBoundary) and context level (task, irq,
-// nmi), saturating: where a run of a program went (RunStats::site_hits), and
-// so where an injection or an anchored switch can meet it.
-using SiteHitCounts = std::uint16_t[kMaxProgramCpus][kInjectionSites][3];
+// Where a run of a program went, per program CPU, site (or kOpBoundary) and
+// context level (task, irq, nmi): where an injection or an anchored switch
+// can meet it (the sweep's map, and the mutator's).
+struct SiteMap {
+  std::uint16_t hits[kMaxProgramCpus][kInjectionSites][3] = {};  // saturating
+  // Bit n-1 (n <= 32): the nth hit came while another CPU, switched out,
+  // held a lock class or was inside an update (harness/interleave.h).
+  std::uint32_t held_elsewhere[kMaxProgramCpus][kInjectionSites][3] = {};
+};
 
 // Return: the name of a site or of kOpBoundary ("OpBoundary"), as the text
 // form writes it. Context: any (a constant string).

@@ -169,7 +169,7 @@ TEST(Sweep, FindsABugVisibleAtOneSiteHitAndPrintsAReproducer) {
   std::vector<SweepPoint> points;
   ChildRun plain = run_in_child(t, p, o.run);
   ASSERT_TRUE(plain.have_stats) << plain.output;
-  ASSERT_GE(plain.stats.site_hits[0][edit][0], 3) << "the program must split or merge three times";
+  ASSERT_GE(plain.stats.sites.hits[0][edit][0], 3) << "the program must split or merge three times";
   int planted = 0;
   for (const SweepPoint& at : sweep_points(t, p, plain.stats)) planted += at.site == edit && at.nth == 3;
   EXPECT_EQ(planted, 2) << "an IRQ and an NMI at level task";
