@@ -185,12 +185,52 @@ Op random_op(const TargetSpec& t, Ctx ctx, const Program& p, Rng& rng) {
   return random_op_of(kinds[rng.below(static_cast<std::uint32_t>(kinds.size()))], ctx, p, rng);
 }
 
+// An op of the program again, made valid for `ctx`: the same kind and
+// arguments (size class, order, cgroup, lock), its own slot when it produces
+// one, the slot it names when it consumes one. An interrupt that touches what
+// the code it interrupts touches (the same cache, the same cgroup's stock,
+// the same free list) is where the races are; a random op rarely does.
+// Ops of `cpu` are preferred when it has any. Return: false when no op of
+// the program is allowed in `ctx`.
+bool echo_op(const TargetSpec& t, Ctx ctx, const Program& p, int cpu, Rng& rng, Op& out) {
+  const Op* all[kMaxProgramCpus * kMaxOps + kMaxInjections * kMaxInjectionOps];
+  int nall = 0, nmine = 0;
+  for (int pass = 0; pass < 2; ++pass) {  // the CPU's own ops first
+    for (int c = 0; c < static_cast<int>(p.cpus.size()); ++c) {
+      if ((c == cpu) != (pass == 0)) continue;
+      for (const Op& op : p.cpus[c])
+        if (op_allowed(t, ctx, op.kind)) all[nall++] = &op;
+    }
+    if (pass == 0) nmine = nall;
+  }
+  for (const Injection& inj : p.injections)
+    for (const Op& op : inj.ops)
+      if (op_allowed(t, ctx, op.kind)) all[nall++] = &op;
+  if (nall == 0) return false;
+  int i = nmine != 0 && rng.chance(60) ? static_cast<int>(rng.below(static_cast<std::uint32_t>(nmine)))
+                                       : static_cast<int>(rng.below(static_cast<std::uint32_t>(nall)));
+  out = *all[i];
+  if (produces_slot(out.kind)) out.slot = pick_slot(p, out.kind, rng);
+  if (op_has_path(out.kind) && ctx != Ctx::kTask && rng.chance(50)) out.path = Path::kNolock;
+  out = normalize_op(out, ctx);
+  return true;
+}
+
+// A new op for a list in `ctx`: an echo of the program's ops (echo_op,
+// `echo_percent` of the time), else a random one.
+Op new_op(const TargetSpec& t, Ctx ctx, const Program& p, int cpu, int echo_percent, Rng& rng) {
+  Op op;
+  if (rng.chance(static_cast<unsigned>(echo_percent)) && echo_op(t, ctx, p, cpu, rng, op)) return op;
+  return random_op(t, ctx, p, rng);
+}
+
 // An op list of the program: a CPU's (task context) or an injection's.
 struct OpList {
   std::vector<Op>* ops = nullptr;
   Ctx ctx = Ctx::kTask;
   int max = 0;
-  int cpu = -1;  // the CPU, or -1 for an injection
+  int cpu = -1;  // the CPU (its own, or the injection's)
+  bool injection = false;
 };
 
 enum class Need { kAny, kNonEmpty, kRoom };
@@ -207,7 +247,7 @@ bool pick_list(Program& p, Rng& rng, Need need, OpList& out) {
   for (int c = 0; c < static_cast<int>(p.cpus.size()); ++c)
     if (ok(p.cpus[c], kMaxOps)) cpus[ncpu++] = OpList{&p.cpus[c], Ctx::kTask, kMaxOps, c};
   for (Injection& inj : p.injections)
-    if (ok(inj.ops, kMaxInjectionOps)) injs[ninj++] = OpList{&inj.ops, inj.kind, kMaxInjectionOps, -1};
+    if (ok(inj.ops, kMaxInjectionOps)) injs[ninj++] = OpList{&inj.ops, inj.kind, kMaxInjectionOps, inj.cpu, true};
   if (ncpu == 0 && ninj == 0) return false;
   bool use_cpu = ninj == 0 || (ncpu != 0 && rng.chance(75));
   out = use_cpu ? cpus[rng.below(static_cast<std::uint32_t>(ncpu))] : injs[rng.below(static_cast<std::uint32_t>(ninj))];
@@ -384,7 +424,8 @@ struct Mutator {
   bool insert_op() {
     OpList l;
     if (!pick_list(p, rng, Need::kRoom, l)) return false;
-    insert_at(*l.ops, rng.below(static_cast<std::uint32_t>(l.ops->size() + 1)), random_op(t, l.ctx, p, rng));
+    Op op = new_op(t, l.ctx, p, l.cpu, l.injection ? kEchoOpPercent : kEchoOpPercent / 2, rng);
+    insert_at(*l.ops, rng.below(static_cast<std::uint32_t>(l.ops->size() + 1)), op);
     return true;
   }
 
@@ -582,7 +623,7 @@ struct Mutator {
     if (!t.injections || static_cast<int>(p.injections.size()) >= kMaxInjections) return false;
     Injection inj = new_injection(rng.chance(55) ? Ctx::kNmi : Ctx::kIrq, interrupt_cpu());
     int nops = 1 + static_cast<int>(rng.below(3));
-    for (int i = 0; i < nops; ++i) inj.ops.push_back(random_op(t, inj.kind, p, rng));
+    for (int i = 0; i < nops; ++i) inj.ops.push_back(new_op(t, inj.kind, p, inj.cpu, kEchoOpPercent, rng));
     insert_at(p.injections, rng.below(static_cast<std::uint32_t>(p.injections.size() + 1)), std::move(inj));
     return true;
   }

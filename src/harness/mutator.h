@@ -38,6 +38,10 @@
 //    program that does not fit is mutated again, then shrunk. They return 0
 //    only when the limit is 0, or when no non-empty canonical encoding fits
 //    (a limit of 1 or 2 bytes).
+//  - Ops added to an injection repeat an op of the program kEchoOpPercent of
+//    the time (the same kind, size class, order, cgroup or lock, adapted to
+//    the context; the interrupted CPU's ops first): an interrupt races with
+//    the code it interrupts only when both touch the same structure.
 //  - Same arguments, same output: the seed decides every choice (a
 //    ByteMutator's own choices aside).
 // Context: task; allocates (programs are vectors). Not async-signal-safe.
@@ -96,6 +100,10 @@ using MutationCounts = std::array<std::uint64_t, kMutationKinds>;
 // Percent of site choices (injections, anchored switches) made among the
 // sites inside a lock or a half-done update (site_inside_update()).
 inline constexpr int kInsideUpdatePercent = 75;
+
+// Percent of the ops added to an injection that repeat an op of the program
+// (its kind and arguments; half as often for ops added to a CPU's list).
+inline constexpr int kEchoOpPercent = 50;
 
 // Percent of placements (injections, anchored switches, their retargets)
 // drawn from the input's observed site hits, when they are known.

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
@@ -276,6 +277,32 @@ TEST(MutatorTest, PlacementsLandWhereTheInputWent) {
   int blind = landed_share(nullptr);
   EXPECT_GE(observed, kObservedSitePercent - 5) << "with the hits";
   EXPECT_LT(blind, 50) << "from the site tables alone";
+}
+
+// Ops added to an interrupt repeat the program's ops (kind and arguments)
+// often: the IRQ that races with a kmalloc of 96 bytes is one that
+// allocates 96 bytes too.
+TEST(MutatorTest, InterruptOpsEchoTheProgram) {
+  const TargetSpec& t = *target_spec("slab_ops");
+  const std::uint8_t size96 = static_cast<std::uint8_t>(
+      std::find(std::begin(kKmallocSizes), std::end(kKmallocSizes), 96u) - std::begin(kKmallocSizes));
+  Program base;
+  base.cpus[0] = {normalize_op(Op{OpKind::kKmalloc, Path::kSpinning, size96, 0, 0}, Ctx::kTask),
+                  normalize_op(Op{OpKind::kKfree, Path::kSpinning, 0, 0, 0}, Ctx::kTask)};
+  Rng rng(19);
+  int ops = 0, echoes = 0;
+  for (int i = 0; i < 4000; ++i) {
+    Program p = base;
+    if (mutate_program(t, p, rng, nullptr) != Mutation::kAddInjection) continue;
+    for (const Op& op : p.injections[0].ops) {
+      ++ops;
+      echoes += op.kind == OpKind::kKmalloc && op.order == size96;
+    }
+  }
+  ASSERT_GT(ops, 200);
+  // Half the ops echo one of two ops, one of them this kmalloc; a random op
+  // is a kmalloc of this size about 1 time in 100.
+  EXPECT_GT(echoes * 100, ops * 15) << echoes << " of " << ops;
 }
 
 }  // namespace
