@@ -159,16 +159,23 @@ TEST_F(ValidatorTest, IrqSafetyInversionHeldWithIrqsOnFirst) {
       "irq-safety inversion: spinlock 'test.irqs_on_first' .*; now cpu 0 \\(irq\\) at .*validator_test.cc");
 }
 
+// Takes `l` with IRQs masked in task context, then with lock() in an IRQ:
+// the irq-safe pattern.
+template <typename Lock>
+void lock_irqsave_then_in_irq(Lock& l) {
+  IrqFlags f = l.lock_irqsave();
+  l.unlock_irqrestore(f);
+  run_in_irq([&] {
+    l.lock();
+    l.unlock();
+  });
+}
+
 TEST_F(ValidatorTest, IrqsaveEverywhereIsIrqSafe) {
   CpuScope cpu;
   Spinlock l("test.irqsave");
   for (int i = 0; i < 3; ++i) {
-    IrqFlags f = l.lock_irqsave();
-    l.unlock_irqrestore(f);
-    run_in_irq([&] {
-      l.lock();
-      l.unlock();
-    });
+    lock_irqsave_then_in_irq(l);
   }
   // Only try_lock in IRQ context: it never waits, so IRQs may stay on.
   Spinlock t("test.irq_trylock_only");
@@ -279,12 +286,7 @@ TEST_F(ValidatorTest, LocalLockWithIrqsMaskedIsQuiet) {
   CpuScope cpu;
   LocalTryLock l("test.local_masked");
   for (int i = 0; i < 3; ++i) {
-    IrqFlags f = l.lock_irqsave();
-    l.unlock_irqrestore(f);
-    run_in_irq([&] {
-      l.lock();
-      l.unlock();
-    });
+    lock_irqsave_then_in_irq(l);
     run_in_nmi([&] {
       if (l.try_lock()) l.unlock();
     });
