@@ -1,9 +1,10 @@
 // A fuzz target written outside anyctx, on the installed harness: page_ops
 // programs under the deterministic executor (every oracle on). Under
-// libFuzzer (-fsanitize=fuzzer) LLVMFuzzerTestOneInput is the entry;
-// built without it, main() below runs it on a text program, on a fixed
-// sequence of pseudo-random inputs and on each file named on the command
-// line. Exit 0 when every run was clean (an oracle aborts the process).
+// libFuzzer (-fsanitize=fuzzer -DANYCTX_CONSUMER_LIBFUZZER)
+// LLVMFuzzerTestOneInput is the entry; built without it, main() below runs
+// it on a text program, on a fixed sequence of pseudo-random inputs and on
+// each file named on the command line. Exit 0 when every run was clean (an
+// oracle aborts the process).
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
