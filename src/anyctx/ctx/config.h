@@ -8,9 +8,11 @@
 //    when 0.
 //  - kMaxCpus bounds the logical CPUs online at once (ANYCTX_MAX_CPUS, a
 //    decimal literal).
-//  - The three switches change the layout of library types (LocalLock,
-//    Spinlock, per-CPU arrays), so every file that includes an anyctx header
-//    must see the values libanyctx was built with. The CMake target
+//  - The three switches are part of the ABI: ANYCTX_DEBUG changes the
+//    layout of LocalLock and Spinlock, ANYCTX_MAX_CPUS that of the per-CPU
+//    arrays (PerCpu<T>, MemCgroup), ANYCTX_SITES the inline code
+//    (site hits). Every file that includes an anyctx header must see the
+//    values libanyctx was built with. The CMake target
 //    anyctx::anyctx and anyctx.pc carry ANYCTX_DEBUG and ANYCTX_SITES; a
 //    file compiled with other values fails to link, the undefined symbol
 //    naming the switch:
