@@ -6,7 +6,25 @@
 //    On in every preset except `release`.
 //  - ANYCTX_SITES (0/1): harness interrupt points (see site.h). Zero cost
 //    when 0.
-//  - kMaxCpus bounds the logical CPUs online at once (ANYCTX_MAX_CPUS).
+//  - kMaxCpus bounds the logical CPUs online at once (ANYCTX_MAX_CPUS, a
+//    decimal literal).
+//  - The three switches are part of the ABI: ANYCTX_DEBUG changes the
+//    layout of LocalLock and Spinlock, ANYCTX_MAX_CPUS that of the per-CPU
+//    arrays (PerCpu<T>, MemCgroup), ANYCTX_SITES the inline code
+//    (site hits). Every file that includes an anyctx header must see the
+//    values libanyctx was built with. The CMake target
+//    anyctx::anyctx and anyctx.pc carry ANYCTX_DEBUG and ANYCTX_SITES; a
+//    file compiled with other values fails to link, the undefined symbol
+//    naming the switch:
+//      undefined reference to
+//        `anyctx_built_with_ANYCTX_DEBUG_0_but_this_file_has_ANYCTX_DEBUG_1'
+//      (ANYCTX_SITES likewise; ANYCTX_MAX_CPUS:
+//        `anyctx_built_with_other_ANYCTX_MAX_CPUS_than_this_file_has_128')
+//    Every public anyctx header includes this one, and each file that does
+//    keeps a reference to the symbols named for its own values
+//    (kConfigCheck below, 24 bytes per file, nothing at run time);
+//    ctx/config.cc defines the ones of the build. Each name is written for
+//    the only reader who sees it: the linker error of a mismatched file.
 #pragma once
 
 #include <cstddef>
@@ -65,3 +83,41 @@ inline constexpr bool kDebug = ANYCTX_DEBUG != 0;
 static_assert(kMaxCpus > 0 && kMaxCpus < 0xffff, "CPU ids must fit 16 bits");
 
 }  // namespace anyctx
+
+// --- the link-time configuration check (see the contract) -------------------
+#if ANYCTX_DEBUG
+#define ANYCTX_CONFIG_DEBUG_SYMBOL anyctx_built_with_ANYCTX_DEBUG_0_but_this_file_has_ANYCTX_DEBUG_1
+#else
+#define ANYCTX_CONFIG_DEBUG_SYMBOL anyctx_built_with_ANYCTX_DEBUG_1_but_this_file_has_ANYCTX_DEBUG_0
+#endif
+#if ANYCTX_SITES
+#define ANYCTX_CONFIG_SITES_SYMBOL anyctx_built_with_ANYCTX_SITES_0_but_this_file_has_ANYCTX_SITES_1
+#else
+#define ANYCTX_CONFIG_SITES_SYMBOL anyctx_built_with_ANYCTX_SITES_1_but_this_file_has_ANYCTX_SITES_0
+#endif
+#define ANYCTX_CONFIG_CAT_(a, b) a##b
+#define ANYCTX_CONFIG_CAT(a, b) ANYCTX_CONFIG_CAT_(a, b)
+#define ANYCTX_CONFIG_MAX_CPUS_SYMBOL \
+  ANYCTX_CONFIG_CAT(anyctx_built_with_other_ANYCTX_MAX_CPUS_than_this_file_has_, ANYCTX_MAX_CPUS)
+
+extern "C" {
+extern const char ANYCTX_CONFIG_DEBUG_SYMBOL;
+extern const char ANYCTX_CONFIG_SITES_SYMBOL;
+extern const char ANYCTX_CONFIG_MAX_CPUS_SYMBOL;
+}
+
+#if defined(__has_attribute)
+#if __has_attribute(retain)
+#define ANYCTX_CONFIG_RETAIN __attribute__((retain))
+#endif
+#endif
+#ifndef ANYCTX_CONFIG_RETAIN
+#define ANYCTX_CONFIG_RETAIN
+#endif
+
+namespace anyctx::detail {
+// One copy per file (static), kept by the compiler (used) and by
+// --gc-sections (retain): its relocations are what the linker checks.
+__attribute__((used)) ANYCTX_CONFIG_RETAIN static const char* const kConfigCheck[] = {
+    &ANYCTX_CONFIG_DEBUG_SYMBOL, &ANYCTX_CONFIG_SITES_SYMBOL, &ANYCTX_CONFIG_MAX_CPUS_SYMBOL};
+}  // namespace anyctx::detail

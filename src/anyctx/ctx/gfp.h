@@ -23,6 +23,8 @@
 
 #include <cstdint>
 
+#include "anyctx/ctx/config.h"  // the link-time configuration check
+
 namespace anyctx {
 
 class Gfp {

@@ -12,6 +12,8 @@
 
 #include <cstddef>
 
+#include "anyctx/ctx/config.h"  // the link-time configuration check
+
 namespace anyctx {
 
 using Shrinker = std::size_t (*)();

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "anyctx/ctx/config.h"  // the link-time configuration check
+
 #ifndef ANYCTX_LOCK_STATS
 #define ANYCTX_LOCK_STATS 0
 #endif

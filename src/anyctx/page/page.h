@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "anyctx/ctx/config.h"  // the link-time configuration check
+
 namespace anyctx {
 
 inline constexpr unsigned kPageShift = 12;
