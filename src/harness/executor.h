@@ -93,7 +93,11 @@ RunStats run_text_or_die(std::string_view text);
 
 // The fuzz entry: a text program (kTextMagic) is parsed — an input that does
 // not parse is decoded as bytes instead — anything else is decoded for
-// `target`; then it runs. Return: 0.
+// `target`; then it runs. With ANYCTX_FEEDBACK=edges in the environment
+// the executor's feedback counters (feedback.h) are cleared after the run,
+// so libFuzzer judges an input by the library's edges alone (for merging a
+// corpus that a reader can review: the interleaving states multiply it).
+// Return: 0.
 int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
 
 // The fuzz targets' SiteObserver (mutator.h): where the input data[0, size)
