@@ -421,6 +421,31 @@ struct Mutator {
     return static_cast<std::uint8_t>(1 + rng.below(static_cast<std::uint32_t>(std::min(n, max))));
   }
 
+  // Moves `inj` to an observed moment (an IRQ lands in task context only:
+  // IRQs are masked in an IRQ). Return: false when observed_spot() drew none.
+  bool place_observed(Injection& inj) {
+    Spot at;
+    if (!observed_spot(inj.kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, 8, at)) return false;
+    inj.cpu = static_cast<std::uint8_t>(at.cpu);
+    inj.site = at.site;
+    inj.level = at.level;
+    inj.nth = at.nth;
+    return true;
+  }
+
+  // Anchors `a` at an observed moment (on, site, level, nth; the caller
+  // chooses the CPU it switches to). Return: false when observed_spot() drew
+  // none.
+  bool place_observed(AnchoredSwitch& a) {
+    Spot at;
+    if (!observed_spot(Ctx::kNmi, kMaxAnchorNth, at)) return false;
+    a.on = static_cast<std::uint8_t>(at.cpu);
+    a.site = at.site;
+    a.level = at.level;
+    a.nth = at.nth;
+    return true;
+  }
+
   bool insert_op() {
     OpList l;
     if (!pick_list(p, rng, Need::kRoom, l)) return false;
@@ -550,14 +575,7 @@ struct Mutator {
   Injection new_injection(Ctx kind, int cpu) {
     Injection inj;
     inj.kind = kind;
-    // An IRQ lands in task context only: IRQs are masked in an IRQ.
-    if (Spot at; observed_spot(kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, 8, at)) {
-      inj.cpu = static_cast<std::uint8_t>(at.cpu);
-      inj.site = at.site;
-      inj.level = at.level;
-      inj.nth = at.nth;
-      return inj;
-    }
+    if (place_observed(inj)) return inj;
     inj.cpu = static_cast<std::uint8_t>(cpu);
     inj.site = pick_site(t, rng);
     inj.level = rng.chance(80) ? Ctx::kTask : Ctx::kIrq;
@@ -641,14 +659,7 @@ struct Mutator {
     std::uint32_t r = rng.below(100);
     if (r >= 90 && ncpus() < 2) r = 0;
     if (r < 40) {
-      if (Spot at; observed_spot(inj.kind == Ctx::kIrq ? Ctx::kTask : Ctx::kIrq, 8, at)) {
-        inj.cpu = static_cast<std::uint8_t>(at.cpu);
-        inj.site = at.site;
-        inj.level = at.level;
-        inj.nth = at.nth;
-      } else {
-        inj.site = pick_site(t, rng);
-      }
+      if (!place_observed(inj)) inj.site = pick_site(t, rng);
     } else if (r < 60) {
       int n = observed_hits(inj.cpu, inj.site, inj.level);
       inj.nth = n > 0 && rng.chance(kObservedSitePercent) ? observed_nth(n, 8) : pick_nth(rng, 8);
@@ -669,12 +680,8 @@ struct Mutator {
 
   AnchoredSwitch new_anchored() {
     AnchoredSwitch a;
-    if (Spot at; observed_spot(Ctx::kNmi, kMaxAnchorNth, at)) {
-      a.on = static_cast<std::uint8_t>(at.cpu);
-      a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, at.cpu));
-      a.site = at.site;
-      a.level = at.level;
-      a.nth = at.nth;
+    if (place_observed(a)) {
+      a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, a.on));
       return a;
     }
     int on = pick_busy_cpu(p, rng, -1);
@@ -704,15 +711,10 @@ struct Mutator {
     AnchoredSwitch before = a;
     std::uint32_t r = rng.below(100);
     if (r < 35) {
-      if (Spot at; observed_spot(Ctx::kNmi, kMaxAnchorNth, at)) {
-        a.on = static_cast<std::uint8_t>(at.cpu);
-        if (a.cpu == a.on) a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, a.on));
-        a.site = at.site;
-        a.level = at.level;
-        a.nth = at.nth;
-      } else {
+      if (!place_observed(a))
         a.site = pick_site(t, rng);
-      }
+      else if (a.cpu == a.on)
+        a.cpu = static_cast<std::uint8_t>(pick_busy_cpu(p, rng, a.on));
     } else if (r < 60) {
       int n = observed_hits(a.on, a.site, a.level);
       if (rng.chance(50))
