@@ -27,6 +27,7 @@ CpuSlot g_slots[kMaxCpus];              // guarded by g_registry_mu
 std::atomic<bool> g_online[kMaxCpus]{};  // written under g_registry_mu
 std::atomic<CpuOfflineFn> g_offline_fns[kMaxOfflineCallbacks]{};  // written under g_registry_mu
 std::atomic<int> g_ids_used{0};  // written under g_registry_mu
+std::atomic<unsigned> g_generation[kMaxCpus]{};  // written under g_registry_mu
 
 std::size_t page_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
 
@@ -91,6 +92,7 @@ CpuScope::CpuScope() {
   slot.thread = pthread_self();
   t.cpu = id;
   if (id >= g_ids_used.load(std::memory_order_relaxed)) g_ids_used.store(id + 1, std::memory_order_release);
+  g_generation[id].store(g_generation[id].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   g_online[id].store(true, std::memory_order_release);
   id_ = id;
 }
@@ -137,6 +139,10 @@ int cpus_online() {
   int n = 0;
   for (const auto& online : g_online) n += online.load(std::memory_order_relaxed) ? 1 : 0;
   return n;
+}
+
+unsigned cpu_online_generation(int cpu) {
+  return cpu >= 0 && cpu < kMaxCpus ? g_generation[cpu].load(std::memory_order_acquire) : 0;
 }
 
 int cpu_ids_used() { return g_ids_used.load(std::memory_order_acquire); }

@@ -48,6 +48,11 @@ int cpus_online();
 // Return: whether `cpu` is online now. Context: any (a snapshot).
 bool cpu_is_online(int cpu);
 
+// Return: how many times a CPU with id `cpu` has come online: a waiter that
+// remembers it knows when the id it waits on went away and came back.
+// Context: any (a snapshot).
+unsigned cpu_online_generation(int cpu);
+
 // Return: 1 + the highest CPU id that has ever been online (0 when none):
 // per-CPU data above it has never been touched. (The kernel's nr_cpu_ids.)
 // Context: any (a snapshot; it only grows).
