@@ -122,8 +122,8 @@ CpuScope::~CpuScope() {
   pthread_sigmask(SIG_BLOCK, &both, &previous);
   {
     IrqSaveScope masked;
-    for (CpuOfflineFn fn : fns)
-      if (fn != nullptr) fn(id_);
+    for (int i = kMaxOfflineCallbacks - 1; i >= 0; --i)  // the last registered first
+      if (fns[i] != nullptr) fns[i](id_);
   }
   {
     std::lock_guard<std::mutex> guard(g_registry_mu);
@@ -164,13 +164,16 @@ bool cpu_offline_callback_add(CpuOfflineFn fn) {
   return false;
 }
 
+// The registry stays in registration order with no holes: a removal moves
+// the later callbacks down one slot.
 bool cpu_offline_callback_remove(CpuOfflineFn fn) {
   std::lock_guard<std::mutex> guard(g_registry_mu);
-  for (auto& slot : g_offline_fns) {
-    if (slot.load(std::memory_order_relaxed) == fn) {
-      slot.store(nullptr, std::memory_order_relaxed);
-      return true;
-    }
+  for (int i = 0; i < kMaxOfflineCallbacks; ++i) {
+    if (g_offline_fns[i].load(std::memory_order_relaxed) != fn) continue;
+    for (; i + 1 < kMaxOfflineCallbacks; ++i)
+      g_offline_fns[i].store(g_offline_fns[i + 1].load(std::memory_order_relaxed), std::memory_order_relaxed);
+    g_offline_fns[kMaxOfflineCallbacks - 1].store(nullptr, std::memory_order_relaxed);
+    return true;
   }
   return false;
 }

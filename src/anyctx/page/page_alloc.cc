@@ -413,17 +413,36 @@ bool pcp_trylock(Pcp& pcp) ANYCTX_NO_TSA {
   return true;
 }
 
-// Releases the pcp, serving first a drain request that arrived while it was
-// held. A nolock frame that cannot serve it (zone.lock busy) raises an IRQ
-// on this CPU: it runs once this frame and those it interrupted allow, and
-// serves the request at its exit (pcp_irq_exit).
-void pcp_unlock(Pcp& pcp, Gfp gfp) ANYCTX_NO_TSA {
+ANYCTX_COLD void pcp_serve_request(Pcp& pcp, Gfp gfp);
+
+void pcp_release(Pcp& pcp) ANYCTX_NO_TSA {
   ANYCTX_SITE(kPcpUnlock);
-  bool still_requested =
-      ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)) && !pcp_serve_request_locked(pcp, gfp);
   pcp.lock.unlock();
   ANYCTX_SITE(kPcpUnlocked);
-  if (ANYCTX_UNLIKELY(still_requested)) raise_irq();
+}
+
+// Releases the pcp, then serves a drain request that arrived meanwhile. The
+// check comes after the release: an IRQ carrying a request that lands before
+// it finds the pcp held and leaves the request to this check; one that lands
+// after it takes the pcp and serves the request itself.
+void pcp_unlock(Pcp& pcp, Gfp gfp) {
+  pcp_release(pcp);
+  if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed))) pcp_serve_request(pcp, gfp);
+}
+
+// Serves a drain request from a frame that does not hold the pcp (it just
+// released it, or it is the IRQ exit): the try_lock fails only when the
+// interrupted frame holds it, whose unlock then serves. A nolock frame that cannot serve the request (zone.lock
+// busy) raises an IRQ on this CPU: it runs once this frame and those it
+// interrupted allow, and serves the request at its exit (pcp_irq_exit).
+void pcp_serve_request(Pcp& pcp, Gfp gfp) {
+  if (!pcp_trylock(pcp)) return;
+  if (pcp_serve_request_locked(pcp, gfp)) {
+    pcp_unlock(pcp, gfp);  // a request that came during the drain is served too
+    return;
+  }
+  pcp_release(pcp);
+  raise_irq();
 }
 
 // Returns all of this CPU's pcp pages to the buddy lists and serves any
@@ -450,7 +469,7 @@ void pcp_irq_exit() {
   if (cpu == kNoCpu) return;
   Pcp& pcp = g_pcp.on(cpu);
   if (ANYCTX_LIKELY(!pcp.drain_requested.load(std::memory_order_relaxed))) return;
-  if (pcp_trylock(pcp)) pcp_unlock(pcp, kGfpAtomic);  // IRQ context may wait for zone.lock
+  pcp_serve_request(pcp, kGfpAtomic);  // IRQ context may wait for zone.lock
 }
 
 // A drain request to another CPU, as drain_all_pages() waits for it.
