@@ -259,11 +259,13 @@ int next_runnable(int me);
 
 // Finished CPU `me` has a lent turn: its interrupt signals, held since it
 // finished, run now (runnable meanwhile, so a switch inside a handler comes
-// back to it); then the turn goes on.
+// back to it; inside an op meanwhile, so no other CPU checks the allocator
+// under a handler); then the turn goes on.
 void serve_interrupts(int me) {
   g_turn.store(me, std::memory_order_relaxed);
   CpuState& cpu = g.cpus[me];
   cpu.done = false;
+  cpu.in_op = true;
   trace(0x5e7e, static_cast<std::uint64_t>(me));
   InterruptConfig config = interrupts_config();
   sigset_t both;
@@ -272,6 +274,7 @@ void serve_interrupts(int me) {
   sigaddset(&both, config.nmi_signal);
   pthread_sigmask(SIG_UNBLOCK, &both, nullptr);  // what is pending runs before this returns
   pthread_sigmask(SIG_BLOCK, &both, nullptr);
+  cpu.in_op = false;
   cpu.done = true;
   int to = next_runnable(me);
   give_turn(to >= 0 ? to : kMainTurn);
