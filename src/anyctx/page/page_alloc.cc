@@ -299,7 +299,7 @@ void zone_unlock(IrqFlags flags) ANYCTX_NO_TSA {
 // --- deferred ----------------------------------------------------------------
 
 // A free that found zone.lock busy in a context that may not wait.
-void deferred_push(Page* page, unsigned order) {
+void deferred_push(Page* page, unsigned order) ANYCTX_NO_TSA {
   set_head(page, PageState::kDeferred, order);
   Page* head = g_zone.deferred_free.load(std::memory_order_relaxed);
   do {
@@ -629,27 +629,41 @@ ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp, int cp
 
 // --- alloc cores and accounting --------------------------------------------------
 
-// alloc_pages() after its context checks.
-ANYCTX_ALWAYS_INLINE Page* alloc_pages_core(Gfp gfp, unsigned order, Caller at) {
+// The first attempt found nothing: with kGfpDirectReclaim, reclaim and
+// retry (down to the `min` watermark), up to kMaxReclaimRetries times.
+ANYCTX_COLD Page* alloc_pages_reclaim_slow(Gfp gfp, unsigned order, Caller at) {
   int path = path_index(gfp);
-  if (order > kMaxOrder || fault_should_fail(order, FaultPath::kSpinning)) {
-    stat_inc(at, kStatAllocFailed + path);
-    return nullptr;
-  }
-  std::size_t min = allows_reserves(gfp) ? g_zone.watermark_min / 2 : g_zone.watermark_min;
-  std::size_t mark = allows_direct_reclaim(gfp) ? g_zone.watermark_low : min;
-  for (int attempt = 0;; ++attempt) {
-    if (Page* page = rmqueue(gfp, order, at.cpu, mark)) {
-      stat_inc(at, kStatAllocOk + path);
-      return prep_new_page(page, order, gfp, at);
+  if (allows_direct_reclaim(gfp)) {
+    std::size_t min = allows_reserves(gfp) ? g_zone.watermark_min / 2 : g_zone.watermark_min;
+    for (int attempt = 1; attempt <= kMaxReclaimRetries; ++attempt) {
+      stat_inc(at, kStatReclaimRuns);
+      reclaim_run();
+      if (Page* page = rmqueue(gfp, order, at.cpu, min)) {
+        stat_inc(at, kStatAllocOk + path);
+        return prep_new_page(page, order, gfp, at);
+      }
     }
-    if (!allows_direct_reclaim(gfp) || attempt == kMaxReclaimRetries) break;
-    stat_inc(at, kStatReclaimRuns);
-    reclaim_run();
-    mark = min;
   }
   stat_inc(at, kStatAllocFailed + path);
   return nullptr;
+}
+
+// alloc_pages() after its context checks: one attempt here, the rest in
+// alloc_pages_reclaim_slow().
+ANYCTX_ALWAYS_INLINE Page* alloc_pages_core(Gfp gfp, unsigned order, Caller at) {
+  int path = path_index(gfp);
+  if (ANYCTX_UNLIKELY(order > kMaxOrder || fault_should_fail(order, FaultPath::kSpinning))) {
+    stat_inc(at, kStatAllocFailed + path);
+    return nullptr;
+  }
+  std::size_t mark = allows_direct_reclaim(gfp)  ? g_zone.watermark_low
+                     : allows_reserves(gfp)      ? g_zone.watermark_min / 2
+                                                 : g_zone.watermark_min;
+  if (Page* page = rmqueue(gfp, order, at.cpu, mark); ANYCTX_LIKELY(page != nullptr)) {
+    stat_inc(at, kStatAllocOk + path);
+    return prep_new_page(page, order, gfp, at);
+  }
+  return alloc_pages_reclaim_slow(gfp, order, at);
 }
 
 // alloc_pages_nolock() after its gfp check.
@@ -667,6 +681,41 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order, Caller at) {
   }
   stat_inc(at, kStatAllocOk + 1);
   return prep_new_page(page, order, nolock, at);
+}
+
+// The common alloc_pages(): a block from this CPU's list of `order`, which
+// has one and is not held. The caller serves a drain request that came
+// meanwhile (pcp_serve_request_then) once it has prepared the block, so the
+// fast path makes no call. Return: nullptr for anything else (an empty list
+// or a pcp held by an interrupted frame), which the slow path handles.
+ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order) {
+  if (ANYCTX_UNLIKELY(!pcp_trylock(pcp))) return nullptr;
+  PageList& list = pcp.lists[order];
+  Page* page = list.head;
+  if (ANYCTX_LIKELY(page != nullptr)) {
+    list.remove(page);
+    ANYCTX_SITE(kPcpListEdit);
+    pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
+  }
+  pcp_release(pcp);
+  return page;
+}
+
+// pcp_unlock()'s request check, for a fast path that released the pcp and
+// finished its work first. Return: `page`.
+ANYCTX_COLD Page* pcp_serve_request_then(Pcp& pcp, Gfp gfp, Page* page) {
+  pcp_serve_request(pcp, gfp);
+  return page;
+}
+
+Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, Caller at);
+
+// Everything alloc_pages() does but the pcp hit: accounting, zeroing, fault
+// plans, refills, the buddy lists, reclaim.
+ANYCTX_COLD Page* alloc_pages_slow(Gfp gfp, unsigned order, int cpu) {
+  Caller at{cpu, static_cast<int>(context_level())};
+  if (gfp.has(kGfpAccount)) return alloc_pages_accounted_slow(gfp, order, at);
+  return alloc_pages_core(gfp, order, at);
 }
 
 // kGfpAccount: charge current_mem_cgroup() 2^order pages first (on the path
@@ -756,9 +805,8 @@ bool page_in_arena(const Page* page) {
   return page != nullptr && off < g_arena.pages * sizeof(Page) && off % sizeof(Page) == 0;
 }
 
-// Validates a free of `page` at `order` and takes the last reference.
-// Return: true when the block is now the caller's to free.
-bool free_pages_prepare(const char* entry, Page* page, unsigned order) {
+// A free that failed free_pages_take(): names what is wrong. Return: false.
+ANYCTX_COLD bool free_pages_bad(const char* entry, Page* page, unsigned order) {
   if (!page_in_arena(page)) return bad_page(entry, page, "not a page descriptor of the arena");
   if (order > kMaxOrder) return bad_page(entry, page, "order ", order, " above kMaxOrder");
   std::size_t pfn = page_to_pfn(page);
@@ -781,23 +829,33 @@ bool free_pages_prepare(const char* entry, Page* page, unsigned order) {
   }
   if (order_of(page) != order)
     return bad_page(entry, page, "freed with order ", order, " but allocated with order ", order_of(page));
-  // The last reference. The caller owns the block, so release builds take it
-  // with a plain check and store; debug and sanitizer builds with a
-  // compare-exchange, so that two CPUs freeing one block at once are
-  // reported exactly (a block freed twice in sequence is kAllocated no more
-  // and was reported above in every build).
-  std::int32_t one = 1;
-  if constexpr (kExactDoubleFree) {
-    if (page->refcount.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) return true;
-  } else {
-    one = page->refcount.load(std::memory_order_relaxed);
-    if (ANYCTX_LIKELY(one == 1)) {
+  std::int32_t refs = page->refcount.load(std::memory_order_relaxed);
+  if (refs <= 0) return bad_page(entry, page, "double free: refcount already 0");
+  return bad_page(entry, page, "freed with references left: refcount ", static_cast<unsigned>(refs));
+}
+
+// Validates a free of `page` at `order` and takes the last reference; any
+// doubt goes to free_pages_bad(). The caller owns the block, so release
+// builds take the reference with a plain check and store; debug and
+// sanitizer builds with a compare-exchange, so that two CPUs freeing one
+// block at once are reported exactly (a block freed twice in sequence is
+// kAllocated no more, and that is checked in every build).
+// Return: true when the block is now the caller's to free.
+ANYCTX_ALWAYS_INLINE bool free_pages_take(const char* entry, Page* page, unsigned order) {
+  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(page) - reinterpret_cast<std::uintptr_t>(g_arena.descs);
+  bool ok = order <= kMaxOrder && off < g_arena.pages * sizeof(Page) && off % sizeof(Page) == 0 &&
+            (off / sizeof(Page)) % block_pages(order) == 0 && state_of(page) == PageState::kAllocated &&
+            order_of(page) == order;
+  if (ANYCTX_LIKELY(ok)) {
+    if constexpr (kExactDoubleFree) {
+      std::int32_t one = 1;
+      if (ANYCTX_LIKELY(page->refcount.compare_exchange_strong(one, 0, std::memory_order_acq_rel))) return true;
+    } else if (ANYCTX_LIKELY(page->refcount.load(std::memory_order_relaxed) == 1)) {
       page->refcount.store(0, std::memory_order_relaxed);
       return true;
     }
   }
-  if (one <= 0) return bad_page(entry, page, "double free: refcount already 0");
-  return bad_page(entry, page, "freed with references left: refcount ", static_cast<unsigned>(one));
+  return free_pages_bad(entry, page, order);
 }
 
 }  // namespace
@@ -911,7 +969,7 @@ void page_allocator_shutdown() {
 // --- entry points ---------------------------------------------------------------
 
 Page* alloc_pages(Gfp gfp, unsigned order) {
-  Caller at{require_cpu("alloc_pages"), static_cast<int>(context_level())};
+  int cpu = require_cpu("alloc_pages");
   if constexpr (kDebug) {
     if (in_nmi())
       (Report("context rule") << "alloc_pages() in NMI context: use alloc_pages_nolock()").fatal();
@@ -920,15 +978,26 @@ Page* alloc_pages(Gfp gfp, unsigned order) {
                               << " context: reclaim runs only in task context (use kGfpAtomic)")
           .fatal();
   }
-  if (ANYCTX_UNLIKELY(gfp.has(kGfpAccount))) return alloc_pages_accounted_slow(gfp, order, at);
-  return alloc_pages_core(gfp, order, at);
+  if (ANYCTX_LIKELY(order <= kPcpMaxOrder && (gfp & (kGfpAccount | kGfpZero)).empty() &&
+                    !detail::g_fault_plan_active.load(std::memory_order_relaxed))) {
+    Pcp& pcp = g_pcp.on(cpu);
+    if (Page* page = pcp_alloc_hit(pcp, order); ANYCTX_LIKELY(page != nullptr)) {
+      Caller at{cpu, static_cast<int>(context_level())};
+      stat_inc(at, kStatAllocOk + path_index(gfp));
+      prep_new_page(page, order, Gfp{}, at);  // kGfpZero went to the slow path
+      if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
+        return pcp_serve_request_then(pcp, gfp, page);
+      return page;
+    }
+  }
+  return alloc_pages_slow(gfp, order, cpu);
 }
 
 void free_pages(Page* page, unsigned order) {
   if constexpr (kDebug) {
     if (in_nmi()) (Report("context rule") << "free_pages() in NMI context: use free_pages_nolock()").fatal();
   }
-  if (!free_pages_prepare("free_pages", page, order)) return;
+  if (!free_pages_take("free_pages", page, order)) return;
   uncharge_page(page, order);
   Caller at = this_caller();
   stat_inc(at, kStatFreed + 0);
@@ -947,7 +1016,7 @@ Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
 
 void free_pages_nolock(Page* page, unsigned order) {
   NolockScope nolock("free_pages_nolock");
-  if (!free_pages_prepare("free_pages_nolock", page, order)) return;
+  if (!free_pages_take("free_pages_nolock", page, order)) return;
   uncharge_page(page, order);
   Caller at = this_caller();
   stat_inc(at, kStatFreed + 1);
