@@ -40,7 +40,7 @@ const char* page_state_name(PageState state);
 class MemCgroup;
 
 struct alignas(64) Page {
-  Page* next = nullptr;           // buddy or pcp list links
+  Page* next = nullptr;           // buddy list links (a pcp list uses next only)
   Page* prev = nullptr;
   Page* deferred_next = nullptr;  // deferred-free stack link
   // The cgroup this block is charged to (kGfpAccount), on its head frame.
@@ -51,8 +51,6 @@ struct alignas(64) Page {
   std::atomic<std::int32_t> refcount{0};
   std::atomic<PageState> state{PageState::kTail};
   std::atomic<std::uint8_t> order{0};  // of the block this frame heads
-  std::atomic<std::int16_t> owner_cpu{-1};  // last allocator (diagnostics)
-  std::atomic<std::uint8_t> owner_context{0};
 };
 static_assert(sizeof(Page) == 64, "a page descriptor is one cache line (pfn arithmetic is a shift)");
 

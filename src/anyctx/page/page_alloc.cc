@@ -92,6 +92,24 @@ struct PageList {
   }
 };
 
+// A CPU's free blocks of one order: a stack through Page::next, so the block
+// freed last (cache-warm) goes out first, and push and pop touch the block
+// and the head only. Guarded by the pcp lock.
+struct PcpList {
+  Page* head = nullptr;
+
+  bool empty() const { return head == nullptr; }
+  void push(Page* p) {
+    p->next = head;
+    head = p;
+  }
+  Page* pop() {
+    Page* p = head;
+    head = p->next;
+    return p;
+  }
+};
+
 // --- state -----------------------------------------------------------------
 
 struct Zone {
@@ -100,27 +118,6 @@ struct Zone {
   std::atomic<std::size_t> free_pages{0};
   std::size_t watermark_min = 0, watermark_low = 0, watermark_high = 0;
   std::atomic<Page*> deferred_free{nullptr};
-};
-
-// A CPU's page lists. Only that CPU touches them, from any of its frames
-// (task, IRQ, NMI), so the lock is a LocalTryLock: no atomic RMW, and a
-// frame that interrupted the holder fails its try_lock instead of nesting.
-// Other CPUs never take it: they ask the owner to drain (drain_requested +
-// an IRQ, DESIGN.md "pcp drain requests") and wait for `drains` to move.
-struct Pcp {
-  LocalTryLock lock{"pcp.lock"};
-  std::atomic<int> count{0};  // pages on the lists; written under lock, read anywhere (a snapshot)
-  int high = 0;
-  int batch = 0;
-  PageList lists[kPcpMaxOrder + 1];  // guarded by lock
-  // Set by a requester (release), cleared by the owner under lock before it
-  // drains; any frame that unlocks the pcp, the IRQ-exit callback and the
-  // offline drain serve it.
-  std::atomic<bool> drain_requested{false};
-  // Completed drains and the pages they moved: stores by the owner under
-  // lock (one writer at a time, so no RMW), loads by requesters.
-  std::atomic<std::uint32_t> drains{0};
-  std::atomic<std::uint64_t> drained_pages{0};
 };
 
 // Statistics without an atomic RMW on the fast paths: a slot per CPU and
@@ -148,6 +145,28 @@ struct StatSlots {
   std::atomic<std::uint64_t> v[3][kStatCount]{};
 };
 
+// A CPU's page lists. Only that CPU touches them, from any of its frames
+// (task, IRQ, NMI), so the lock is a LocalTryLock: no atomic RMW, and a
+// frame that interrupted the holder fails its try_lock instead of nesting.
+// Other CPUs never take it: they ask the owner to drain (drain_requested +
+// an IRQ, DESIGN.md "pcp drain requests") and wait for `drains` to move.
+struct Pcp {
+  LocalTryLock lock{"pcp.lock"};
+  std::atomic<int> count{0};  // pages on the lists; written under lock, read anywhere (a snapshot)
+  int high = 0;
+  int batch = 0;
+  PcpList lists[kPcpMaxOrder + 1];  // guarded by lock
+  // Set by a requester (release), cleared by the owner under lock before it
+  // drains; any frame that unlocks the pcp, the IRQ-exit callback and the
+  // offline drain serve it.
+  std::atomic<bool> drain_requested{false};
+  // Completed drains and the pages they moved: stores by the owner under
+  // lock (one writer at a time, so no RMW), loads by requesters.
+  std::atomic<std::uint32_t> drains{0};
+  std::atomic<std::uint64_t> drained_pages{0};
+  StatSlots stats;  // this CPU's statistics, beside the lists the fast paths touch
+};
+
 struct Arena {
   char* base = nullptr;
   Page* descs = nullptr;
@@ -157,7 +176,6 @@ struct Arena {
 Arena g_arena;
 Zone g_zone;
 PerCpu<Pcp> g_pcp;
-PerCpu<StatSlots> g_cpu_stats;
 StatSlots g_shared_stats;
 std::atomic<BadPagePolicy> g_policy{kDebug || ANYCTX_ASAN || ANYCTX_TSAN ? BadPagePolicy::kAbort
                                                                        : BadPagePolicy::kReportAndLeak};
@@ -188,14 +206,14 @@ void stat_inc(Caller at, int stat) {
     g_shared_stats.v[at.ctx][stat].fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  std::atomic<std::uint64_t>& slot = g_cpu_stats.on(at.cpu).v[at.ctx][stat];
+  std::atomic<std::uint64_t>& slot = g_pcp.on(at.cpu).stats.v[at.ctx][stat];
   slot.store(slot.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 void stat_inc(int stat) { stat_inc(this_caller(), stat); }
 
 std::uint64_t stat_sum(int stat, int ctx) {
   std::uint64_t sum = g_shared_stats.v[ctx][stat].load(std::memory_order_relaxed);
-  g_cpu_stats.for_each_used([&](int, StatSlots& s) { sum += s.v[ctx][stat].load(std::memory_order_relaxed); });
+  g_pcp.for_each_used([&](int, Pcp& pcp) { sum += pcp.stats.v[ctx][stat].load(std::memory_order_relaxed); });
   return sum;
 }
 
@@ -337,18 +355,25 @@ void pcp_count_add(Pcp& pcp, long delta) {
                   std::memory_order_relaxed);
 }
 
-// Moves up to a batch of `order` blocks from the buddy lists to the pcp list.
+// Moves up to a batch of `order` blocks from the buddy lists to the pcp
+// list, on top in the order the buddy lists gave them (ascending addresses
+// go out first, as the kernel's refill keeps them).
 bool pcp_refill_locked(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
   IrqFlags flags;
   if (!zone_lock(gfp, flags)) return false;
   int blocks = pcp.batch >> order;
   if (blocks < 1) blocks = 1;
   int got = 0;
+  PcpList& list = pcp.lists[order];
+  Page* below = list.head;  // the batch goes above what is there
+  Page** link = &list.head;
   for (; got < blocks; ++got) {
     Page* page = buddy_alloc_locked(order, mark);
     if (page == nullptr) break;
     set_head(page, PageState::kPcp, order);
-    pcp.lists[order].push_back(page);
+    *link = page;
+    link = &page->next;
+    *link = below;
     pcp_count_add(pcp, static_cast<long>(block_pages(order)));
     ANYCTX_SITE(kPcpRefill);
   }
@@ -357,8 +382,8 @@ bool pcp_refill_locked(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
   return got > 0;
 }
 
-// Returns at least `pages` pages (oldest first, orders round-robin; all of
-// them if there are fewer) to the buddy lists, taking zone.lock as `gfp`
+// Returns at least `pages` pages (orders round-robin, each list from its
+// top; all of them if there are fewer) to the buddy lists, taking zone.lock as `gfp`
 // allows. Return: false when a nolock caller found zone.lock busy (nothing
 // moved); else true, with the pages moved added to *moved.
 bool pcp_free_bulk_locked(Pcp& pcp, long pages, Gfp gfp, std::size_t* moved) {
@@ -368,10 +393,10 @@ bool pcp_free_bulk_locked(Pcp& pcp, long pages, Gfp gfp, std::size_t* moved) {
   std::size_t done = 0;
   unsigned order = 0;
   while (static_cast<long>(done) < pages && pcp.count.load(std::memory_order_relaxed) > 0) {
-    PageList& list = pcp.lists[order];
+    PcpList& list = pcp.lists[order];
     order = (order + 1) % (kPcpMaxOrder + 1);
     if (list.empty()) continue;
-    Page* page = list.pop_back();
+    Page* page = list.pop();
     unsigned o = order_of(page);
     pcp_count_add(pcp, -static_cast<long>(block_pages(o)));
     buddy_free_locked(page, o);
@@ -541,7 +566,7 @@ std::size_t drain_shrinker() { return drain_all_pages(); }
 ANYCTX_COLD Page* rmqueue_refill_slow(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
   Page* page = nullptr;
   if (pcp_refill_locked(pcp, order, gfp, mark)) {
-    page = pcp.lists[order].pop_front();
+    page = pcp.lists[order].pop();
     ANYCTX_SITE(kPcpListEdit);
     pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
   }
@@ -564,9 +589,9 @@ ANYCTX_ALWAYS_INLINE Page* rmqueue(Gfp gfp, unsigned order, int cpu, std::size_t
   if (order <= kPcpMaxOrder && cpu != kNoCpu) {
     Pcp& pcp = g_pcp.on(cpu);
     if (ANYCTX_LIKELY(pcp_trylock(pcp))) {
-      PageList& list = pcp.lists[order];
+      PcpList& list = pcp.lists[order];
       if (ANYCTX_UNLIKELY(list.empty())) return rmqueue_refill_slow(pcp, order, gfp, mark);
-      Page* page = list.pop_front();
+      Page* page = list.pop();
       ANYCTX_SITE(kPcpListEdit);
       pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
       pcp_unlock(pcp, gfp);
@@ -577,11 +602,9 @@ ANYCTX_ALWAYS_INLINE Page* rmqueue(Gfp gfp, unsigned order, int cpu, std::size_t
   return rmqueue_buddy_slow(gfp, order, mark);
 }
 
-Page* prep_new_page(Page* page, unsigned order, Gfp gfp, Caller at) {
+Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
   set_head(page, PageState::kAllocated, order);
   page->refcount.store(1, std::memory_order_relaxed);
-  page->owner_cpu.store(static_cast<std::int16_t>(at.cpu), std::memory_order_relaxed);
-  page->owner_context.store(static_cast<std::uint8_t>(at.ctx), std::memory_order_relaxed);
   void* addr = page_address(page);
   ANYCTX_UNPOISON(addr, block_pages(order) * kPageSize);
   if (gfp.has(kGfpZero)) std::memset(addr, 0, block_pages(order) * kPageSize);
@@ -616,7 +639,7 @@ ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp, int cp
     Pcp& pcp = g_pcp.on(cpu);
     if (ANYCTX_LIKELY(pcp_trylock(pcp))) {
       set_head(page, PageState::kPcp, order);
-      pcp.lists[order].push_front(page);
+      pcp.lists[order].push(page);
       ANYCTX_SITE(kPcpListEdit);
       pcp_count_add(pcp, static_cast<long>(block_pages(order)));
       if (ANYCTX_UNLIKELY(pcp.count.load(std::memory_order_relaxed) > pcp.high)) pcp_trim_locked(pcp, gfp);
@@ -640,7 +663,7 @@ ANYCTX_COLD Page* alloc_pages_reclaim_slow(Gfp gfp, unsigned order, Caller at) {
       reclaim_run();
       if (Page* page = rmqueue(gfp, order, at.cpu, min)) {
         stat_inc(at, kStatAllocOk + path);
-        return prep_new_page(page, order, gfp, at);
+        return prep_new_page(page, order, gfp);
       }
     }
   }
@@ -661,7 +684,7 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages_core(Gfp gfp, unsigned order, Caller at) 
                                                  : g_zone.watermark_min;
   if (Page* page = rmqueue(gfp, order, at.cpu, mark); ANYCTX_LIKELY(page != nullptr)) {
     stat_inc(at, kStatAllocOk + path);
-    return prep_new_page(page, order, gfp, at);
+    return prep_new_page(page, order, gfp);
   }
   return alloc_pages_reclaim_slow(gfp, order, at);
 }
@@ -680,7 +703,7 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order, Caller at) {
     return nullptr;
   }
   stat_inc(at, kStatAllocOk + 1);
-  return prep_new_page(page, order, nolock, at);
+  return prep_new_page(page, order, nolock);
 }
 
 // The common alloc_pages(): a block from this CPU's list of `order`, which
@@ -690,10 +713,10 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order, Caller at) {
 // or a pcp held by an interrupted frame), which the slow path handles.
 ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order) {
   if (ANYCTX_UNLIKELY(!pcp_trylock(pcp))) return nullptr;
-  PageList& list = pcp.lists[order];
+  PcpList& list = pcp.lists[order];
   Page* page = list.head;
   if (ANYCTX_LIKELY(page != nullptr)) {
-    list.remove(page);
+    list.pop();
     ANYCTX_SITE(kPcpListEdit);
     pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
   }
@@ -843,8 +866,9 @@ ANYCTX_COLD bool free_pages_bad(const char* entry, Page* page, unsigned order) {
 // Return: true when the block is now the caller's to free.
 ANYCTX_ALWAYS_INLINE bool free_pages_take(const char* entry, Page* page, unsigned order) {
   std::uintptr_t off = reinterpret_cast<std::uintptr_t>(page) - reinterpret_cast<std::uintptr_t>(g_arena.descs);
-  bool ok = order <= kMaxOrder && off < g_arena.pages * sizeof(Page) && off % sizeof(Page) == 0 &&
-            (off / sizeof(Page)) % block_pages(order) == 0 && state_of(page) == PageState::kAllocated &&
+  // In the arena, on a descriptor, aligned to the order: one mask.
+  bool ok = order <= kMaxOrder && off < g_arena.pages * sizeof(Page) &&
+            (off & ((sizeof(Page) << order) - 1)) == 0 && state_of(page) == PageState::kAllocated &&
             order_of(page) == order;
   if (ANYCTX_LIKELY(ok)) {
     if constexpr (kExactDoubleFree) {
@@ -922,7 +946,7 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
   g_zone.watermark_high = high;
   g_zone.deferred_free.store(nullptr);
   g_pcp.for_each([&](int, Pcp& pcp) {
-    for (auto& list : pcp.lists) list = PageList{};
+    for (auto& list : pcp.lists) list = PcpList{};
     pcp.count.store(0);
     pcp.drain_requested.store(false);
     pcp.high = c.pcp_high;
@@ -933,7 +957,7 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
       for (auto& v : row) v.store(0);
   };
   clear(g_shared_stats);
-  g_cpu_stats.for_each([&](int, StatSlots& slots) { clear(slots); });
+  g_pcp.for_each([&](int, Pcp& pcp) { clear(pcp.stats); });
 
   // Largest aligned blocks first; an arena that is not a multiple of 2^10
   // ends in smaller blocks.
@@ -984,7 +1008,7 @@ Page* alloc_pages(Gfp gfp, unsigned order) {
     if (Page* page = pcp_alloc_hit(pcp, order); ANYCTX_LIKELY(page != nullptr)) {
       Caller at{cpu, static_cast<int>(context_level())};
       stat_inc(at, kStatAllocOk + path_index(gfp));
-      prep_new_page(page, order, Gfp{}, at);  // kGfpZero went to the slow path
+      prep_new_page(page, order, Gfp{});  // kGfpZero went to the slow path
       if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
         return pcp_serve_request_then(pcp, gfp, page);
       return page;
@@ -1180,9 +1204,8 @@ void walk_free_blocks(InvariantFailure& f, OnBlock&& on_block, UnderZoneLock&& u
     const Pcp& pcp = g_pcp.on(cpu);
     std::size_t pages = 0;
     for (unsigned o = 0; o <= kPcpMaxOrder && f.ok(); ++o) {
-      const PageList& list = pcp.lists[o];
       std::size_t length = 0;
-      for (Page* p = list.head; p != nullptr; p = p->next == list.head ? nullptr : p->next) {
+      for (Page* p = pcp.lists[o].head; p != nullptr; p = p->next) {
         if (++length > n) {
           f.fail("cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) + " pcp list does not end");
           break;
@@ -1190,9 +1213,6 @@ void walk_free_blocks(InvariantFailure& f, OnBlock&& on_block, UnderZoneLock&& u
         if (!block_ok(p, PageState::kPcp, o, "pcp list")) break;
         pages += block_pages(o);
       }
-      if (f.ok() && length != list.length)
-        f.fail("cpu " + std::to_string(cpu) + "'s order-" + std::to_string(o) + " pcp list holds " +
-               std::to_string(length) + " blocks, its count says " + std::to_string(list.length));
     }
     if (f.ok() && static_cast<int>(pages) != pcp.count.load())
       f.fail("cpu " + std::to_string(cpu) + "'s pcp lists hold " + std::to_string(pages) + " pages, its count says " +
