@@ -35,6 +35,9 @@ std::atomic<std::uintptr_t> g_shared_deferred{0};
 std::uintptr_t g_deferred_secret = 0;
 Slab* g_slab_table = nullptr;
 std::size_t g_slab_table_entries = 0;
+std::uintptr_t g_arena_base = 0;
+std::size_t g_arena_bytes = 0;
+Page* g_arena_descs = nullptr;
 PerCpu<SlabStatSlots> g_stats;
 SlabStatSlots g_shared_stats;
 }  // namespace detail
@@ -63,6 +66,11 @@ void stat_add(int cache, int stat, std::uint64_t delta = 1) {
   }
   std::atomic<std::uint64_t>& slot = g_stats.on(cpu).v[ctx][cache][stat];
   slot.store(slot.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+}
+
+// One writer (the holder of the CPU slab lock): no RMW.
+ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 ANYCTX_ALWAYS_INLINE int size_index(std::size_t size, Gfp gfp) {
@@ -188,6 +196,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at,
 
 ANYCTX_ALWAYS_INLINE std::uint64_t object_bit(unsigned index) { return std::uint64_t{1} << (index & 63); }
 
+// The allocation bits (kSlabExactFree builds only).
 // Return: false when the object's bit was already set.
 ANYCTX_ALWAYS_INLINE bool mark_allocated(Slab* s, unsigned index) {
   std::uint64_t bit = object_bit(index);
@@ -200,17 +209,32 @@ ANYCTX_ALWAYS_INLINE bool mark_free(Slab* s, unsigned index) {
   return (s->allocated[index >> 6].fetch_and(~bit, std::memory_order_relaxed) & bit) != 0;
 }
 
-// Takes an object off the CPU freelist and marks it allocated. Return: the
-// object, or 0 when the list is empty (or was found corrupt and abandoned).
+// Takes an object off the CPU freelist (the CPU lock held) and counts it;
+// with kSlabExactFree, marks it allocated. Return: the object, or 0 when the
+// list is empty (or was found corrupt and abandoned).
 ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop(CpuSlab& cs) {
   std::uintptr_t obj = freelist_pop(cs.slab, cs.free, Site::kSlabFreelistEdit, "CPU freelist");
-  if (ANYCTX_UNLIKELY(obj != 0 && !mark_allocated(cs.slab, object_index(cs.slab, obj)))) {
+  if (ANYCTX_UNLIKELY(obj == 0)) return 0;
+  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) {
     freelist_corrupt(cs.slab, cs.free, "CPU freelist", obj, 0,
                      "it is on the freelist but marked allocated (a free into a busy list, or a use after free); "
                      "not handed out");
     return 0;
   }
+  count_one(cs.allocs);
   return obj;
+}
+
+// kfree / kfree_nolock of `obj`, an object of the CPU slab of `cs`, onto
+// the CPU freelist (the CPU lock held), counted. Without kSlabExactFree, a
+// free of the object on top of that list is the double free caught here.
+ANYCTX_ALWAYS_INLINE void cpu_push(const char* entry, const KmemCache& c, CpuSlab& cs, std::uintptr_t obj) {
+  if (!kSlabExactFree && ANYCTX_UNLIKELY(obj == cs.free.head)) {
+    bad_free(entry, reinterpret_cast<const void*>(obj), BadFree::kDoubleFree);
+    return;
+  }
+  freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+  count_one(cs.frees);
 }
 
 // --- locks -------------------------------------------------------------------
@@ -379,26 +403,28 @@ Slab* deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty) {
 
 // --- deferred ----------------------------------------------------------------
 
-void deferred_push(std::atomic<std::uintptr_t>& head, std::uintptr_t obj, int cache) {
+// Return: whether the list was empty (the push that has to get it drained).
+bool deferred_push(std::atomic<std::uintptr_t>& head, std::uintptr_t obj, int cache) {
   std::uintptr_t old = head.load(std::memory_order_relaxed);
   do {
     store_link_word(obj, encode_link(g_deferred_secret, old, obj));
     ANYCTX_SITE(kSlabDeferredPush);
   } while (!head.compare_exchange_weak(old, obj, std::memory_order_release, std::memory_order_relaxed));
   stat_add(cache, kSlabStatDeferredPushed);
+  return old == 0;
 }
 
-// Return: whether `next` may follow on a deferred list: a free object of a
-// live slab.
+// Return: whether `next` may follow on a deferred list: an object of a live
+// slab (with kSlabExactFree: a free one).
 bool deferred_link_ok(std::uintptr_t next) {
   if (next == 0) return true;
   Slab* s = slab_of(reinterpret_cast<void*>(next));
   if (s == nullptr || !is_object_of(s, next)) return false;
   unsigned i = object_index(s, next);
-  return (s->allocated[i >> 6].load(std::memory_order_relaxed) & object_bit(i)) == 0;
+  return !kSlabExactFree || (s->allocated[i >> 6].load(std::memory_order_relaxed) & object_bit(i)) == 0;
 }
 
-void free_object(Slab* s, std::uintptr_t obj, int cpu);
+void free_deferred(Slab* s, std::uintptr_t obj, int cpu);
 
 // Takes a whole deferred list and frees its objects the spinning way, from
 // `cpu` (kNoCpu: a thread that is not a CPU, straight into the slabs).
@@ -414,7 +440,7 @@ ANYCTX_COLD std::size_t drain_deferred(std::atomic<std::uintptr_t>& head, int cp
     }
     Slab* s = slab_of(reinterpret_cast<void*>(obj));
     int cache = s->cache->index;
-    free_object(s, obj, cpu);
+    free_deferred(s, obj, cpu);
     stat_add(cache, kSlabStatDeferredFreed);
     ++n;
     ANYCTX_SITE(kSlabDeferredDrain);
@@ -496,7 +522,6 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t alloc_locked(KmemCache& c, CpuSlab& cs, int 
 }
 
 ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, std::size_t size, Gfp gfp) {
-  stat_add(c.index, kSlabStatAllocs);
   void* p = reinterpret_cast<void*>(obj);
   ANYCTX_SLAB_UNPOISON(p, c.size);
   if (gfp.has(kGfpZero)) {
@@ -511,8 +536,8 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
 
 // --- free --------------------------------------------------------------------
 
-// Validates `p` and clears its allocation bit. Return: its slab, or nullptr
-// after a report (p is then left alone).
+// Validates `p` (with kSlabExactFree: clears its allocation bit). Return:
+// its slab, or nullptr after a report (p is then left alone).
 ANYCTX_ALWAYS_INLINE Slab* free_prepare(const char* entry, const void* p) {
   Slab* s = slab_of(p);
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
@@ -524,17 +549,16 @@ ANYCTX_ALWAYS_INLINE Slab* free_prepare(const char* entry, const void* p) {
     bad_free(entry, p, BadFree::kNotObjectStart);
     return nullptr;
   }
-  if (ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj)))) {
+  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj)))) {
     bad_free(entry, p, BadFree::kDoubleFree);
     return nullptr;
   }
-  stat_add(s->cache->index, kSlabStatFrees);
   ANYCTX_SLAB_POISON(const_cast<void*>(p), s->cache->size);
   return s;
 }
 
 // Frees into the slab itself under list_lock (waits for it); releases the
-// slab when that emptied it.
+// slab when that emptied it. Counts nothing.
 ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
   IrqFlags lf;
   list_lock(c, kGfpKernel, lf);
@@ -543,15 +567,21 @@ ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
   if (release != nullptr) release_slabs(release, kGfpKernel);
 }
 
-// The spinning free of an object whose bit is already clear: onto this
-// CPU's freelist when it is the CPU slab, else into the slab.
-ANYCTX_ALWAYS_INLINE void free_object_inline(Slab* s, std::uintptr_t obj, int cpu) {
+// kfree of an object that is not in this CPU's slab: counted, into its slab.
+ANYCTX_COLD void kfree_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
+  stat_add(c.index, kSlabStatFrees);
+  free_slow(c, s, obj);
+}
+
+// A deferred object (counted as freed when it was deferred): onto this CPU's
+// freelist when it is the CPU slab, else into the slab.
+void free_deferred(Slab* s, std::uintptr_t obj, int cpu) {
   KmemCache& c = *s->cache;
   if (cpu != kNoCpu) {
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
     IrqFlags flags;
     cpu_lock(cs, kGfpKernel, flags);
-    if (ANYCTX_LIKELY(cs.slab == s)) {
+    if (cs.slab == s) {
       freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
       cpu_unlock(cs, flags);
       return;
@@ -561,17 +591,16 @@ ANYCTX_ALWAYS_INLINE void free_object_inline(Slab* s, std::uintptr_t obj, int cp
   free_slow(c, s, obj);
 }
 
-void free_object(Slab* s, std::uintptr_t obj, int cpu) { free_object_inline(s, obj, cpu); }
-
-// kfree_nolock could not use the CPU slab: defer on this CPU's list; a
-// thread that is not a CPU tries the slab under list_lock, else the shared
-// list.
+// kfree_nolock could not use the CPU slab (another slab's object, or an
+// interrupted frame holds the CPU lock): counted, into the slab under
+// list_lock by trylock. When that is busy, onto this CPU's deferred list;
+// the push that finds the list empty raises an IRQ here, whose exit drains
+// the list once this frame is done (so nothing is stranded on a CPU that
+// makes no further slab call). A thread that is not a CPU defers on the
+// shared list.
 ANYCTX_COLD void kfree_nolock_slow(Slab* s, std::uintptr_t obj, int cpu) {
   KmemCache& c = *s->cache;
-  if (cpu != kNoCpu) {
-    deferred_push(g_cpu_slabs.on(cpu).deferred, obj, c.index);
-    return;
-  }
+  stat_add(c.index, kSlabStatFrees);
   IrqFlags lf;
   if (list_lock(c, Gfp{}, lf)) {
     Slab* release = free_to_slab_locked(c, s, obj);
@@ -579,7 +608,11 @@ ANYCTX_COLD void kfree_nolock_slow(Slab* s, std::uintptr_t obj, int cpu) {
     if (release != nullptr) release_slabs(release, Gfp{});
     return;
   }
-  deferred_push(g_shared_deferred, obj, c.index);
+  if (cpu == kNoCpu) {
+    deferred_push(g_shared_deferred, obj, c.index);
+    return;
+  }
+  if (deferred_push(g_cpu_slabs.on(cpu).deferred, obj, c.index)) raise_irq();
 }
 
 // --- hooks -------------------------------------------------------------------
@@ -655,22 +688,22 @@ void slab_cpu_offline(int cpu) {
 
 namespace detail {
 
-Slab* slab_of(const void* addr) {
-  Page* pg = virt_to_page(addr);
-  if (pg == nullptr) return nullptr;
-  void* owner = pg->owner_private.load(std::memory_order_acquire);
-  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(owner) - reinterpret_cast<std::uintptr_t>(g_slab_table);
-  if (off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0) return nullptr;
-  Slab* s = static_cast<Slab*>(owner);
-  return s->cache != nullptr ? s : nullptr;
-}
-
 std::uint64_t slab_stat_sum(int cache, int stat) {
   std::uint64_t sum = 0;
   for (int ctx = 0; ctx < 3; ++ctx) {
     sum += g_shared_stats.v[ctx][cache][stat].load(std::memory_order_relaxed);
     g_stats.for_each_used([&](int, SlabStatSlots& s) { sum += s.v[ctx][cache][stat].load(std::memory_order_relaxed); });
   }
+  return sum + cpu_slab_count(cache, stat);
+}
+
+std::uint64_t cpu_slab_count(int cache, int stat) {
+  std::uint64_t sum = 0;
+  g_cpu_slabs.for_each_used([&](int, CpuSlabs& cpu) {
+    const CpuSlab& cs = cpu.caches[cache];
+    if (stat == kSlabStatAllocs) sum += cs.allocs.load(std::memory_order_relaxed);
+    if (stat == kSlabStatFrees) sum += cs.frees.load(std::memory_order_relaxed);
+  });
   return sum;
 }
 
@@ -748,7 +781,18 @@ void kfree(const void* p) {
   if (ANYCTX_UNLIKELY(mine.deferred.load(std::memory_order_relaxed) != 0)) drain_deferred(mine.deferred, cpu);
   Slab* s = free_prepare("kfree", p);
   if (ANYCTX_UNLIKELY(s == nullptr)) return;
-  free_object_inline(s, reinterpret_cast<std::uintptr_t>(p), cpu);
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  KmemCache& c = *s->cache;
+  CpuSlab& cs = mine.caches[c.index];
+  IrqFlags flags;
+  cpu_lock(cs, kGfpKernel, flags);
+  if (ANYCTX_LIKELY(cs.slab == s)) {
+    cpu_push("kfree", c, cs, obj);
+    cpu_unlock(cs, flags);
+    return;
+  }
+  cpu_unlock(cs, flags);
+  kfree_slow(c, s, obj);
 }
 
 void kfree_nolock(const void* p) {
@@ -764,7 +808,7 @@ void kfree_nolock(const void* p) {
     IrqFlags flags;
     if (ANYCTX_LIKELY(cpu_lock(cs, Gfp{}, flags))) {
       if (ANYCTX_LIKELY(cs.slab == s)) {
-        freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+        cpu_push("kfree_nolock", c, cs, obj);
         cpu_unlock(cs, flags);
         return;
       }
@@ -840,6 +884,8 @@ void reset_state() {
     for (CpuSlab& cs : cpu.caches) {
       cs.slab = nullptr;
       cs.free = Freelist{};
+      cs.allocs.store(0);
+      cs.frees.store(0);
     }
     cpu.deferred.store(0);
   });
@@ -864,6 +910,9 @@ std::string_view slab_init() {
   if (table == MAP_FAILED) return "mmap of the slab table failed";
   g_slab_table = static_cast<Slab*>(table);
   g_slab_table_entries = pages;
+  g_arena_descs = pfn_to_page(0);
+  g_arena_base = reinterpret_cast<std::uintptr_t>(page_address(g_arena_descs));
+  g_arena_bytes = pages * kPageSize;
   reset_state();
   g_deferred_secret = random_word();
   for (int i = 0; i < kKmallocCaches; ++i) {
@@ -891,6 +940,7 @@ std::string_view slab_init() {
     munmap(g_slab_table, pages * sizeof(Slab));
     g_slab_table = nullptr;
     g_slab_table_entries = 0;
+    g_arena_bytes = 0;
     return "no room to register the slab hooks (IRQ-exit, offline or shrinker registry full)";
   }
   g_initialised = true;
@@ -913,6 +963,7 @@ void slab_shutdown() {
   munmap(g_slab_table, g_slab_table_entries * sizeof(Slab));
   g_slab_table = nullptr;
   g_slab_table_entries = 0;
+  g_arena_bytes = 0;
   g_initialised = false;
 }
 

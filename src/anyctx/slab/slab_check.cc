@@ -70,6 +70,8 @@ class SlabChecker {
     };
     add(g_shared_stats);
     g_stats.for_each_used([&](int, const SlabStatSlots& slots) { add(slots); });
+    for (int c = 0; c < kKmallocCaches; ++c)
+      for (int st : {kSlabStatAllocs, kSlabStatFrees}) totals_[c][st] += cpu_slab_count(c, st);
   }
   std::uint64_t total(int cache, int stat) const { return totals_[cache][stat]; }
 
@@ -141,7 +143,7 @@ class SlabChecker {
            where_name(f->where[i]));
       return false;
     }
-    if (s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63))) {
+    if (kSlabExactFree && (s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63)))) {
       fail(slab_str(s) + ": object " + std::to_string(i) + " is marked allocated but is on " + str(list));
       return false;
     }
@@ -235,9 +237,9 @@ class SlabChecker {
       Slab* s = f.slab;
       if (s->cache != &c) continue;
       ++slabs;
-      std::uint64_t bits = 0;
-      for (unsigned w = 0; w < kSlabBitmapWords; ++w) bits += std::popcount(s->allocated[w].load());
-      in_use += bits;
+      if (kSlabExactFree) {
+        for (unsigned w = 0; w < kSlabBitmapWords; ++w) in_use += std::popcount(s->allocated[w].load());
+      }
       if (s->objects != c.objects) return fail(slab_str(s) + ": object count differs from the cache's");
       if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s)
         return fail(slab_str(s) + ": says it is cpu " + std::to_string(s->cpu) + "'s slab, which it is not");
@@ -252,6 +254,10 @@ class SlabChecker {
         return fail(slab_str(s) + ": a CPU slab on the partial list");
       }
       for (unsigned i = 0; i < s->objects; ++i) {
+        if (!kSlabExactFree) {  // no bits: an object on no list counts as allocated
+          in_use += f.where[i] == Where::kNowhere;
+          continue;
+        }
         bool allocated = s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63));
         if (!allocated && f.where[i] == Where::kNowhere)
           return fail(slab_str(s) + ": object " + std::to_string(i) + " is free but on no freelist or deferred list (lost)");

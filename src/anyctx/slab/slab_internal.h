@@ -13,15 +13,25 @@
 // with MAP_NORESERVE, touched only for frames that head a slab).
 //
 // Who guards what:
-//  - CpuSlab: its CPU's LocalTryLock, always taken with IRQs masked, so only
-//    an NMI can find it held by an interrupted frame.
+//  - CpuSlab (slab, free, allocs, frees): its CPU's LocalTryLock, always
+//    taken with IRQs masked, so only an NMI can find it held by an
+//    interrupted frame. Only the owning CPU touches it, so its fields are
+//    plain (the counters are relaxed atomics only so that snapshots from
+//    other CPUs may read them): the CPU-local paths make no atomic RMW.
 //  - Slab::free, Slab::cpu, Slab::on_partial, KmemCache::partial: the
 //    cache's list_lock (taken with IRQs masked). A slab that is some CPU's
 //    CPU slab ("frozen", cpu != kNoCpu) is on no list; remote frees still go
 //    to its Slab::free. Lock order: CPU slab lock -> list_lock -> page
 //    allocator locks; never two list_locks at once.
-//  - Slab::allocated: one bit per object, atomic RMW from any CPU.
+//  - Slab::allocated: one bit per object, atomic RMW from any CPU, in builds
+//    with kSlabExactFree (debug and sanitizer builds; the hardened option
+//    -DANYCTX_SLAB_EXACT_FREE=1 elsewhere). Without it the bitmap stays
+//    clear and a double free is caught only when the object is on top of
+//    the CPU freelist it is freed to.
 //  - Deferred lists: lock-free stacks through the first word of the objects.
+//    Only its CPU empties a CPU's list; the push that finds the list empty
+//    raises an IRQ on that CPU, whose exit drains it once the pushing frame
+//    (and a frame it interrupted with IRQs masked) is done.
 #pragma once
 
 #include <atomic>
@@ -38,6 +48,12 @@
 #include "anyctx/page/page.h"
 #include "anyctx/slab/slab.h"
 
+// Exact double-free detection: on in debug and sanitizer builds, an option
+// (-DANYCTX_SLAB_EXACT_FREE=1) in release builds.
+#ifndef ANYCTX_SLAB_EXACT_FREE
+#define ANYCTX_SLAB_EXACT_FREE (ANYCTX_DEBUG || ANYCTX_ASAN || ANYCTX_TSAN)
+#endif
+
 #if ANYCTX_ASAN
 #include <sanitizer/asan_interface.h>
 #define ANYCTX_SLAB_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
@@ -49,6 +65,7 @@
 
 namespace anyctx::detail {
 
+inline constexpr bool kSlabExactFree = ANYCTX_SLAB_EXACT_FREE != 0;
 inline constexpr unsigned kSlabMaxObjects = 512;  // kmalloc-8 in one page
 inline constexpr unsigned kSlabBitmapWords = kSlabMaxObjects / 64;
 
@@ -93,6 +110,10 @@ struct CpuSlab {
   LocalTryLock lock{"slab.cpu_lock"};
   Slab* slab = nullptr;  // this CPU's slab of the cache, frozen
   Freelist free;         // objects of `slab` only
+  // Objects popped from and pushed onto `free` by kmalloc / kfree: the fast
+  // paths' share of kSlabStatAllocs and kSlabStatFrees.
+  std::atomic<std::uint64_t> allocs{0};
+  std::atomic<std::uint64_t> frees{0};
 };
 
 struct CpuSlabs {
@@ -126,10 +147,18 @@ extern std::atomic<std::uintptr_t> g_shared_deferred;
 extern std::uintptr_t g_deferred_secret;
 extern Slab* g_slab_table;
 extern std::size_t g_slab_table_entries;
+// The page arena as slab_init found it, so that kfree finds a slab without
+// a call into the page allocator: frame n's descriptor is g_arena_descs + n.
+extern std::uintptr_t g_arena_base;
+extern std::size_t g_arena_bytes;
+extern Page* g_arena_descs;
 extern PerCpu<SlabStatSlots> g_stats;  // a slot per CPU (see SlabStatSlots)
 extern SlabStatSlots g_shared_stats;   // threads that are not CPUs
 
 std::uint64_t slab_stat_sum(int cache, int stat);
+// Return: the CpuSlab counters' share of `stat` (kSlabStatAllocs,
+// kSlabStatFrees; 0 for the others) over every CPU.
+std::uint64_t cpu_slab_count(int cache, int stat);
 void slab_stat_add(int cache, int stat, std::uint64_t delta);
 
 // --- links inside free objects ----------------------------------------------
@@ -173,7 +202,15 @@ inline unsigned object_index(const Slab* s, std::uintptr_t addr) {
 
 // Return: the live slab whose frames hold `addr`, or nullptr (outside the
 // arena, not a slab page, a stale or foreign owner_private).
-Slab* slab_of(const void* addr);
+ANYCTX_ALWAYS_INLINE Slab* slab_of(const void* addr) {
+  std::uintptr_t rel = reinterpret_cast<std::uintptr_t>(addr) - g_arena_base;
+  if (ANYCTX_UNLIKELY(rel >= g_arena_bytes)) return nullptr;
+  void* owner = g_arena_descs[rel >> kPageShift].owner_private.load(std::memory_order_acquire);
+  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(owner) - reinterpret_cast<std::uintptr_t>(g_slab_table);
+  if (ANYCTX_UNLIKELY(off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0)) return nullptr;
+  Slab* s = static_cast<Slab*>(owner);
+  return ANYCTX_LIKELY(s->cache != nullptr) ? s : nullptr;
+}
 
 inline std::size_t slab_pfn(const Slab* s) { return static_cast<std::size_t>(s - g_slab_table); }
 
