@@ -379,12 +379,35 @@ Slab* free_to_slab_locked(KmemCache& c, Slab* s, std::uintptr_t obj) {
   return nullptr;
 }
 
-// Retires the CPU slab of `cs` (its lock and list_lock held): the CPU
-// freelist goes back into the slab, which goes on the partial list unless
-// it is full, or is returned for release when empty and `empty` allows.
-Slab* deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty) {
+// A frozen slab stops being a CPU's (list_lock held): it goes on the
+// partial list unless it is full, or is chained on `release` when empty and
+// `empty` allows.
+void unfreeze_locked(KmemCache& c, Slab* s, EmptySlab empty, Slab*& release) {
+  s->cpu = kNoCpu;
+  if (s->free.count == s->objects && !s->corrupted &&
+      (empty == EmptySlab::kRelease || c.nr_partial >= static_cast<std::size_t>(kSlabKeepPartial))) {
+    s->next = release;
+    release = s;
+    return;
+  }
+  if (s->free.count > 0) partial_add(c, s);
+}
+
+// Unfreezes the slabs that kmalloc_nolock retired while list_lock was busy
+// (the CPU lock and list_lock held).
+void unfreeze_retired_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty, Slab*& release) {
+  while (Slab* s = cs.retired) {
+    cs.retired = s->next;
+    unfreeze_locked(c, s, empty, release);
+  }
+}
+
+// Retires the CPU slab of `cs` and the retired ones (its lock and list_lock
+// held): the CPU freelist goes back into the slab; each is unfrozen.
+void deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty, Slab*& release) {
+  unfreeze_retired_locked(c, cs, empty, release);
   Slab* s = cs.slab;
-  if (s == nullptr) return nullptr;
+  if (s == nullptr) return;
   if (s->free.count == 0) {
     s->free = cs.free;
   } else {
@@ -393,12 +416,7 @@ Slab* deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty) {
   }
   cs.free = Freelist{};
   cs.slab = nullptr;
-  s->cpu = kNoCpu;
-  if (s->free.count == s->objects && !s->corrupted &&
-      (empty == EmptySlab::kRelease || c.nr_partial >= static_cast<std::size_t>(kSlabKeepPartial)))
-    return s;
-  if (s->free.count > 0) partial_add(c, s);
-  return nullptr;
+  unfreeze_locked(c, s, empty, release);
 }
 
 // --- deferred ----------------------------------------------------------------
@@ -455,7 +473,9 @@ ANYCTX_COLD std::size_t drain_deferred(std::atomic<std::uintptr_t>& head, int cp
 // In order: objects freed remotely into the CPU slab; a partial slab; a new
 // slab. A spinning caller drops the CPU lock around the page allocation
 // (reclaim may drain this CPU's slabs) and retires whatever CPU slab an
-// interrupt installed meanwhile. Releases the CPU lock.
+// interrupt installed meanwhile. A nolock caller that finds list_lock busy
+// puts the CPU slab, still frozen, on the CPU's retired chain (unfrozen at
+// the next list_lock here) and goes on to a new slab. Releases the CPU lock.
 // Return: an allocated object, or 0.
 ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gfp, IrqFlags flags) ANYCTX_NO_TSA {
   if (ANYCTX_UNLIKELY(g_slab_table == nullptr))
@@ -463,6 +483,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
   Slab* release = nullptr;
   IrqFlags lf;
   if (list_lock(c, gfp, lf)) {
+    if (ANYCTX_UNLIKELY(cs.retired != nullptr)) unfreeze_retired_locked(c, cs, EmptySlab::kKeepSpare, release);
     Slab* s = cs.slab;
     if (s != nullptr && s->free.count > 0) {
       cs.free = s->free;  // remote frees come home
@@ -482,9 +503,11 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
     }
     list_unlock(c, lf);
   } else if (cs.slab != nullptr) {
-    // Nolock and list_lock busy: the CPU slab cannot be retired now.
-    cpu_unlock(cs, flags);
-    return 0;
+    // Nolock and list_lock busy: the CPU slab cannot be unfrozen now. Frozen,
+    // remote frees still keep it off the lists.
+    cs.slab->next = cs.retired;
+    cs.retired = cs.slab;
+    cs.slab = nullptr;
   }
 
   if (cs.free.head == 0) {
@@ -496,7 +519,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
       ANYCTX_SITE(kSlabCpuLocked);
       if (fresh != nullptr && cs.slab != nullptr) {
         list_lock(c, gfp, lf);
-        release = deactivate_locked(c, cs, EmptySlab::kKeepSpare);
+        deactivate_locked(c, cs, EmptySlab::kKeepSpare, release);
         list_unlock(c, lf);
       }
     } else {
@@ -627,17 +650,14 @@ std::size_t flush_cpu_slabs(int cpu) ANYCTX_NO_TSA {
   for (int i = 0; i < kKmallocCaches; ++i) {
     KmemCache& c = g_caches[i];
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[i];
-    if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr) continue;
+    if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr &&
+        std::atomic_ref<Slab*>(cs.retired).load(std::memory_order_relaxed) == nullptr)
+      continue;
     IrqFlags flags, lf;
     cpu_lock(cs, kGfpKernel, flags);
-    if (cs.slab != nullptr) {
-      list_lock(c, kGfpKernel, lf);
-      if (Slab* s = deactivate_locked(c, cs, EmptySlab::kRelease)) {
-        s->next = release;
-        release = s;
-      }
-      list_unlock(c, lf);
-    }
+    list_lock(c, kGfpKernel, lf);
+    deactivate_locked(c, cs, EmptySlab::kRelease, release);
+    list_unlock(c, lf);
     cpu_unlock(cs, flags);
   }
   return release_slabs(release, kGfpKernel);
@@ -883,6 +903,7 @@ void reset_state() {
   g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
     for (CpuSlab& cs : cpu.caches) {
       cs.slab = nullptr;
+      cs.retired = nullptr;
       cs.free = Freelist{};
       cs.allocs.store(0);
       cs.frees.store(0);

@@ -160,6 +160,13 @@ class SlabChecker {
     return at < 0 ? nullptr : &found_[static_cast<std::size_t>(at)];
   }
 
+  // Return: whether `s` is on the retired chain of `cpu` (of its cache).
+  static bool retired_on(const Slab* s, int cpu) {
+    for (const Slab* r = g_cpu_slabs.on(cpu).caches[s->cache->index].retired; r != nullptr; r = r->next)
+      if (r == s) return true;
+    return false;
+  }
+
   // Walks a freelist of slab `s`. Return: its length, or -1 after a failure.
   long walk_freelist(Slab* s, const Freelist& fl, Where where, const ListName& list) {
     long n = 0;
@@ -219,6 +226,13 @@ class SlabChecker {
     for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu) {
       CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
       ListName list{ListName::kCpuFreelist, cpu, &c};
+      std::size_t retired = 0;
+      for (Slab* r = cs.retired; r != nullptr; r = r->next) {
+        if (++retired > found_.size()) return fail(str(list) + ": retired chain longer than the live slabs (a cycle)");
+        if (r->cache != &c) return fail(str(list) + ": retired chain holds a slab that is not a live slab of the cache");
+        if (r->cpu != cpu || r->on_partial || r == cs.slab)
+          return fail(slab_str(r) + ": on cpu " + std::to_string(cpu) + "'s retired chain but not frozen there alone");
+      }
       if (cs.slab == nullptr) {
         if (cs.free.head != 0 || cs.free.count != 0) return fail(str(list) + " is not empty but cpu has no slab");
         continue;
@@ -241,7 +255,7 @@ class SlabChecker {
         for (unsigned w = 0; w < kSlabBitmapWords; ++w) in_use += std::popcount(s->allocated[w].load());
       }
       if (s->objects != c.objects) return fail(slab_str(s) + ": object count differs from the cache's");
-      if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s)
+      if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s && !retired_on(s, s->cpu))
         return fail(slab_str(s) + ": says it is cpu " + std::to_string(s->cpu) + "'s slab, which it is not");
       if (s->corrupted) continue;  // reported when it happened; its objects are leaked
       long n = walk_freelist(s, s->free, Where::kSlabFreelist, ListName{ListName::kSlabFreelist, -1, &c, s});

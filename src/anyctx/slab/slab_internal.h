@@ -13,16 +13,17 @@
 // with MAP_NORESERVE, touched only for frames that head a slab).
 //
 // Who guards what:
-//  - CpuSlab (slab, free, allocs, frees): its CPU's LocalTryLock, always
-//    taken with IRQs masked, so only an NMI can find it held by an
+//  - CpuSlab (slab, free, retired, allocs, frees): its CPU's LocalTryLock,
+//    always taken with IRQs masked, so only an NMI can find it held by an
 //    interrupted frame. Only the owning CPU touches it, so its fields are
 //    plain (the counters are relaxed atomics only so that snapshots from
 //    other CPUs may read them): the CPU-local paths make no atomic RMW.
 //  - Slab::free, Slab::cpu, Slab::on_partial, KmemCache::partial: the
 //    cache's list_lock (taken with IRQs masked). A slab that is some CPU's
-//    CPU slab ("frozen", cpu != kNoCpu) is on no list; remote frees still go
-//    to its Slab::free. Lock order: CPU slab lock -> list_lock -> page
-//    allocator locks; never two list_locks at once.
+//    CPU slab or on its retired chain ("frozen", cpu != kNoCpu) is on no
+//    list; remote frees still go to its Slab::free. On the retired chain its
+//    Slab::next belongs to that CPU's lock. Lock order: CPU slab lock ->
+//    list_lock -> page allocator locks; never two list_locks at once.
 //  - Slab::allocated: one bit per object, atomic RMW from any CPU, in builds
 //    with kSlabExactFree (debug and sanitizer builds; the hardened option
 //    -DANYCTX_SLAB_EXACT_FREE=1 elsewhere). Without it the bitmap stays
@@ -110,6 +111,9 @@ struct CpuSlab {
   LocalTryLock lock{"slab.cpu_lock"};
   Slab* slab = nullptr;  // this CPU's slab of the cache, frozen
   Freelist free;         // objects of `slab` only
+  // Former CPU slabs, still frozen, chained through Slab::next: retired by
+  // kmalloc_nolock when list_lock was busy, unfrozen at the next list_lock.
+  Slab* retired = nullptr;
   // Objects popped from and pushed onto `free` by kmalloc / kfree: the fast
   // paths' share of kSlabStatAllocs and kSlabStatFrees.
   std::atomic<std::uint64_t> allocs{0};

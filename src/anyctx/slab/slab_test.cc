@@ -350,6 +350,31 @@ TEST_F(SlabTest, NolockRetriesOnceInTheNextClassWhenTheCpuLockIsHeld) {
   expect_all_returned();
 }
 
+// --- kmalloc_nolock refills while list_lock is busy ------------------------------------
+
+TEST_F(SlabTest, NolockRefillWithTheListLockBusyRetiresTheCpuSlab) {
+  init_slab();
+  int idx = kmalloc_cache_index(64, kGfpKernel);
+  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).caches[idx];
+  std::vector<void*> objs{kmalloc(64, kGfpKernel)};
+  detail::Slab* first = detail::slab_of(objs[0]);
+  while (cs.free.count > 0) objs.push_back(kmalloc(64, kGfpKernel));
+  Spinlock& lock = detail::g_caches[idx].list_lock;
+  IrqFlags flags = lock.lock_irqsave();  // as an NMI finds it when it interrupted a slow path
+  void* p = kmalloc_nolock(64, Gfp{});
+  lock.unlock_irqrestore(flags);
+  ASSERT_NE(p, nullptr) << "a new CPU slab; the old one retired, still frozen";
+  EXPECT_NE(detail::slab_of(p), first);
+  EXPECT_EQ(cs.retired, first);
+  EXPECT_EQ(first->cpu, current_cpu());
+  expect_slab_invariants();
+  objs.push_back(p);
+  for (void* q : objs) kfree(q);  // the retired slab's objects go to its own freelist
+  EXPECT_EQ(first->free.count, first->objects);
+  expect_slab_invariants();
+  expect_all_returned();  // the drain unfreezes and releases it
+}
+
 // --- an NMI frees into a CPU slab whose lock the task holds -----------------------------
 
 std::atomic<void*> g_given{nullptr};
