@@ -75,7 +75,8 @@ ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
 
 ANYCTX_ALWAYS_INLINE int size_index(std::size_t size, Gfp gfp) {
   if (ANYCTX_UNLIKELY(size > kKmallocMaxSize)) return -1;
-  int cls = size <= kKmallocMinSize ? 0 : static_cast<int>(std::bit_width(size - 1)) - 3;
+  // (size - 1) | 7: sizes 0..8 in class 0, and never 0 (no branch for bit_width).
+  int cls = static_cast<int>(std::bit_width((size - (size != 0)) | (kKmallocMinSize - 1))) - 3;
   return gfp.has(kGfpAccount) ? cls + kKmallocClasses : cls;
 }
 
@@ -174,6 +175,13 @@ ANYCTX_ALWAYS_INLINE void freelist_push(const KmemCache& c, Freelist& fl, std::u
   ++fl.count;
 }
 
+// Return: whether `next`, the decoded link of the first object of `fl` (a
+// list of `s`), agrees with the list's count and points into `s`.
+ANYCTX_ALWAYS_INLINE bool link_ok(const Slab* s, const Freelist& fl, std::uintptr_t next) {
+  bool last = fl.count == 1;
+  return next == 0 ? last : !last && is_object_of(s, next);
+}
+
 // Return: the first object of `fl` (a list of `s`), or 0 when the list is
 // empty or its link is bad (reported; the list is then abandoned).
 ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at, const char* which) {
@@ -181,8 +189,8 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at,
   if (obj == 0) return 0;
   std::uintptr_t next = decode_link(s->cache->secret, load_link_word(obj), obj);
   site(at);
-  bool last = fl.count == 1;
-  if (ANYCTX_UNLIKELY(next == 0 ? !last : (last || !is_object_of(s, next)))) {
+  if (ANYCTX_UNLIKELY(!link_ok(s, fl, next))) {
+    bool last = fl.count == 1;
     freelist_corrupt(s, fl, which, obj, next,
                      next == 0 ? "its link ends the list, but the list's count says more follow"
                      : last    ? "its link goes on, but the list's count says it is the last"
@@ -225,6 +233,22 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop(CpuSlab& cs) {
   return obj;
 }
 
+// kmalloc's pop (the CPU lock held), counted, for cache `c` of the CPU slab.
+// Return: the object, or 0 when the list is empty or anything is wrong with
+// it (the slow path pops again and reports).
+ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(const KmemCache& c, CpuSlab& cs) {
+  std::uintptr_t obj = cs.free.head;
+  if (ANYCTX_UNLIKELY(obj == 0)) return 0;
+  std::uintptr_t next = decode_link(c.secret, load_link_word(obj), obj);
+  site(Site::kSlabFreelistEdit);
+  if (ANYCTX_UNLIKELY(!link_ok(cs.slab, cs.free, next))) return 0;
+  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
+  cs.free.head = next;
+  --cs.free.count;
+  count_one(cs.allocs);
+  return obj;
+}
+
 // kfree / kfree_nolock of `obj`, an object of the CPU slab of `cs`, onto
 // the CPU freelist (the CPU lock held), counted. Without kSlabExactFree, a
 // free of the object on top of that list is the double free caught here.
@@ -256,7 +280,7 @@ void list_unlock(KmemCache& c, IrqFlags flags) ANYCTX_NO_TSA {
 }
 
 // The CPU slab lock, always with IRQs masked: only an NMI can find it held.
-bool cpu_lock(CpuSlab& cs, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
+ANYCTX_ALWAYS_INLINE bool cpu_lock(CpuSlab& cs, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
   if (!allows_spinning(gfp)) {
     if (!cs.lock.try_lock_irqsave(flags)) return false;
   } else {
@@ -266,7 +290,7 @@ bool cpu_lock(CpuSlab& cs, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
   return true;
 }
 
-void cpu_unlock(CpuSlab& cs, IrqFlags flags) ANYCTX_NO_TSA {
+ANYCTX_ALWAYS_INLINE void cpu_unlock(CpuSlab& cs, IrqFlags flags) ANYCTX_NO_TSA {
   ANYCTX_SITE(kSlabCpuUnlock);
   cs.lock.unlock_irqrestore(flags);
 }
@@ -557,6 +581,58 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
   return p;
 }
 
+// Everything kmalloc's fast path does not do: not a CPU, too large, the
+// deferred list to drain first, an empty CPU freelist (alloc_slow).
+ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
+  int cpu = require_cpu("kmalloc");
+  int idx = size_index(size, gfp);
+  if (idx < 0) return nullptr;
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  if (mine.deferred.load(std::memory_order_relaxed) != 0) drain_deferred(mine.deferred, cpu);
+  KmemCache& c = g_caches[idx];
+  CpuSlab& cs = mine.caches[idx];
+  IrqFlags flags;
+  std::uintptr_t obj = cpu_lock(cs, gfp, flags) ? alloc_locked(c, cs, cpu, gfp, flags) : 0;
+  if (obj == 0) {
+    stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  return finish_alloc(c, obj, size, gfp);
+}
+
+// Everything kmalloc_nolock's fast path does not do: a bad gfp, not a CPU,
+// too large, the CPU lock held by the interrupted frame (then the next size
+// class, once), an empty CPU freelist (alloc_slow).
+ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
+  if (!(gfp & ~(kGfpZero | kGfpAccount)).empty()) report_bad_gfp(gfp);
+  int idx = size_index(size, gfp);
+  int cpu = current_cpu();
+  if (idx < 0 || cpu == kNoCpu) {
+    if (idx >= 0) stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  CpuSlab* cs = &mine.caches[idx];
+  IrqFlags flags;
+  if (!cpu_lock(*cs, gfp, flags)) {
+    // The frame this call interrupted holds it: once, the next size class.
+    bool last_class = idx % kKmallocClasses == kKmallocClasses - 1;
+    if (last_class || !cpu_lock(mine.caches[idx + 1], gfp, flags)) {
+      stat_add(idx, kSlabStatAllocFailed);
+      return nullptr;
+    }
+    stat_add(idx, kSlabStatNextClass);
+    cs = &mine.caches[++idx];
+  }
+  KmemCache& c = g_caches[idx];
+  std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp, flags);
+  if (obj == 0) {
+    stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  return finish_alloc(c, obj, size, gfp);
+}
+
 // --- free --------------------------------------------------------------------
 
 // Validates `p` (with kSlabExactFree: clears its allocation bit). Return:
@@ -590,8 +666,50 @@ ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
   if (release != nullptr) release_slabs(release, kGfpKernel);
 }
 
-// kfree of an object that is not in this CPU's slab: counted, into its slab.
-ANYCTX_COLD void kfree_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
+// The fast free: `obj` (an object of `s`, validated but not yet prepared)
+// onto the CPU freelist of `cs` when `s` is the CPU slab, its lock can be
+// taken the way `gfp` allows and `obj` is not already free (the slow path
+// then frees again and reports). Return: whether it was freed.
+ANYCTX_ALWAYS_INLINE bool cpu_free_fast(CpuSlab& cs, Slab* s, std::uintptr_t obj, Gfp gfp) {
+  IrqFlags flags;
+  if (ANYCTX_UNLIKELY(!cpu_lock(cs, gfp, flags))) return false;
+  if (ANYCTX_LIKELY(cs.slab == s && obj != cs.free.head &&
+                    (!kSlabExactFree || mark_free(s, object_index(s, obj))))) {
+    ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
+    freelist_push(*s->cache, cs.free, obj, Site::kSlabFreelistEdit);
+    count_one(cs.frees);
+    cpu_unlock(cs, flags);
+    return true;
+  }
+  cpu_unlock(cs, flags);
+  return false;
+}
+
+// The slow frees' CPU slab attempt, after free_prepare(): onto the CPU
+// freelist when `s` is the CPU slab of `cs` and its lock can be taken the
+// way `gfp` allows. Return: whether it was.
+bool cpu_free_prepared(const char* entry, CpuSlab& cs, Slab* s, std::uintptr_t obj, Gfp gfp) {
+  IrqFlags flags;
+  if (!cpu_lock(cs, gfp, flags)) return false;
+  bool in_cpu_slab = cs.slab == s;
+  if (in_cpu_slab) cpu_push(entry, *s->cache, cs, obj);
+  cpu_unlock(cs, flags);
+  return in_cpu_slab;
+}
+
+// Everything kfree's fast path does not do: nullptr, not a CPU, the deferred
+// list to drain first, bad input, an object outside the CPU slab (counted,
+// into its slab under list_lock).
+ANYCTX_COLD void kfree_slow(const void* p) {
+  if (p == nullptr) return;
+  int cpu = require_cpu("kfree");
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  if (mine.deferred.load(std::memory_order_relaxed) != 0) drain_deferred(mine.deferred, cpu);
+  Slab* s = free_prepare("kfree", p);
+  if (s == nullptr) return;
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  KmemCache& c = *s->cache;
+  if (cpu_free_prepared("kfree", mine.caches[c.index], s, obj, kGfpKernel)) return;
   stat_add(c.index, kSlabStatFrees);
   free_slow(c, s, obj);
 }
@@ -614,15 +732,21 @@ void free_deferred(Slab* s, std::uintptr_t obj, int cpu) {
   free_slow(c, s, obj);
 }
 
-// kfree_nolock could not use the CPU slab (another slab's object, or an
-// interrupted frame holds the CPU lock): counted, into the slab under
-// list_lock by trylock. When that is busy, onto this CPU's deferred list;
-// the push that finds the list empty raises an IRQ here, whose exit drains
-// the list once this frame is done (so nothing is stranded on a CPU that
-// makes no further slab call). A thread that is not a CPU defers on the
-// shared list.
-ANYCTX_COLD void kfree_nolock_slow(Slab* s, std::uintptr_t obj, int cpu) {
+// Everything kfree_nolock's fast path does not do: nullptr, bad input, an
+// object outside the CPU slab or a CPU lock held by the interrupted frame:
+// counted, into the slab under list_lock by trylock. When that is busy,
+// onto this CPU's deferred list; the push that finds the list empty raises
+// an IRQ here, whose exit drains the list once this frame is done (so
+// nothing is stranded on a CPU that makes no further slab call). A thread
+// that is not a CPU defers on the shared list.
+ANYCTX_COLD void kfree_nolock_slow(const void* p) {
+  if (p == nullptr) return;
+  Slab* s = free_prepare("kfree_nolock", p);
+  if (s == nullptr) return;
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   KmemCache& c = *s->cache;
+  int cpu = current_cpu();
+  if (cpu != kNoCpu && cpu_free_prepared("kfree_nolock", g_cpu_slabs.on(cpu).caches[c.index], s, obj, Gfp{})) return;
   stat_add(c.index, kSlabStatFrees);
   IrqFlags lf;
   if (list_lock(c, Gfp{}, lf)) {
@@ -738,104 +862,73 @@ std::size_t kmalloc_object_size(const void* p) {
   return s != nullptr ? s->cache->size : 0;
 }
 
+// The fast paths: one CPU, context and slab lookup each, shared by the lock,
+// the counters and the freelist; anything unusual goes to the one *_slow.
+
 void* kmalloc(std::size_t size, Gfp gfp) {
-  int cpu = require_cpu("kmalloc");
   if constexpr (kDebug) {
     if (ANYCTX_UNLIKELY(in_nmi())) report_context("kmalloc() in NMI context: use kmalloc_nolock()");
     if (ANYCTX_UNLIKELY(allows_direct_reclaim(gfp) && !in_task()))
       report_context("kmalloc() with kGfpDirectReclaim in irq context: reclaim runs only in task context (use kGfpAtomic)");
   }
+  int cpu = current_cpu();
   int idx = size_index(size, gfp);
-  if (ANYCTX_UNLIKELY(idx < 0)) return nullptr;
-  CpuSlabs& mine = g_cpu_slabs.on(cpu);
-  if (ANYCTX_UNLIKELY(mine.deferred.load(std::memory_order_relaxed) != 0)) drain_deferred(mine.deferred, cpu);
-  KmemCache& c = g_caches[idx];
-  CpuSlab& cs = mine.caches[idx];
-  IrqFlags flags;
-  std::uintptr_t obj = cpu_lock(cs, gfp, flags) ? alloc_locked(c, cs, cpu, gfp, flags) : 0;
-  if (ANYCTX_UNLIKELY(obj == 0)) {
-    stat_add(idx, kSlabStatAllocFailed);
-    return nullptr;
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
+    CpuSlabs& mine = g_cpu_slabs.on(cpu);
+    CpuSlab& cs = mine.caches[idx];
+    IrqFlags flags;
+    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 && cpu_lock(cs, gfp, flags))) {
+      const KmemCache& c = g_caches[idx];
+      std::uintptr_t obj = cpu_pop_fast(c, cs);
+      cpu_unlock(cs, flags);
+      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, gfp);
+    }
   }
-  return finish_alloc(c, obj, size, gfp);
+  return kmalloc_slow(size, gfp);
 }
 
 void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
-  if (ANYCTX_UNLIKELY(!(gfp & ~(kGfpZero | kGfpAccount)).empty())) report_bad_gfp(gfp);
-  int idx = size_index(size, gfp);
   int cpu = current_cpu();
-  if (ANYCTX_UNLIKELY(idx < 0 || cpu == kNoCpu)) {
-    if (idx >= 0) stat_add(idx, kSlabStatAllocFailed);
-    return nullptr;
-  }
-  CpuSlabs& mine = g_cpu_slabs.on(cpu);
-  CpuSlab* cs = &mine.caches[idx];
-  IrqFlags flags;
-  if (ANYCTX_UNLIKELY(!cpu_lock(*cs, gfp, flags))) {
-    // The frame this call interrupted holds it: once, the next size class.
-    bool last_class = idx % kKmallocClasses == kKmallocClasses - 1;
-    if (last_class || !cpu_lock(mine.caches[idx + 1], gfp, flags)) {
-      stat_add(idx, kSlabStatAllocFailed);
-      return nullptr;
+  int idx = size_index(size, gfp);
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~(kGfpZero | kGfpAccount)).empty())) {
+    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[idx];
+    IrqFlags flags;
+    if (ANYCTX_LIKELY(cpu_lock(cs, gfp, flags))) {
+      const KmemCache& c = g_caches[idx];
+      std::uintptr_t obj = cpu_pop_fast(c, cs);
+      cpu_unlock(cs, flags);
+      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, gfp);
     }
-    stat_add(idx, kSlabStatNextClass);
-    cs = &mine.caches[++idx];
   }
-  KmemCache& c = g_caches[idx];
-  std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp, flags);
-  if (ANYCTX_UNLIKELY(obj == 0)) {
-    stat_add(idx, kSlabStatAllocFailed);
-    return nullptr;
-  }
-  return finish_alloc(c, obj, size, gfp);
+  return kmalloc_nolock_slow(size, gfp);
 }
 
 void kfree(const void* p) {
-  if (p == nullptr) return;
-  int cpu = require_cpu("kfree");
   if constexpr (kDebug) {
-    if (ANYCTX_UNLIKELY(in_nmi())) report_context("kfree() in NMI context: use kfree_nolock()");
+    if (ANYCTX_UNLIKELY(in_nmi() && p != nullptr)) report_context("kfree() in NMI context: use kfree_nolock()");
   }
-  CpuSlabs& mine = g_cpu_slabs.on(cpu);
-  if (ANYCTX_UNLIKELY(mine.deferred.load(std::memory_order_relaxed) != 0)) drain_deferred(mine.deferred, cpu);
-  Slab* s = free_prepare("kfree", p);
-  if (ANYCTX_UNLIKELY(s == nullptr)) return;
+  int cpu = current_cpu();
+  Slab* s = slab_of(p);  // nullptr for nullptr
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
-  KmemCache& c = *s->cache;
-  CpuSlab& cs = mine.caches[c.index];
-  IrqFlags flags;
-  cpu_lock(cs, kGfpKernel, flags);
-  if (ANYCTX_LIKELY(cs.slab == s)) {
-    cpu_push("kfree", c, cs, obj);
-    cpu_unlock(cs, flags);
-    return;
+  if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj))) {
+    CpuSlabs& mine = g_cpu_slabs.on(cpu);
+    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 &&
+                      cpu_free_fast(mine.caches[s->cache->index], s, obj, kGfpKernel)))
+      return;
   }
-  cpu_unlock(cs, flags);
-  kfree_slow(c, s, obj);
+  kfree_slow(p);
 }
 
 void kfree_nolock(const void* p) {
-  if (p == nullptr) return;
   NolockScope nolock("kfree_nolock");
-  Slab* s = free_prepare("kfree_nolock", p);
-  if (ANYCTX_UNLIKELY(s == nullptr)) return;
-  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   int cpu = current_cpu();
-  if (ANYCTX_LIKELY(cpu != kNoCpu)) {
-    KmemCache& c = *s->cache;
-    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
-    IrqFlags flags;
-    if (ANYCTX_LIKELY(cpu_lock(cs, Gfp{}, flags))) {
-      if (ANYCTX_LIKELY(cs.slab == s)) {
-        cpu_push("kfree_nolock", c, cs, obj);
-        cpu_unlock(cs, flags);
-        return;
-      }
-      cpu_unlock(cs, flags);
-    }
-  }
-  kfree_nolock_slow(s, obj, cpu);
+  Slab* s = slab_of(p);  // nullptr for nullptr
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj) &&
+                    cpu_free_fast(g_cpu_slabs.on(cpu).caches[s->cache->index], s, obj, Gfp{})))
+    return;
+  kfree_nolock_slow(p);
 }
 
 std::size_t slab_drain_local() {
@@ -946,6 +1039,7 @@ std::string_view slab_init() {
     while (order < kPcpMaxOrder && (kPageSize << order) / c.size < 8) ++order;
     c.order = static_cast<std::uint8_t>(order);
     c.objects = static_cast<std::uint16_t>((kPageSize << order) >> c.shift);
+    c.object_mask = ~((std::uintptr_t{kPageSize} << order) - 1) | (c.size - 1);
     c.index = i;
     c.page_gfp = accounted ? kGfpAccount : Gfp{};
     c.secret = random_word();

@@ -102,6 +102,9 @@ struct KmemCache {
   int index = 0;
   Gfp page_gfp;               // kGfpAccount for the accounted caches
   std::uintptr_t secret = 0;  // freelist link key
+  // Bits that are clear in (addr - slab base) exactly when addr starts an
+  // object: those above the block and those below the object size.
+  std::uintptr_t object_mask = 0;
   Spinlock list_lock{"slab.list_lock"};
   Slab* partial = nullptr;    // circular, through Slab::next/prev (list_lock)
   std::size_t nr_partial = 0;
@@ -194,10 +197,8 @@ ANYCTX_ALWAYS_INLINE void store_link_word(std::uintptr_t slot, std::uintptr_t v)
 }
 
 // Return: whether `addr` is the start of an object of `s`.
-inline bool is_object_of(const Slab* s, std::uintptr_t addr) {
-  std::uintptr_t rel = addr - reinterpret_cast<std::uintptr_t>(s->base);
-  const KmemCache* c = s->cache;
-  return rel < (std::uintptr_t{s->objects} << c->shift) && (rel & (c->size - 1)) == 0;
+ANYCTX_ALWAYS_INLINE bool is_object_of(const Slab* s, std::uintptr_t addr) {
+  return ((addr - reinterpret_cast<std::uintptr_t>(s->base)) & s->cache->object_mask) == 0;
 }
 
 inline unsigned object_index(const Slab* s, std::uintptr_t addr) {
