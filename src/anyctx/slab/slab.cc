@@ -387,16 +387,19 @@ void freeze(CpuSlab& cs, Slab* s, int cpu) {
 }
 
 // Frees `obj` into its slab (list_lock held), moving the slab onto the
-// partial list when it was full. Return: the slab when it became empty and
-// the partial list is long enough to let it go.
-Slab* free_to_slab_locked(KmemCache& c, Slab* s, std::uintptr_t obj) {
+// partial list when it was full. Return: the slab when it became empty, the
+// partial list is long enough to let it go and `gfp` allows spinning. (An
+// empty slab that a nolock free leaves on the list is reused, or released
+// by a drain: its pages freed with free_pages_nolock would sit on this
+// CPU's pcp list, out of reach of the CPU that allocates.)
+Slab* free_to_slab_locked(KmemCache& c, Slab* s, std::uintptr_t obj, Gfp gfp) {
   freelist_push(c, s->free, obj, Site::kSlabListEdit);
   if (s->cpu != kNoCpu) return nullptr;  // a CPU slab: its CPU takes these back
   if (!s->on_partial) {
     partial_add(c, s);
     return nullptr;
   }
-  if (s->free.count == s->objects && c.nr_partial > kSlabKeepPartial && !s->corrupted) {
+  if (s->free.count == s->objects && c.nr_partial > kSlabKeepPartial && !s->corrupted && allows_spinning(gfp)) {
     partial_remove(c, s);
     return s;
   }
@@ -661,7 +664,7 @@ ANYCTX_ALWAYS_INLINE Slab* free_prepare(const char* entry, const void* p) {
 ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
   IrqFlags lf;
   list_lock(c, kGfpKernel, lf);
-  Slab* release = free_to_slab_locked(c, s, obj);
+  Slab* release = free_to_slab_locked(c, s, obj, kGfpKernel);
   list_unlock(c, lf);
   if (release != nullptr) release_slabs(release, kGfpKernel);
 }
@@ -750,9 +753,8 @@ ANYCTX_COLD void kfree_nolock_slow(const void* p) {
   stat_add(c.index, kSlabStatFrees);
   IrqFlags lf;
   if (list_lock(c, Gfp{}, lf)) {
-    Slab* release = free_to_slab_locked(c, s, obj);
+    free_to_slab_locked(c, s, obj, Gfp{});  // never returns a slab to release
     list_unlock(c, lf);
-    if (release != nullptr) release_slabs(release, Gfp{});
     return;
   }
   if (cpu == kNoCpu) {
