@@ -184,12 +184,18 @@ void* object_outside_cpu_slab(std::vector<void*>& rest) {
   return first;
 }
 
+// Return: an object of `rest` (in a full slab, not the CPU slab), taken out.
+void* take_one(std::vector<void*>& rest) {
+  void* p = rest.front();
+  rest.erase(rest.begin());
+  return p;
+}
+
 TEST_F(SlabTest, KfreeNolockOutsideTheCpuSlabFreesIntoItsSlab) {
   init_slab();
   std::vector<void*> rest;
   void* a = object_outside_cpu_slab(rest);
-  void* b = rest.front();
-  rest.erase(rest.begin());
+  void* b = take_one(rest);
   testing::run_in_nmi([&] { kfree_nolock(a); });
   kfree_nolock(b);  // task context, also outside the CPU slab
   int idx = kmalloc_cache_index(64, kGfpKernel);
@@ -204,8 +210,7 @@ TEST_F(SlabTest, KfreeNolockWithTheListLockBusyDefersAndItsIrqDrains) {
   init_slab();
   std::vector<void*> rest;
   void* a = object_outside_cpu_slab(rest);
-  void* b = rest.front();
-  rest.erase(rest.begin());
+  void* b = take_one(rest);
   int idx = kmalloc_cache_index(64, kGfpKernel);
   {
     IrqSaveScope masked;  // the IRQ the first push raises waits for the unmask
@@ -218,8 +223,7 @@ TEST_F(SlabTest, KfreeNolockWithTheListLockBusyDefersAndItsIrqDrains) {
   EXPECT_EQ(slab_deferred_pending(), 0u) << "the raised IRQ ran at the unmask and its exit drained the list";
   EXPECT_EQ(slab_cache_stats(idx).deferred_freed, 2u);
   expect_slab_invariants();
-  void* c = rest.front();
-  rest.erase(rest.begin());
+  void* c = take_one(rest);
   testing::kfree_nolock_list_locked(idx, {c});
   EXPECT_EQ(slab_deferred_pending(), 0u) << "IRQs on: drained when the lock was dropped";
   for (void* p : rest) kfree(p);
@@ -236,8 +240,7 @@ TEST_F(SlabTest, TheNextSpinningCallDrainsTheDeferredList) {
   EXPECT_EQ(slab_deferred_pending(), 1u);
   void* p = kmalloc(16, kGfpAtomic);
   EXPECT_EQ(slab_deferred_pending(), 0u) << "kmalloc drains first";
-  void* b = rest.front();  // in the full slab, not the CPU slab
-  rest.erase(rest.begin());
+  void* b = take_one(rest);
   testing::kfree_nolock_list_locked(idx, {b});
   EXPECT_EQ(slab_deferred_pending(), 1u);
   kfree(p);
