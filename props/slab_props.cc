@@ -19,7 +19,9 @@
 // spinning call starts with).
 //
 // Allocations always find memory: the model bounds the pages slabs can pin
-// (live objects + one CPU slab + kSlabKeepPartial spares per cache) so that
+// (live objects + one CPU slab + kSlabKeepPartial spares per cache, + one
+// per kfree_nolock since the last slab_drain_all: a nolock free that empties
+// a slab leaves it on the partial list) so that
 // alloc_pages_nolock of a slab's order cannot fail for want of a free block
 // (the pigeonhole argument of page_props.cc), and checks that bound.
 //
@@ -96,6 +98,9 @@ struct SlabModel {
   std::array<std::size_t, kPcpMaxOrder + 1> high_water{};  // pinned pages per slab order
   int pending_min = 0;                                     // kfree_nolock calls certainly still deferred
   int pending_bound = 0;                                   // kfree_nolock calls since the last point that drains them
+  // kfree_nolock calls since the last slab_drain_all: each may have emptied
+  // a slab and left it on the partial list (a nolock free gives no pages back).
+  std::array<std::size_t, kKmallocCaches> nolock_emptied{};
 
   const Obj* find(int id) const {
     for (const Obj& o : live)
@@ -108,7 +113,7 @@ struct SlabModel {
     for (int c = 0; c < kKmallocCaches; ++c) {
       if (!touched[c] && c != extra_cache) continue;
       unsigned o = order_of_class(c % kClasses);
-      std::size_t n = static_cast<std::size_t>(in_use[c]) + (c == extra_cache ? 1 : 0) + kKeptPerCache;
+      std::size_t n = static_cast<std::size_t>(in_use[c]) + (c == extra_cache ? 1 : 0) + kKeptPerCache + nolock_emptied[c];
       pages[o] += n << o;
     }
     for (unsigned o = 0; o <= kPcpMaxOrder; ++o) pages[o] = std::max(pages[o], high_water[o]);
@@ -163,6 +168,7 @@ struct SlabModel {
     if (mode == Mode::kSpinning) {
       pending_min = pending_bound = 0;  // kfree drains first
     } else {
+      ++nolock_emptied[cache];
       ++pending_bound;
       if (cache == held && broken == Breakage::kHeldFreeDefers) ++pending_min;
     }
@@ -252,8 +258,11 @@ bool simulate(SlabModel& m, const std::vector<Step>& steps, Ctx ctx, int held, s
         m.free(s.id, s.mode, held);
         break;
       case Step::kDrainLocal:
+        m.drained();
+        break;
       case Step::kDrainAll:
         m.drained();
+        m.nolock_emptied = {};  // it gives every empty slab back
         break;
       case Step::kIrq:
       case Step::kNmi:
@@ -460,10 +469,11 @@ void check_state(const SlabModel& m, SlabSut& sut, const std::string& after) {
       prop_fail("next class: " + cache_name(c) + " next-class allocations/failures " +
                 std::to_string(st.next_class_allocs) + "/" + std::to_string(st.alloc_failed) + ", the model says " +
                 std::to_string(m.next_class[c]) + "/" + std::to_string(m.failed[c]) + " after " + after);
-    if (st.slabs > static_cast<std::uint64_t>(m.in_use[c] + kKeptPerCache))
+    if (st.slabs > static_cast<std::uint64_t>(m.in_use[c] + kKeptPerCache) + m.nolock_emptied[c])
       prop_fail("slab count: " + cache_name(c) + " holds " + std::to_string(st.slabs) + " slabs for " +
-                std::to_string(m.in_use[c]) + " objects in use (at most one CPU slab and " +
-                std::to_string(kSlabKeepPartial) + " spares may be empty) after " + after);
+                std::to_string(m.in_use[c]) + " objects in use (at most one CPU slab, " +
+                std::to_string(kSlabKeepPartial) + " spares and " + std::to_string(m.nolock_emptied[c]) +
+                " slabs emptied by kfree_nolock may be empty) after " + after);
   }
   std::uint64_t pending = slab_deferred_pending();
   if (pending < static_cast<std::uint64_t>(m.pending_min) || pending > static_cast<std::uint64_t>(m.pending_bound))
