@@ -48,11 +48,12 @@
 //    slab and the reason; then, by policy, abort (the default in debug and
 //    sanitizer builds) or count the report and leave the memory alone.
 //    Double frees are detected exactly in debug and sanitizer builds (and
-//    with -DANYCTX_SLAB_EXACT_FREE=1): each slab has an allocation bitmap
-//    updated with one atomic RMW per kmalloc and one per kfree. Release
-//    builds keep the CPU-local paths free of atomic RMWs and catch a double
-//    free only when the object is the last one freed to its CPU freelist (as
-//    production SLUB does); a later one may corrupt the slab.
+//    with the CMake option ANYCTX_SLAB_EXACT_FREE): each slab has an
+//    allocation bitmap updated with one atomic RMW per kmalloc and one per
+//    kfree. Other builds keep the CPU-local paths free of atomic RMWs and
+//    catch a double free only when the object is the last one freed to its
+//    CPU freelist (as production SLUB does); a later one may corrupt the
+//    slab.
 //  - Hardened freelists: the link in a free object is stored encoded with a
 //    per-cache secret and the object's own address; a link that decodes
 //    outside its slab or off an object boundary is a `slab freelist

@@ -25,14 +25,15 @@
 //    Slab::next belongs to that CPU's lock. Lock order: CPU slab lock ->
 //    list_lock -> page allocator locks; never two list_locks at once.
 //  - Slab::allocated: one bit per object, atomic RMW from any CPU, in builds
-//    with kSlabExactFree (debug and sanitizer builds; the hardened option
-//    -DANYCTX_SLAB_EXACT_FREE=1 elsewhere). Without it the bitmap stays
+//    with kSlabExactFree (debug and sanitizer builds; the hardened CMake
+//    option ANYCTX_SLAB_EXACT_FREE elsewhere). Without it the bitmap stays
 //    clear and a double free is caught only when the object is on top of
 //    the CPU freelist it is freed to.
 //  - Deferred lists: lock-free stacks through the first word of the objects.
-//    Only its CPU empties a CPU's list; the push that finds the list empty
+//    Pushes go to the pushing CPU's own list; the push that finds it empty
 //    raises an IRQ on that CPU, whose exit drains it once the pushing frame
-//    (and a frame it interrupted with IRQs masked) is done.
+//    (and a frame it interrupted with IRQs masked) is done. Any CPU may
+//    take a whole list (slab_drain_all); it is one exchange.
 #pragma once
 
 #include <atomic>
@@ -49,8 +50,8 @@
 #include "anyctx/page/page.h"
 #include "anyctx/slab/slab.h"
 
-// Exact double-free detection: on in debug and sanitizer builds, an option
-// (-DANYCTX_SLAB_EXACT_FREE=1) in release builds.
+// Exact double-free detection: on in debug and sanitizer builds, the CMake
+// option ANYCTX_SLAB_EXACT_FREE in release builds.
 #ifndef ANYCTX_SLAB_EXACT_FREE
 #define ANYCTX_SLAB_EXACT_FREE (ANYCTX_DEBUG || ANYCTX_ASAN || ANYCTX_TSAN)
 #endif
