@@ -1,8 +1,8 @@
 // props/page_props.cc — the page allocator against a reference model.
 //
 // The model knows, per order, how many blocks sit on CPU 0's pcp lists
-// (the refill size, the nolock "no high check" commit and the spinning trim
-// are simple enough to model exactly), which blocks are live with which
+// (the refill size and the trim above `high` — a nolock free trims only
+// when zone.lock is free — are simple enough to model exactly), which blocks are live with which
 // reference counts, the fault plan's call counter, and the statistics.
 // It does not know addresses: the buddy lists are the allocator's business.
 // That is enough to predict every result exactly, because the arena is big
@@ -68,13 +68,13 @@ inline bool zone_held(Held h) { return h == Held::kZone || h == Held::kBoth; }
 enum class Breakage : std::uint8_t {
   kNone,
   kConservationOffByOne,  // the model counts one page too many as live
-  kNoPcpTrim,             // the model forgets the spinning free's trim above `high`
+  kNoPcpTrim,             // the model forgets the free's trim above `high`
   kHeldZoneIgnored,       // the model thinks a nolock refill works while zone.lock is held
   kFaultContextIgnored,   // the model's fault plan counts calls from every context
   kGetPageNotCounted,     // the model forgets that get_page adds a reference
   kKeepFreedRanges,       // the overlap oracle is fed ranges of freed blocks as if live
   kLeakAtTeardown,        // the final free-everything pass forgets one block
-  kLatePushesDrained,     // the model thinks a holder also drains what NMIs push after its drain
+  kHolderLeavesPushes,    // the model thinks what an NMI pushes while the task holds zone.lock waits for the next holder
 };
 
 struct Block {
@@ -170,8 +170,9 @@ struct PageModel {
     }
   }
 
-  // A spinning path takes zone.lock: it empties the deferred stack first.
-  void zone_lock_spinning() {
+  // A path took zone.lock (spinning, or a nolock try that succeeded): it
+  // empties the deferred stack before it releases it.
+  void zone_unlocked() {
     deferred_drained += static_cast<std::uint64_t>(deferred_blocks);
     deferred_blocks = 0;
     deferred_pages = 0;
@@ -181,18 +182,18 @@ struct PageModel {
   void return_block(unsigned order, Path path, Held held) {
     if (order <= kPcpMaxOrder && !pcp_held(held)) {
       ++pcp[order];
-      if (path == Path::kSpinning && broken != Breakage::kNoPcpTrim) {
-        int over = pcp_pages() - kHigh;
-        if (over > 0) {
-          zone_lock_spinning();
-          bulk_free(over + kBatch);
-        }
+      int over = pcp_pages() - kHigh;
+      // Above high: a batch goes back, unless a nolock free finds zone.lock
+      // busy (then the next free tries).
+      if (over > 0 && broken != Breakage::kNoPcpTrim && !(path == Path::kNolock && zone_held(held))) {
+        zone_unlocked();
+        bulk_free(over + kBatch);
       }
     } else if (!zone_held(held)) {
-      if (path == Path::kSpinning) zone_lock_spinning();  // to the buddy lists
+      zone_unlocked();  // to the buddy lists
     } else {
-      // zone.lock busy: onto the deferred stack, until the next spinning
-      // holder of zone.lock (or drain_all_pages) empties it.
+      // zone.lock busy: onto the deferred stack, until the holder (the
+      // interrupted task frame) empties it before its release.
       ++deferred_pushed;
       ++deferred_blocks;
       deferred_pages += std::size_t{1} << order;
@@ -209,14 +210,14 @@ struct PageModel {
       } else if (zone_held(held) && broken != Breakage::kHeldZoneIgnored) {
         ok = false;  // the refill finds zone.lock busy
       } else {
-        if (path == Path::kSpinning) zone_lock_spinning();
+        zone_unlocked();
         int blocks = std::max(1, kBatch >> order);
         pcp[order] += blocks - 1;
         ok = true;
       }
     } else {
       ok = !zone_held(held);  // straight to the buddy lists
-      if (ok && path == Path::kSpinning) zone_lock_spinning();
+      if (ok) zone_unlocked();
     }
     int p = static_cast<int>(path), c = ctx_index(ctx);
     Prediction r;
@@ -269,13 +270,13 @@ struct PageModel {
 
   // drain_local_pages(): a bulk free under zone.lock when there is anything.
   void drain_local() {
-    if (pcp_pages() > 0) zone_lock_spinning();
+    if (pcp_pages() > 0) zone_unlocked();
     pcp.fill(0);
   }
   // drain_all_pages(): every pcp, then zone.lock once more for the stack.
   void drain_all() {
     drain_local();
-    zone_lock_spinning();
+    zone_unlocked();
   }
 };
 
@@ -763,9 +764,9 @@ class RunSteps : public PageCmd {
 // An NMI delivered while the task frame is inside the allocator holding
 // zone.lock, pcp.lock or both (from the allocator's own site), or an IRQ
 // while it holds only pcp.lock (taken without masking IRQs). With both held
-// the NMI comes either at kZoneLocked, before the holder empties the
-// deferred stack, or `late`, at kPcpBulkFree, after it did: what the NMI
-// pushes then stays on the stack for the next spinning holder.
+// the NMI comes either at kZoneLocked or `late`, at kPcpBulkFree, in the
+// middle of the drain: either way the holder empties the deferred stack,
+// what the NMI pushed included, before it releases zone.lock.
 class InterruptWhileHolding : public PageCmd {
  public:
   InterruptWhileHolding(Held held, Ctx kind, Step task_op, std::vector<Step> nmi, bool late = false)
@@ -818,15 +819,9 @@ class InterruptWhileHolding : public PageCmd {
         break;
       }
       case Step::kDrainLocal:
-        if (late_) {
-          m.zone_lock_spinning();  // the holder's drain of the stack, before the NMI
-          if (!simulate(m, nmi_, kind_, held_, nmi_out)) return false;
-          if (m.broken == Breakage::kLatePushesDrained) m.zone_lock_spinning();
-          m.pcp.fill(0);
-        } else {
-          if (!simulate(m, nmi_, kind_, held_, nmi_out)) return false;
-          m.drain_local();
-        }
+        if (!simulate(m, nmi_, kind_, held_, nmi_out)) return false;
+        if (m.broken == Breakage::kHolderLeavesPushes) m.pcp.fill(0);  // pushes left for a later holder
+        else m.drain_local();
         break;
       default:
         return false;
@@ -911,7 +906,7 @@ class InterruptWhileHolding : public PageCmd {
   }
 
   void show(std::ostream& os) const override {
-    os << "while the task holds " << held_name(held_) << (late_ ? " (after its deferred drain)" : "") << " in '";
+    os << "while the task holds " << held_name(held_) << (late_ ? " (mid-drain)" : "") << " in '";
     show_step(os, task_);
     os << "': " << ctx_name(kind_) << "{";
     show_steps(os, nmi_);
@@ -1000,7 +995,6 @@ rc::Gen<std::shared_ptr<const PageCmd>> gen_command(const PageModel& model) {
       bool late = held == Held::kBoth && coin();
       PageModel at_nmi = m;
       if (task.kind == Step::kFree) at_nmi.take_for_free(task.id, Path::kSpinning, Ctx::kTask);
-      if (late) at_nmi.zone_lock_spinning();
       std::vector<Step> nmi = gen_steps(at_nmi, kind, held, kMaxSubSteps);
       return std::make_shared<InterruptWhileHolding>(held, kind, task, std::move(nmi), late);
     }
@@ -1096,7 +1090,7 @@ TEST(PageProps, Overlap_CatchesBrokenModel) {
 }
 
 TEST(PageProps, DeferredStack_CatchesBrokenModel) {
-  ANYCTX_EXPECT_CAUGHT(run_broken("page/late-pushes", [] { page_state_machine(Breakage::kLatePushesDrained); }),
+  ANYCTX_EXPECT_CAUGHT(run_broken("page/holder-leaves-pushes", [] { page_state_machine(Breakage::kHolderLeavesPushes); }),
                        "deferred stack");
 }
 

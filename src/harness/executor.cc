@@ -90,6 +90,8 @@ struct CpuState {
   bool in_op = false;      // inside a top-level op (not at a boundary)
   bool spinning = false;   // last event was kSpinWait
   const Spinlock* spin_lock = nullptr;
+  int drain_waits = 0;     // kPcpDrainWait events in a row
+  int anyctx_cpu = -1;     // its CpuScope's id while online
   int depth = 0;           // frames in use
   Frame frames[kMaxFrames];
   int pct_priority = 0;    // PCT: the highest priority that can run runs
@@ -168,17 +170,22 @@ void trace(std::uint64_t a, std::uint64_t b = 0) {
 
 // Exactly one participant runs: the one g_turn names. Turns 0..3 are program
 // CPUs, kMainTurn the thread in run_program, kExitTurnBase + i lets CPU i go
-// offline. Each waiting thread sleeps on its own futex word (a sequence
-// bumped by every turn handed to it), so a hand-off wakes exactly one thread.
+// offline, kServeTurnBase + i lends finished CPU i a turn to take the
+// interrupts sent to it. Each waiting thread sleeps on its own futex word (a
+// sequence bumped by every turn handed to it), so a hand-off wakes exactly
+// one thread.
 constexpr int kMainTurn = -2;
-constexpr int kExitTurnBase = 100;  // kExitTurnBase + i: CPU i may go offline
+constexpr int kExitTurnBase = 100;   // kExitTurnBase + i: CPU i may go offline
+constexpr int kServeTurnBase = 200;  // kServeTurnBase + i: finished CPU i takes its interrupts
 
 std::atomic<int> g_turn{kMainTurn};
 std::atomic<int> g_wake[kMaxProgramCpus + 1];  // per waiting thread: CPU i's, then main's
 
 std::atomic<int>& wake_word(int turn) {
   if (turn == kMainTurn) return g_wake[kMaxProgramCpus];
-  return g_wake[turn >= kExitTurnBase ? turn - kExitTurnBase : turn];
+  return g_wake[turn >= kServeTurnBase  ? turn - kServeTurnBase
+                : turn >= kExitTurnBase ? turn - kExitTurnBase
+                                        : turn];
 }
 
 long futex(std::atomic<int>* addr, int op, int value) {
@@ -232,6 +239,45 @@ void switch_to(int me, int to) {
   InterruptsHeld held;
   give_turn(to);
   wait_turn(me);
+}
+
+// A finished CPU waits to go offline. Meanwhile a CPU waiting for it to
+// serve a drain request lends it turns (on_drain_wait), as an idle CPU still
+// takes interrupts. Return: true for such a turn, false for the exit turn.
+bool wait_exit_or_serve_turn(int me) {
+  std::atomic<int>& w = wake_word(me);
+  for (;;) {
+    int seen = w.load(std::memory_order_acquire);
+    int turn = g_turn.load(std::memory_order_acquire);
+    if (turn == kExitTurnBase + me) return false;
+    if (turn == kServeTurnBase + me) return true;
+    futex(&w, FUTEX_WAIT_PRIVATE, seen);
+  }
+}
+
+int next_runnable(int me);
+
+// Finished CPU `me` has a lent turn: its interrupt signals, held since it
+// finished, run now (runnable meanwhile, so a switch inside a handler comes
+// back to it; inside an op meanwhile, so no other CPU checks the allocator
+// under a handler); then the turn goes on.
+void serve_interrupts(int me) {
+  g_turn.store(me, std::memory_order_relaxed);
+  CpuState& cpu = g.cpus[me];
+  cpu.done = false;
+  cpu.in_op = true;
+  trace(0x5e7e, static_cast<std::uint64_t>(me));
+  InterruptConfig config = interrupts_config();
+  sigset_t both;
+  sigemptyset(&both);
+  sigaddset(&both, config.irq_signal);
+  sigaddset(&both, config.nmi_signal);
+  pthread_sigmask(SIG_UNBLOCK, &both, nullptr);  // what is pending runs before this returns
+  pthread_sigmask(SIG_BLOCK, &both, nullptr);
+  cpu.in_op = false;
+  cpu.done = true;
+  int to = next_runnable(me);
+  give_turn(to >= 0 ? to : kMainTurn);
 }
 
 // Return: whether CPU `c` waits for a lock that is still held.
@@ -408,7 +454,15 @@ Ctx current_ctx() {
   return l == ContextLevel::kTask ? Ctx::kTask : l == ContextLevel::kIrq ? Ctx::kIrq : Ctx::kNmi;
 }
 
-Gfp spinning_gfp(Ctx ctx) { return ctx == Ctx::kTask ? kGfpKernel : kGfpAtomic; }
+// Return: whether a frame of this CPU holds a program lock (A, B or L).
+bool holds_program_lock() {
+  return g.local_model[t_cpu].cpu == t_cpu || g.spin_model[0].cpu == t_cpu || g.spin_model[1].cpu == t_cpu;
+}
+
+// A task frame holding a lock may not reclaim: reclaim waits for the other
+// CPUs (pcp drain requests), whose interrupt handlers may want that lock —
+// the userspace "sleeping while atomic" (a program-level rule).
+Gfp spinning_gfp(Ctx ctx) { return ctx == Ctx::kTask && !holds_program_lock() ? kGfpKernel : kGfpAtomic; }
 
 bool op_alloc_pages(const Op& op, Ctx ctx) {
   Slot& s = g.slots[op.slot];
@@ -666,7 +720,10 @@ bool run_op(const Op& op, Ctx ctx) {
     case OpKind::kPutPage: return op_put_page(op);
     case OpKind::kWriteVerify: return op_write_verify(op);
     case OpKind::kDrainLocal: drain_local_pages(); return true;
-    case OpKind::kDrainAll: drain_all_pages(); return true;
+    case OpKind::kDrainAll:
+      if (holds_program_lock()) return false;  // it waits for the other CPUs (see spinning_gfp)
+      drain_all_pages();
+      return true;
     case OpKind::kCpuCycle:
       // A CPU cannot go offline inside a local-lock section.
       if (g.local_model[t_cpu].cpu == t_cpu) return false;
@@ -917,6 +974,51 @@ void on_spin_wait(int me) {
   report_global_deadlock();
 }
 
+// Return: the program CPU whose CpuScope has id `anyctx_cpu`, or -1.
+int program_cpu_of(int anyctx_cpu) {
+  for (int c = 0; c < g.ncpus; ++c)
+    if (g.cpus[c].anyctx_cpu == anyctx_cpu) return c;
+  return -1;
+}
+
+// CPU `me` waits for another to serve its pcp drain request (page_alloc.h):
+// let that CPU run — its interrupt signals are delivered as it resumes — or,
+// when it has finished its ops, lend it a turn to take them. When it spins
+// on a held lock, run one that can make progress instead. A request that
+// kMaxDrainWaits polls in a row leave unserved is a liveness failure: in a
+// correct protocol the owner serves it as soon as it runs.
+constexpr int kMaxDrainWaits = 4096;
+
+void on_drain_wait(int me) {
+  CpuState& cpu = g.cpus[me];
+  int target = program_cpu_of(pcp_drain_waiting_on());
+  if (++cpu.drain_waits > kMaxDrainWaits) {
+    Report r("harness: liveness");
+    r << "program cpu " << me << " waited " << kMaxDrainWaits << " turns for anyctx cpu " << pcp_drain_waiting_on()
+      << " (program cpu " << target << ") to serve its pcp drain request";
+    fail(r);
+  }
+  if (target < 0 || target == me) return;  // gone offline: the next poll sees it
+  if (g.cpus[target].done) {
+    InterruptsHeld held;
+    give_turn(kServeTurnBase + target);
+    wait_turn(me);
+    return;
+  }
+  if (!blocked(g.cpus[target])) {
+    switch_to(me, target);
+    return;
+  }
+  for (int i = 1; i < g.ncpus; ++i) {
+    int c = (me + i) % g.ncpus;
+    if (!g.cpus[c].done && !blocked(g.cpus[c])) {
+      switch_to(me, c);
+      return;
+    }
+  }
+  report_global_deadlock();
+}
+
 // Return: the lock classes CPU `c` holds, over all its frames, and whether
 // one of its frames is inside an update (interleave.h).
 std::uint8_t held_by(int c) {
@@ -982,6 +1084,11 @@ void site_event(int site) {
     return;
   }
   g.cpus[me].spinning = false;
+  if (site == static_cast<int>(Site::kPcpDrainWait)) {
+    on_drain_wait(me);
+    return;
+  }
+  g.cpus[me].drain_waits = 0;
   const Program& p = *g.program;
   if (p.pct.on()) {
     while (g.pct_next_change < g.pct_nchanges && g.pct_changes[g.pct_next_change] <= g.events)
@@ -1048,6 +1155,7 @@ void cycle_cpu() {
   trace(0xc7c1e);
   t_scope->reset();    // offline: the per-CPU caches drain
   t_scope->emplace();  // online again (the lowest free id)
+  g.cpus[t_cpu].anyctx_cpu = (*t_scope)->id();
   // An injection that fired while the CPU went offline was raised into
   // blocked signals and dropped: it never ran, and never will.
   t_pending[0].count = 0;
@@ -1062,6 +1170,7 @@ void cpu_main(int index, bool own_thread) {
   std::optional<CpuScope> scope;
   scope.emplace();
   t_scope = &scope;
+  g.cpus[index].anyctx_cpu = scope->id();
   run_frame(g.program->cpus[static_cast<std::size_t>(index)], -1, Ctx::kTask);
   g.cpus[index].done = true;
   if (next_runnable(index) < 0) check_before_offline();
@@ -1069,7 +1178,7 @@ void cpu_main(int index, bool own_thread) {
     InterruptsHeld held;
     int to = next_runnable(index);
     give_turn(to >= 0 ? to : kMainTurn);
-    wait_turn(kExitTurnBase + index);
+    while (wait_exit_or_serve_turn(index)) serve_interrupts(index);
   }
   g.quiescing = true;  // going offline is not part of the program
   scope.reset();

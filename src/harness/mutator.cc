@@ -60,6 +60,7 @@ constexpr std::uint64_t kPageSites = []() {
   std::uint64_t m = 0;
 #define ANYCTX_MUT_SITE_BIT(name, text) m |= site_bit(Site::name);
   ANYCTX_PAGE_SITES(ANYCTX_MUT_SITE_BIT)
+  ANYCTX_PCP_REQUEST_SITES(ANYCTX_MUT_SITE_BIT)
   return m;
 }();
 constexpr std::uint64_t kMemcgSites = []() {

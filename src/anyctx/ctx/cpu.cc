@@ -27,6 +27,7 @@ CpuSlot g_slots[kMaxCpus];              // guarded by g_registry_mu
 std::atomic<bool> g_online[kMaxCpus]{};  // written under g_registry_mu
 std::atomic<CpuOfflineFn> g_offline_fns[kMaxOfflineCallbacks]{};  // written under g_registry_mu
 std::atomic<int> g_ids_used{0};  // written under g_registry_mu
+std::atomic<unsigned> g_generation[kMaxCpus]{};  // written under g_registry_mu
 
 std::size_t page_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
 
@@ -91,6 +92,7 @@ CpuScope::CpuScope() {
   slot.thread = pthread_self();
   t.cpu = id;
   if (id >= g_ids_used.load(std::memory_order_relaxed)) g_ids_used.store(id + 1, std::memory_order_release);
+  g_generation[id].store(g_generation[id].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   g_online[id].store(true, std::memory_order_release);
   id_ = id;
 }
@@ -120,8 +122,8 @@ CpuScope::~CpuScope() {
   pthread_sigmask(SIG_BLOCK, &both, &previous);
   {
     IrqSaveScope masked;
-    for (CpuOfflineFn fn : fns)
-      if (fn != nullptr) fn(id_);
+    for (int i = kMaxOfflineCallbacks - 1; i >= 0; --i)  // the last registered first
+      if (fns[i] != nullptr) fns[i](id_);
   }
   {
     std::lock_guard<std::mutex> guard(g_registry_mu);
@@ -137,6 +139,10 @@ int cpus_online() {
   int n = 0;
   for (const auto& online : g_online) n += online.load(std::memory_order_relaxed) ? 1 : 0;
   return n;
+}
+
+unsigned cpu_online_generation(int cpu) {
+  return cpu >= 0 && cpu < kMaxCpus ? g_generation[cpu].load(std::memory_order_acquire) : 0;
 }
 
 int cpu_ids_used() { return g_ids_used.load(std::memory_order_acquire); }
@@ -158,13 +164,16 @@ bool cpu_offline_callback_add(CpuOfflineFn fn) {
   return false;
 }
 
+// The registry stays in registration order with no holes: a removal moves
+// the later callbacks down one slot.
 bool cpu_offline_callback_remove(CpuOfflineFn fn) {
   std::lock_guard<std::mutex> guard(g_registry_mu);
-  for (auto& slot : g_offline_fns) {
-    if (slot.load(std::memory_order_relaxed) == fn) {
-      slot.store(nullptr, std::memory_order_relaxed);
-      return true;
-    }
+  for (int i = 0; i < kMaxOfflineCallbacks; ++i) {
+    if (g_offline_fns[i].load(std::memory_order_relaxed) != fn) continue;
+    for (; i + 1 < kMaxOfflineCallbacks; ++i)
+      g_offline_fns[i].store(g_offline_fns[i + 1].load(std::memory_order_relaxed), std::memory_order_relaxed);
+    g_offline_fns[kMaxOfflineCallbacks - 1].store(nullptr, std::memory_order_relaxed);
+    return true;
   }
   return false;
 }

@@ -9,9 +9,12 @@
 //  - Fatal reports (misuse): more than kMaxCpus CPUs online, a second
 //    CpuScope on a thread that already is a CPU, a CpuScope ending inside an
 //    interrupt handler, with IRQs masked or inside a local-lock section.
-//  - Offline callbacks run on the departing thread, in registration order,
-//    while it is still that CPU with IRQs masked, so they may drain its
-//    per-CPU caches with the ordinary (spinning) entry points. From the
+//  - Offline callbacks run on the departing thread, last registered first
+//    (as the kernel's CPU-hotplug teardown runs its states in reverse), while
+//    it is still that CPU with IRQs masked, so they may drain its per-CPU
+//    caches with the ordinary (spinning) entry points: a layer set up on top
+//    of another (slab on the page allocator) flushes into it before the
+//    lower layer drains its own caches. From the
 //    callbacks on, IRQ- and NMI-class signals are blocked on the thread (no
 //    interrupt can refill a cache after its drain); those that arrive are
 //    delivered once it is no longer a CPU, and dropped.
@@ -47,6 +50,11 @@ int cpus_online();
 
 // Return: whether `cpu` is online now. Context: any (a snapshot).
 bool cpu_is_online(int cpu);
+
+// Return: how many times a CPU with id `cpu` has come online: a waiter that
+// remembers it knows when the id it waits on went away and came back.
+// Context: any (a snapshot).
+unsigned cpu_online_generation(int cpu);
 
 // Return: 1 + the highest CPU id that has ever been online (0 when none):
 // per-CPU data above it has never been touched. (The kernel's nr_cpu_ids.)

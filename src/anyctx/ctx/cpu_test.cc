@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -96,6 +97,31 @@ TEST_F(CpuTest, OfflineCallbacksRunOnTheDepartingCpu) {
 }
 
 void noop_a(int) {}
+
+// Teardown runs in reverse: the layer registered last (built on the ones
+// before it) flushes into them before they drain. A removal keeps the order
+// of the rest, and a callback added after it runs first.
+char g_order[4];
+int g_order_n = 0;
+void order_a(int) { g_order[g_order_n++] = 'a'; }
+void order_b(int) { g_order[g_order_n++] = 'b'; }
+void order_c(int) { g_order[g_order_n++] = 'c'; }
+
+TEST_F(CpuTest, OfflineCallbacksRunLastRegisteredFirst) {
+  ASSERT_TRUE(cpu_offline_callback_add(order_a));
+  ASSERT_TRUE(cpu_offline_callback_add(order_b));
+  ASSERT_TRUE(cpu_offline_callback_add(order_c));
+  std::thread([] { CpuScope cpu; }).join();
+  ASSERT_EQ(g_order_n, 3);
+  EXPECT_EQ(std::string(g_order, g_order + 3), std::string("cba"));
+  ASSERT_TRUE(cpu_offline_callback_remove(order_b));
+  ASSERT_TRUE(cpu_offline_callback_add(order_b));
+  g_order_n = 0;
+  std::thread([] { CpuScope cpu; }).join();
+  ASSERT_EQ(g_order_n, 3);
+  EXPECT_EQ(std::string(g_order, g_order + 3), std::string("bca"));
+  for (CpuOfflineFn fn : {order_a, order_b, order_c}) EXPECT_TRUE(cpu_offline_callback_remove(fn));
+}
 
 TEST_F(CpuTest, OfflineCallbackRegistryIsBounded) {
   // Distinct function pointers from a template, to fill every slot.

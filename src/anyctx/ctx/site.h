@@ -58,8 +58,15 @@
   X(kSlabDeferredPush, "between reading a CPU's deferred-free head and the CAS")  \
   X(kSlabDeferredDrain, "between objects of a slab deferred-free drain")
 
+// The page allocator's drain requests (page/): the owner serving one, and
+// the requester waiting for it.
+#define ANYCTX_PCP_REQUEST_SITES(X)                                                     \
+  X(kPcpDrainServe, "a CPU holding its pcp is about to serve another CPU's drain request") \
+  X(kPcpDrainWait, "waiting for other CPUs to serve pcp drain requests (between polls)")
+
 // New lists go at the end, so existing ids stay put.
-#define ANYCTX_SITE_LIST(X) ANYCTX_LOCK_SITES(X) ANYCTX_PAGE_SITES(X) ANYCTX_MEMCG_SITES(X) ANYCTX_SLAB_SITES(X)
+#define ANYCTX_SITE_LIST(X) \
+  ANYCTX_LOCK_SITES(X) ANYCTX_PAGE_SITES(X) ANYCTX_MEMCG_SITES(X) ANYCTX_SLAB_SITES(X) ANYCTX_PCP_REQUEST_SITES(X)
 
 namespace anyctx {
 

@@ -114,7 +114,9 @@ class ANYCTX_CAPABILITY("local trylock") LocalTryLock {
   }
 
   void unlock() ANYCTX_RELEASE() {
-    if (ANYCTX_UNLIKELY(!is_locked())) base_.report_misuse("unlock() of a local trylock that is not held", SrcLoc{});
+    if constexpr (kDebug) {
+      if (ANYCTX_UNLIKELY(!is_locked())) base_.report_misuse("unlock() of a local trylock that is not held", SrcLoc{});
+    }
     base_.exit();
     set_acquired(0);
   }

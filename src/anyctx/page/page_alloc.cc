@@ -4,7 +4,7 @@
 //   buddy           split and merge under zone.lock
 //   locks           zone_lock(): branch on allows_spinning() first
 //   deferred        the lock-free stack of frees that found zone.lock busy
-//   pcp             refill, bulk free, drain
+//   pcp             refill, bulk free, drain; drain requests from other CPUs
 //   alloc / free    the shared cores and the entry points
 //   accounting      kGfpAccount: charge first, uncharge on failure and free
 //   bad page        validation and reports
@@ -13,15 +13,20 @@
 
 #include <sys/mman.h>
 
+#include <chrono>
 #include <cstring>
 #include <new>
+#include <thread>
 #include <vector>
 
 #include "anyctx/ctx/cpu.h"
+#include "anyctx/ctx/interrupt.h"
 #include "anyctx/ctx/reclaim.h"
 #include "anyctx/ctx/report.h"
 #include "anyctx/ctx/site.h"
+#include "anyctx/lock/local_lock.h"
 #include "anyctx/lock/spinlock.h"
+#include "anyctx/lock/validator.h"
 #include "anyctx/memcg/memcg.h"
 #include "anyctx/page/fault.h"
 
@@ -97,12 +102,25 @@ struct Zone {
   std::atomic<Page*> deferred_free{nullptr};
 };
 
+// A CPU's page lists. Only that CPU touches them, from any of its frames
+// (task, IRQ, NMI), so the lock is a LocalTryLock: no atomic RMW, and a
+// frame that interrupted the holder fails its try_lock instead of nesting.
+// Other CPUs never take it: they ask the owner to drain (drain_requested +
+// an IRQ, DESIGN.md "pcp drain requests") and wait for `drains` to move.
 struct Pcp {
-  Spinlock lock{"pcp.lock"};
-  std::atomic<int> count{0};  // pages on the lists; written under lock
+  LocalTryLock lock{"pcp.lock"};
+  std::atomic<int> count{0};  // pages on the lists; written under lock, read anywhere (a snapshot)
   int high = 0;
   int batch = 0;
   PageList lists[kPcpMaxOrder + 1];  // guarded by lock
+  // Set by a requester (release), cleared by the owner under lock before it
+  // drains; any frame that unlocks the pcp, the IRQ-exit callback and the
+  // offline drain serve it.
+  std::atomic<bool> drain_requested{false};
+  // Completed drains and the pages they moved: stores by the owner under
+  // lock (one writer at a time, so no RMW), loads by requesters.
+  std::atomic<std::uint32_t> drains{0};
+  std::atomic<std::uint64_t> drained_pages{0};
 };
 
 // Statistics without an atomic RMW on the fast paths: a slot per CPU and
@@ -119,6 +137,9 @@ enum Stat : int {
   kStatPcpRefills,
   kStatPcpBulkFrees,
   kStatReclaimRuns,
+  kStatDrainRequests,   // drain requests sent to other CPUs
+  kStatDrainsServed,    // requests this CPU served
+  kStatDrainTimeouts,   // requests not served within kDrainRequestTimeout
   kStatChargeFailed,  // + path index: kGfpAccount allocations the cgroup refused
   kStatCount = kStatChargeFailed + 2
 };
@@ -144,20 +165,33 @@ std::atomic<std::uint64_t> g_bad_page_reports{0};
 
 constexpr int kMaxReclaimRetries = 3;
 
+// Whether a free takes the last reference with a compare-exchange (see
+// free_pages_prepare).
+constexpr bool kExactDoubleFree = kDebug || ANYCTX_ASAN || ANYCTX_TSAN;
+
+// How long drain_all_pages() waits for another CPU to serve its request.
+constexpr auto kDrainRequestTimeout = std::chrono::seconds(1);
+
 std::size_t block_pages(unsigned order) { return std::size_t{1} << order; }
 int path_index(Gfp gfp) { return allows_spinning(gfp) ? 0 : 1; }
-int context_index() { return static_cast<int>(context_level()); }
 
-void stat_inc(int stat) {
-  int cpu = current_cpu();
-  int ctx = context_index();
-  if (cpu == kNoCpu) {
-    g_shared_stats.v[ctx][stat].fetch_add(1, std::memory_order_relaxed);
+// Where a call runs, looked up once per entry point and shared by the pcp,
+// the statistics and the new block's owner fields.
+struct Caller {
+  int cpu;  // kNoCpu: a thread that is not a CPU
+  int ctx;  // ContextLevel as an index
+};
+Caller this_caller() { return Caller{current_cpu(), static_cast<int>(context_level())}; }
+
+void stat_inc(Caller at, int stat) {
+  if (ANYCTX_UNLIKELY(at.cpu == kNoCpu)) {
+    g_shared_stats.v[at.ctx][stat].fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  std::atomic<std::uint64_t>& slot = g_cpu_stats.on(cpu).v[ctx][stat];
+  std::atomic<std::uint64_t>& slot = g_cpu_stats.on(at.cpu).v[at.ctx][stat];
   slot.store(slot.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
+void stat_inc(int stat) { stat_inc(this_caller(), stat); }
 
 std::uint64_t stat_sum(int stat, int ctx) {
   std::uint64_t sum = g_shared_stats.v[ctx][stat].load(std::memory_order_relaxed);
@@ -230,9 +264,8 @@ Page* buddy_alloc_locked(unsigned order, std::size_t mark) {
 void deferred_drain_locked();
 
 // Takes zone.lock with IRQs masked. Branch first (the seed's option (b)): a
-// caller that may not spin tries once; one that may, waits. Every spinning
-// holder empties the deferred stack. Return: false only for a nolock caller
-// that found the lock busy.
+// caller that may not spin tries once; one that may, waits. Return: false
+// only for a nolock caller that found the lock busy.
 bool zone_lock(Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
   if (!allows_spinning(gfp)) {
     if (!g_zone.lock.try_lock_irqsave(flags)) return false;
@@ -240,38 +273,33 @@ bool zone_lock(Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
     flags = g_zone.lock.lock_irqsave();
   }
   ANYCTX_SITE(kZoneLocked);
-  if (allows_spinning(gfp)) deferred_drain_locked();
   return true;
 }
 
+// Releases zone.lock. Every holder, in any context, first empties the
+// deferred stack (buddy surgery: nothing waits), so a page pushed while it
+// held the lock is not left for a stranger. A push that lands after that
+// drain is seen by the check after the release, or its pusher's own retry
+// (deferred_push) takes the lock: each side stores, fences, then loads.
 void zone_unlock(IrqFlags flags) ANYCTX_NO_TSA {
-  ANYCTX_SITE(kZoneUnlock);
-  g_zone.lock.unlock_irqrestore(flags);
-  // After the release too: what a caller does with a block it took out from
-  // under the lock races with the other CPUs from here on.
-  ANYCTX_SITE(kZoneUnlocked);
-}
-
-bool pcp_trylock(Pcp& pcp) ANYCTX_NO_TSA {
-  if (!pcp.lock.try_lock()) return false;
-  ANYCTX_SITE(kPcpLocked);
-  return true;
-}
-
-void pcp_unlock(Pcp& pcp) ANYCTX_NO_TSA {
-  ANYCTX_SITE(kPcpUnlock);
-  pcp.lock.unlock();
-  ANYCTX_SITE(kPcpUnlocked);
-}
-
-void pcp_count_add(Pcp& pcp, long delta) {
-  pcp.count.store(static_cast<int>(pcp.count.load(std::memory_order_relaxed) + delta),
-                  std::memory_order_relaxed);
+  for (;;) {
+    deferred_drain_locked();
+    ANYCTX_SITE(kZoneUnlock);
+    g_zone.lock.unlock_irqrestore(flags);
+    // After the release too: what a caller does with a block it took out from
+    // under the lock races with the other CPUs from here on.
+    ANYCTX_SITE(kZoneUnlocked);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (ANYCTX_LIKELY(g_zone.deferred_free.load(std::memory_order_relaxed) == nullptr)) return;
+    if (!g_zone.lock.try_lock_irqsave(flags)) return;  // the holder now drains it at its unlock
+    ANYCTX_SITE(kZoneLocked);
+  }
 }
 
 // --- deferred ----------------------------------------------------------------
 
-void deferred_push(Page* page, unsigned order) {
+// A free that found zone.lock busy in a context that may not wait.
+void deferred_push(Page* page, unsigned order) ANYCTX_NO_TSA {
   set_head(page, PageState::kDeferred, order);
   Page* head = g_zone.deferred_free.load(std::memory_order_relaxed);
   do {
@@ -280,9 +308,17 @@ void deferred_push(Page* page, unsigned order) {
   } while (!g_zone.deferred_free.compare_exchange_weak(head, page, std::memory_order_release,
                                                        std::memory_order_relaxed));
   stat_inc(kStatDeferredPushed);
+  // The holder may have drained and released since this frame's try_lock.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  IrqFlags flags;
+  if (g_zone.lock.try_lock_irqsave(flags)) {
+    ANYCTX_SITE(kZoneLocked);
+    zone_unlock(flags);  // drains
+  }
 }
 
 void deferred_drain_locked() {
+  if (ANYCTX_LIKELY(g_zone.deferred_free.load(std::memory_order_relaxed) == nullptr)) return;
   Page* page = g_zone.deferred_free.exchange(nullptr, std::memory_order_acquire);
   while (page != nullptr) {
     Page* next = page->deferred_next;
@@ -295,6 +331,11 @@ void deferred_drain_locked() {
 }
 
 // --- pcp (pcp.lock held) -------------------------------------------------------
+
+void pcp_count_add(Pcp& pcp, long delta) {
+  pcp.count.store(static_cast<int>(pcp.count.load(std::memory_order_relaxed) + delta),
+                  std::memory_order_relaxed);
+}
 
 // Moves up to a batch of `order` blocks from the buddy lists to the pcp list.
 bool pcp_refill_locked(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
@@ -317,14 +358,16 @@ bool pcp_refill_locked(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
 }
 
 // Returns at least `pages` pages (oldest first, orders round-robin; all of
-// them if there are fewer) to the buddy lists. Spinning callers only: the
-// trim above `high` and the drains. Return: pages moved.
-std::size_t pcp_free_bulk_locked(Pcp& pcp, long pages) {
+// them if there are fewer) to the buddy lists, taking zone.lock as `gfp`
+// allows. Return: false when a nolock caller found zone.lock busy (nothing
+// moved); else true, with the pages moved added to *moved.
+bool pcp_free_bulk_locked(Pcp& pcp, long pages, Gfp gfp, std::size_t* moved) {
+  if (pages <= 0 || pcp.count.load(std::memory_order_relaxed) == 0) return true;
   IrqFlags flags;
-  zone_lock(kGfpKernel, flags);
-  std::size_t moved = 0;
+  if (!zone_lock(gfp, flags)) return false;
+  std::size_t done = 0;
   unsigned order = 0;
-  while (static_cast<long>(moved) < pages && pcp.count.load(std::memory_order_relaxed) > 0) {
+  while (static_cast<long>(done) < pages && pcp.count.load(std::memory_order_relaxed) > 0) {
     PageList& list = pcp.lists[order];
     order = (order + 1) % (kPcpMaxOrder + 1);
     if (list.empty()) continue;
@@ -332,26 +375,163 @@ std::size_t pcp_free_bulk_locked(Pcp& pcp, long pages) {
     unsigned o = order_of(page);
     pcp_count_add(pcp, -static_cast<long>(block_pages(o)));
     buddy_free_locked(page, o);
-    moved += block_pages(o);
+    done += block_pages(o);
     ANYCTX_SITE(kPcpBulkFree);
   }
   zone_unlock(flags);
   stat_inc(kStatPcpBulkFrees);
-  return moved;
+  *moved += done;
+  return true;
 }
 
-// Returns all of `cpu`'s pcp pages to the buddy lists (waits for its lock).
-std::size_t drain_pcp(int cpu) ANYCTX_NO_TSA {
+// A full drain of this CPU's pcp is done: requests made before it began are
+// served. Release: a requester that sees `drains` move sees the pages back
+// on the buddy lists.
+void pcp_drain_done_locked(Pcp& pcp, std::size_t moved) {
+  pcp.drained_pages.store(pcp.drained_pages.load(std::memory_order_relaxed) + moved, std::memory_order_relaxed);
+  pcp.drains.store(pcp.drains.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+}
+
+// Serves another CPU's drain request. Return: false when a nolock frame
+// found zone.lock busy (the request stays pending).
+ANYCTX_COLD bool pcp_serve_request_locked(Pcp& pcp, Gfp gfp) {
+  ANYCTX_SITE(kPcpDrainServe);
+  pcp.drain_requested.store(false, std::memory_order_relaxed);  // first: a request from now on drains again
+  std::size_t moved = 0;
+  if (!pcp_free_bulk_locked(pcp, pcp.count.load(std::memory_order_relaxed), gfp, &moved)) {
+    pcp.drain_requested.store(true, std::memory_order_relaxed);
+    return false;
+  }
+  pcp_drain_done_locked(pcp, moved);
+  stat_inc(kStatDrainsServed);
+  return true;
+}
+
+bool pcp_trylock(Pcp& pcp) ANYCTX_NO_TSA {
+  if (!pcp.lock.try_lock()) return false;
+  ANYCTX_SITE(kPcpLocked);
+  return true;
+}
+
+ANYCTX_COLD void pcp_serve_request(Pcp& pcp, Gfp gfp);
+
+void pcp_release(Pcp& pcp) ANYCTX_NO_TSA {
+  ANYCTX_SITE(kPcpUnlock);
+  pcp.lock.unlock();
+  ANYCTX_SITE(kPcpUnlocked);
+}
+
+// Releases the pcp, then serves a drain request that arrived meanwhile. The
+// check comes after the release: an IRQ carrying a request that lands before
+// it finds the pcp held and leaves the request to this check; one that lands
+// after it takes the pcp and serves the request itself.
+void pcp_unlock(Pcp& pcp, Gfp gfp) {
+  pcp_release(pcp);
+  if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed))) pcp_serve_request(pcp, gfp);
+}
+
+// Serves a drain request from a frame that does not hold the pcp (it just
+// released it, or it is the IRQ exit): the try_lock fails only when the
+// interrupted frame holds it, whose unlock then serves. A nolock frame that cannot serve the request (zone.lock
+// busy) raises an IRQ on this CPU: it runs once this frame and those it
+// interrupted allow, and serves the request at its exit (pcp_irq_exit).
+void pcp_serve_request(Pcp& pcp, Gfp gfp) {
+  if (!pcp_trylock(pcp)) return;
+  if (pcp_serve_request_locked(pcp, gfp)) {
+    pcp_unlock(pcp, gfp);  // a request that came during the drain is served too
+    return;
+  }
+  pcp_release(pcp);
+  raise_irq();
+}
+
+// Returns all of this CPU's pcp pages to the buddy lists and serves any
+// request. Context: task (or the offline path), on `cpu`. Return: pages moved.
+std::size_t drain_pcp_local(int cpu) ANYCTX_NO_TSA {
   Pcp& pcp = g_pcp.on(cpu);
   pcp.lock.lock();
   ANYCTX_SITE(kPcpLocked);
-  int pages = pcp.count.load(std::memory_order_relaxed);
-  std::size_t moved = pages > 0 ? pcp_free_bulk_locked(pcp, pages) : 0;
-  pcp_unlock(pcp);
+  pcp.drain_requested.store(false, std::memory_order_relaxed);
+  std::size_t moved = 0;
+  pcp_free_bulk_locked(pcp, pcp.count.load(std::memory_order_relaxed), kGfpKernel, &moved);
+  pcp_drain_done_locked(pcp, moved);
+  pcp_unlock(pcp, kGfpKernel);
   return moved;
 }
 
-void drain_on_offline(int cpu) { drain_pcp(cpu); }
+// The departing CPU's thread, IRQs masked: no frame of it holds the pcp.
+void drain_on_offline(int cpu) { drain_pcp_local(cpu); }
+
+// IRQ exit on this CPU: serve a drain request, unless the frame this IRQ
+// interrupted holds the pcp (its pcp_unlock serves it).
+void pcp_irq_exit() {
+  int cpu = current_cpu();
+  if (cpu == kNoCpu) return;
+  Pcp& pcp = g_pcp.on(cpu);
+  if (ANYCTX_LIKELY(!pcp.drain_requested.load(std::memory_order_relaxed))) return;
+  pcp_serve_request(pcp, kGfpAtomic);  // IRQ context may wait for zone.lock
+}
+
+// A drain request to another CPU, as drain_all_pages() waits for it.
+struct DrainTicket {
+  int cpu;
+  std::uint32_t generation;  // of that CPU id's time online
+  std::uint32_t drains;      // its drains before the request
+  std::uint64_t pages;       // its drained pages before the request
+};
+
+thread_local constinit int t_drain_waiting_on = kNoCpu;
+
+// Asks `cpu` to drain its pcp. Return: false when there is nothing to wait
+// for (its pcp was empty, or it is offline: its offline drain emptied it).
+bool drain_request(int cpu, DrainTicket& t) {
+  Pcp& pcp = g_pcp.on(cpu);
+  t.cpu = cpu;
+  t.generation = cpu_online_generation(cpu);
+  if (!cpu_is_online(cpu) || pcp.count.load(std::memory_order_relaxed) == 0) return false;
+  t.drains = pcp.drains.load(std::memory_order_acquire);
+  t.pages = pcp.drained_pages.load(std::memory_order_relaxed);
+  pcp.drain_requested.store(true, std::memory_order_release);
+  stat_inc(kStatDrainRequests);
+  return send_interrupt(cpu, InterruptKind::kIrq);
+}
+
+// Return: whether the CPU of `t` drained after the request, or left (its
+// offline drain emptied the pcp that was asked).
+bool drain_served(const DrainTicket& t) {
+  return g_pcp.on(t.cpu).drains.load(std::memory_order_acquire) != t.drains || !cpu_is_online(t.cpu) ||
+         cpu_online_generation(t.cpu) != t.generation;
+}
+
+// Waits until every ticket is served or kDrainRequestTimeout passes (a CPU
+// that keeps IRQs masked that long: counted in drain_request_timeouts, its
+// pages stay where they are). Return: pages the served drains moved.
+std::size_t drain_wait(DrainTicket* tickets, int n) {
+  validator_note_wait("waiting for other CPUs to drain their pcp lists");
+  const auto deadline = std::chrono::steady_clock::now() + kDrainRequestTimeout;
+  std::size_t moved = 0;
+  for (int polls = 0; n > 0; ++polls) {
+    for (int i = 0; i < n;) {
+      if (!drain_served(tickets[i])) {
+        ++i;
+        continue;
+      }
+      moved += g_pcp.on(tickets[i].cpu).drained_pages.load(std::memory_order_relaxed) - tickets[i].pages;
+      tickets[i] = tickets[--n];
+    }
+    if (n == 0) break;
+    t_drain_waiting_on = tickets[0].cpu;
+    ANYCTX_SITE(kPcpDrainWait);
+    if (std::chrono::steady_clock::now() > deadline) {
+      for (int i = 0; i < n; ++i) stat_inc(kStatDrainTimeouts);
+      break;
+    }
+    if (polls < 64) std::this_thread::yield();
+    else std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  t_drain_waiting_on = kNoCpu;
+  return moved;
+}
 
 std::size_t drain_shrinker() { return drain_all_pages(); }
 
@@ -365,7 +545,7 @@ ANYCTX_COLD Page* rmqueue_refill_slow(Pcp& pcp, unsigned order, Gfp gfp, std::si
     ANYCTX_SITE(kPcpListEdit);
     pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
   }
-  pcp_unlock(pcp);
+  pcp_unlock(pcp, gfp);
   return page;
 }
 
@@ -389,19 +569,19 @@ ANYCTX_ALWAYS_INLINE Page* rmqueue(Gfp gfp, unsigned order, int cpu, std::size_t
       Page* page = list.pop_front();
       ANYCTX_SITE(kPcpListEdit);
       pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
-      pcp_unlock(pcp);
+      pcp_unlock(pcp, gfp);
       return page;
     }
-    // An interrupted frame of this CPU (or a drain) holds the pcp.
+    // An interrupted frame of this CPU holds the pcp.
   }
   return rmqueue_buddy_slow(gfp, order, mark);
 }
 
-Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
+Page* prep_new_page(Page* page, unsigned order, Gfp gfp, Caller at) {
   set_head(page, PageState::kAllocated, order);
   page->refcount.store(1, std::memory_order_relaxed);
-  page->owner_cpu.store(static_cast<std::int16_t>(current_cpu()), std::memory_order_relaxed);
-  page->owner_context.store(static_cast<std::uint8_t>(context_level()), std::memory_order_relaxed);
+  page->owner_cpu.store(static_cast<std::int16_t>(at.cpu), std::memory_order_relaxed);
+  page->owner_context.store(static_cast<std::uint8_t>(at.ctx), std::memory_order_relaxed);
   void* addr = page_address(page);
   ANYCTX_UNPOISON(addr, block_pages(order) * kPageSize);
   if (gfp.has(kGfpZero)) std::memset(addr, 0, block_pages(order) * kPageSize);
@@ -420,12 +600,18 @@ ANYCTX_COLD void free_block_slow(Page* page, unsigned order, Gfp gfp) {
   deferred_push(page, order);
 }
 
+// The pcp went above `high`: return a batch beyond it. A nolock frame tries
+// zone.lock once and otherwise leaves it to the next free of this CPU, so a
+// pcp fed only by nolock frees still drains (no stranded pages).
+ANYCTX_COLD void pcp_trim_locked(Pcp& pcp, Gfp gfp) {
+  std::size_t moved = 0;
+  pcp_free_bulk_locked(pcp, pcp.count.load(std::memory_order_relaxed) - pcp.high + pcp.batch, gfp, &moved);
+}
+
 // A block whose last reference is gone goes back: to this CPU's pcp when
-// free (a spinning caller then trims the pcp above `high`; a nolock caller
-// commits without that check), else through free_block_slow().
-ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp) {
+// free (trimmed above `high`), else through free_block_slow().
+ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp, int cpu) {
   poison_block(page, order);
-  int cpu = current_cpu();
   if (order <= kPcpMaxOrder && cpu != kNoCpu) {
     Pcp& pcp = g_pcp.on(cpu);
     if (ANYCTX_LIKELY(pcp_trylock(pcp))) {
@@ -433,11 +619,8 @@ ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp) {
       pcp.lists[order].push_front(page);
       ANYCTX_SITE(kPcpListEdit);
       pcp_count_add(pcp, static_cast<long>(block_pages(order)));
-      if (allows_spinning(gfp)) {
-        int over = pcp.count.load(std::memory_order_relaxed) - pcp.high;
-        if (ANYCTX_UNLIKELY(over > 0)) pcp_free_bulk_locked(pcp, over + pcp.batch);
-      }
-      pcp_unlock(pcp);
+      if (ANYCTX_UNLIKELY(pcp.count.load(std::memory_order_relaxed) > pcp.high)) pcp_trim_locked(pcp, gfp);
+      pcp_unlock(pcp, gfp);
       return;
     }
   }
@@ -446,55 +629,103 @@ ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp) {
 
 // --- alloc cores and accounting --------------------------------------------------
 
-// alloc_pages() after its context checks.
-ANYCTX_ALWAYS_INLINE Page* alloc_pages_core(Gfp gfp, unsigned order, int cpu) {
+// The first attempt found nothing: with kGfpDirectReclaim, reclaim and
+// retry (down to the `min` watermark), up to kMaxReclaimRetries times.
+ANYCTX_COLD Page* alloc_pages_reclaim_slow(Gfp gfp, unsigned order, Caller at) {
   int path = path_index(gfp);
-  if (order > kMaxOrder || fault_should_fail(order, FaultPath::kSpinning)) {
-    stat_inc(kStatAllocFailed + path);
-    return nullptr;
-  }
-  std::size_t min = allows_reserves(gfp) ? g_zone.watermark_min / 2 : g_zone.watermark_min;
-  std::size_t mark = allows_direct_reclaim(gfp) ? g_zone.watermark_low : min;
-  for (int attempt = 0;; ++attempt) {
-    if (Page* page = rmqueue(gfp, order, cpu, mark)) {
-      stat_inc(kStatAllocOk + path);
-      return prep_new_page(page, order, gfp);
+  if (allows_direct_reclaim(gfp)) {
+    std::size_t min = allows_reserves(gfp) ? g_zone.watermark_min / 2 : g_zone.watermark_min;
+    for (int attempt = 1; attempt <= kMaxReclaimRetries; ++attempt) {
+      stat_inc(at, kStatReclaimRuns);
+      reclaim_run();
+      if (Page* page = rmqueue(gfp, order, at.cpu, min)) {
+        stat_inc(at, kStatAllocOk + path);
+        return prep_new_page(page, order, gfp, at);
+      }
     }
-    if (!allows_direct_reclaim(gfp) || attempt == kMaxReclaimRetries) break;
-    stat_inc(kStatReclaimRuns);
-    reclaim_run();
-    mark = min;
   }
-  stat_inc(kStatAllocFailed + path);
+  stat_inc(at, kStatAllocFailed + path);
   return nullptr;
 }
 
+// alloc_pages() after its context checks: one attempt here, the rest in
+// alloc_pages_reclaim_slow().
+ANYCTX_ALWAYS_INLINE Page* alloc_pages_core(Gfp gfp, unsigned order, Caller at) {
+  int path = path_index(gfp);
+  if (ANYCTX_UNLIKELY(order > kMaxOrder || fault_should_fail(order, FaultPath::kSpinning))) {
+    stat_inc(at, kStatAllocFailed + path);
+    return nullptr;
+  }
+  std::size_t mark = allows_direct_reclaim(gfp)  ? g_zone.watermark_low
+                     : allows_reserves(gfp)      ? g_zone.watermark_min / 2
+                                                 : g_zone.watermark_min;
+  if (Page* page = rmqueue(gfp, order, at.cpu, mark); ANYCTX_LIKELY(page != nullptr)) {
+    stat_inc(at, kStatAllocOk + path);
+    return prep_new_page(page, order, gfp, at);
+  }
+  return alloc_pages_reclaim_slow(gfp, order, at);
+}
+
 // alloc_pages_nolock() after its gfp check.
-ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order) {
-  int cpu = current_cpu();
-  if (order > kPcpMaxOrder || cpu == kNoCpu || fault_should_fail(order, FaultPath::kNolock)) {
-    stat_inc(kStatAllocFailed + 1);
+ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order, Caller at) {
+  if (order > kPcpMaxOrder || at.cpu == kNoCpu || fault_should_fail(order, FaultPath::kNolock)) {
+    stat_inc(at, kStatAllocFailed + 1);
     return nullptr;
   }
   // No reclaim bit: allows_spinning() is false, so every lock is a trylock.
   Gfp nolock = kGfpZero | kGfpNomemalloc | kGfpNowarn | kGfpComp;
-  Page* page = rmqueue(nolock, order, cpu, g_zone.watermark_min);
+  Page* page = rmqueue(nolock, order, at.cpu, g_zone.watermark_min);
   if (page == nullptr) {
-    stat_inc(kStatAllocFailed + 1);
+    stat_inc(at, kStatAllocFailed + 1);
     return nullptr;
   }
-  stat_inc(kStatAllocOk + 1);
-  return prep_new_page(page, order, nolock);
+  stat_inc(at, kStatAllocOk + 1);
+  return prep_new_page(page, order, nolock, at);
+}
+
+// The common alloc_pages(): a block from this CPU's list of `order`, which
+// has one and is not held. The caller serves a drain request that came
+// meanwhile (pcp_serve_request_then) once it has prepared the block, so the
+// fast path makes no call. Return: nullptr for anything else (an empty list
+// or a pcp held by an interrupted frame), which the slow path handles.
+ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order) {
+  if (ANYCTX_UNLIKELY(!pcp_trylock(pcp))) return nullptr;
+  PageList& list = pcp.lists[order];
+  Page* page = list.head;
+  if (ANYCTX_LIKELY(page != nullptr)) {
+    list.remove(page);
+    ANYCTX_SITE(kPcpListEdit);
+    pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
+  }
+  pcp_release(pcp);
+  return page;
+}
+
+// pcp_unlock()'s request check, for a fast path that released the pcp and
+// finished its work first. Return: `page`.
+ANYCTX_COLD Page* pcp_serve_request_then(Pcp& pcp, Gfp gfp, Page* page) {
+  pcp_serve_request(pcp, gfp);
+  return page;
+}
+
+Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, Caller at);
+
+// Everything alloc_pages() does but the pcp hit: accounting, zeroing, fault
+// plans, refills, the buddy lists, reclaim.
+ANYCTX_COLD Page* alloc_pages_slow(Gfp gfp, unsigned order, int cpu) {
+  Caller at{cpu, static_cast<int>(context_level())};
+  if (gfp.has(kGfpAccount)) return alloc_pages_accounted_slow(gfp, order, at);
+  return alloc_pages_core(gfp, order, at);
 }
 
 // kGfpAccount: charge current_mem_cgroup() 2^order pages first (on the path
 // gfp says: spinning, or nolock), give the charge back when no block is
 // found, keep the cgroup in the head frame.
-bool charge_current(Gfp gfp, unsigned order, MemCgroup** memcg) {
+bool charge_current(Gfp gfp, unsigned order, MemCgroup** memcg, Caller at) {
   *memcg = current_mem_cgroup();
   if (memcg_try_charge(*memcg, gfp, 1u << order)) return true;
-  stat_inc(kStatChargeFailed + path_index(gfp));
-  stat_inc(kStatAllocFailed + path_index(gfp));
+  stat_inc(at, kStatChargeFailed + path_index(gfp));
+  stat_inc(at, kStatAllocFailed + path_index(gfp));
   return false;
 }
 
@@ -507,19 +738,19 @@ Page* commit_charge(Page* page, MemCgroup* memcg, unsigned order) {
   return page;
 }
 
-ANYCTX_COLD Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, int cpu) {
+ANYCTX_COLD Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, Caller at) {
   Gfp plain = gfp & ~kGfpAccount;
-  if (order > kMaxOrder) return alloc_pages_core(plain, order, cpu);  // fails and counts there
+  if (order > kMaxOrder) return alloc_pages_core(plain, order, at);  // fails and counts there
   MemCgroup* memcg;
-  if (!charge_current(gfp, order, &memcg)) return nullptr;
-  return commit_charge(alloc_pages_core(plain, order, cpu), memcg, order);
+  if (!charge_current(gfp, order, &memcg, at)) return nullptr;
+  return commit_charge(alloc_pages_core(plain, order, at), memcg, order);
 }
 
-ANYCTX_COLD Page* alloc_pages_nolock_accounted_slow(Gfp gfp, unsigned order) {
-  if (order > kPcpMaxOrder || current_cpu() == kNoCpu) return alloc_pages_nolock_core(order);  // fails, counts
+ANYCTX_COLD Page* alloc_pages_nolock_accounted_slow(Gfp gfp, unsigned order, Caller at) {
+  if (order > kPcpMaxOrder || at.cpu == kNoCpu) return alloc_pages_nolock_core(order, at);  // fails, counts
   MemCgroup* memcg;
-  if (!charge_current(gfp, order, &memcg)) return nullptr;  // gfp has no reclaim bit: a nolock charge
-  return commit_charge(alloc_pages_nolock_core(order), memcg, order);
+  if (!charge_current(gfp, order, &memcg, at)) return nullptr;  // gfp has no reclaim bit: a nolock charge
+  return commit_charge(alloc_pages_nolock_core(order, at), memcg, order);
 }
 
 // A charged block goes back to its cgroup (atomics only: any context, every
@@ -574,9 +805,8 @@ bool page_in_arena(const Page* page) {
   return page != nullptr && off < g_arena.pages * sizeof(Page) && off % sizeof(Page) == 0;
 }
 
-// Validates a free of `page` at `order` and takes the last reference.
-// Return: true when the block is now the caller's to free.
-bool free_pages_prepare(const char* entry, Page* page, unsigned order) {
+// A free that failed free_pages_take(): names what is wrong. Return: false.
+ANYCTX_COLD bool free_pages_bad(const char* entry, Page* page, unsigned order) {
   if (!page_in_arena(page)) return bad_page(entry, page, "not a page descriptor of the arena");
   if (order > kMaxOrder) return bad_page(entry, page, "order ", order, " above kMaxOrder");
   std::size_t pfn = page_to_pfn(page);
@@ -599,12 +829,33 @@ bool free_pages_prepare(const char* entry, Page* page, unsigned order) {
   }
   if (order_of(page) != order)
     return bad_page(entry, page, "freed with order ", order, " but allocated with order ", order_of(page));
-  std::int32_t one = 1;
-  if (!page->refcount.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) {
-    if (one <= 0) return bad_page(entry, page, "double free: refcount already 0");
-    return bad_page(entry, page, "freed with references left: refcount ", static_cast<unsigned>(one));
+  std::int32_t refs = page->refcount.load(std::memory_order_relaxed);
+  if (refs <= 0) return bad_page(entry, page, "double free: refcount already 0");
+  return bad_page(entry, page, "freed with references left: refcount ", static_cast<unsigned>(refs));
+}
+
+// Validates a free of `page` at `order` and takes the last reference; any
+// doubt goes to free_pages_bad(). The caller owns the block, so release
+// builds take the reference with a plain check and store; debug and
+// sanitizer builds with a compare-exchange, so that two CPUs freeing one
+// block at once are reported exactly (a block freed twice in sequence is
+// kAllocated no more, and that is checked in every build).
+// Return: true when the block is now the caller's to free.
+ANYCTX_ALWAYS_INLINE bool free_pages_take(const char* entry, Page* page, unsigned order) {
+  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(page) - reinterpret_cast<std::uintptr_t>(g_arena.descs);
+  bool ok = order <= kMaxOrder && off < g_arena.pages * sizeof(Page) && off % sizeof(Page) == 0 &&
+            (off / sizeof(Page)) % block_pages(order) == 0 && state_of(page) == PageState::kAllocated &&
+            order_of(page) == order;
+  if (ANYCTX_LIKELY(ok)) {
+    if constexpr (kExactDoubleFree) {
+      std::int32_t one = 1;
+      if (ANYCTX_LIKELY(page->refcount.compare_exchange_strong(one, 0, std::memory_order_acq_rel))) return true;
+    } else if (ANYCTX_LIKELY(page->refcount.load(std::memory_order_relaxed) == 1)) {
+      page->refcount.store(0, std::memory_order_relaxed);
+      return true;
+    }
   }
-  return true;
+  return free_pages_bad(entry, page, order);
 }
 
 }  // namespace
@@ -673,6 +924,7 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
   g_pcp.for_each([&](int, Pcp& pcp) {
     for (auto& list : pcp.lists) list = PageList{};
     pcp.count.store(0);
+    pcp.drain_requested.store(false);
     pcp.high = c.pcp_high;
     pcp.batch = c.pcp_batch;
   });
@@ -695,15 +947,17 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
   g_zone.lock.unlock_irqrestore(flags);
   ANYCTX_POISON(g_arena.base, bytes);
 
-  if (!cpu_offline_callback_add(drain_on_offline) || !reclaim_register(drain_shrinker)) {
+  if (!cpu_offline_callback_add(drain_on_offline) || !irq_exit_callback_add(pcp_irq_exit) ||
+      !reclaim_register(drain_shrinker)) {
     page_allocator_shutdown();
-    return "no room to register the pcp drain (offline callback or shrinker registry full)";
+    return "no room to register the pcp drain (offline callback, IRQ-exit callback or shrinker registry full)";
   }
   return {};
 }
 
 void page_allocator_shutdown() {
   cpu_offline_callback_remove(drain_on_offline);
+  irq_exit_callback_remove(pcp_irq_exit);
   reclaim_unregister(drain_shrinker);
   if (g_arena.base == nullptr) return;
   ANYCTX_UNPOISON(g_arena.base, g_arena.pages * kPageSize);
@@ -724,18 +978,30 @@ Page* alloc_pages(Gfp gfp, unsigned order) {
                               << " context: reclaim runs only in task context (use kGfpAtomic)")
           .fatal();
   }
-  if (ANYCTX_UNLIKELY(gfp.has(kGfpAccount))) return alloc_pages_accounted_slow(gfp, order, cpu);
-  return alloc_pages_core(gfp, order, cpu);
+  if (ANYCTX_LIKELY(order <= kPcpMaxOrder && (gfp & (kGfpAccount | kGfpZero)).empty() &&
+                    !detail::g_fault_plan_active.load(std::memory_order_relaxed))) {
+    Pcp& pcp = g_pcp.on(cpu);
+    if (Page* page = pcp_alloc_hit(pcp, order); ANYCTX_LIKELY(page != nullptr)) {
+      Caller at{cpu, static_cast<int>(context_level())};
+      stat_inc(at, kStatAllocOk + path_index(gfp));
+      prep_new_page(page, order, Gfp{}, at);  // kGfpZero went to the slow path
+      if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
+        return pcp_serve_request_then(pcp, gfp, page);
+      return page;
+    }
+  }
+  return alloc_pages_slow(gfp, order, cpu);
 }
 
 void free_pages(Page* page, unsigned order) {
   if constexpr (kDebug) {
     if (in_nmi()) (Report("context rule") << "free_pages() in NMI context: use free_pages_nolock()").fatal();
   }
-  if (!free_pages_prepare("free_pages", page, order)) return;
+  if (!free_pages_take("free_pages", page, order)) return;
   uncharge_page(page, order);
-  stat_inc(kStatFreed + 0);
-  free_block(page, order, kGfpKernel);
+  Caller at = this_caller();
+  stat_inc(at, kStatFreed + 0);
+  free_block(page, order, kGfpKernel, at.cpu);
 }
 
 Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
@@ -743,16 +1009,18 @@ Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
   if (ANYCTX_UNLIKELY(!(gfp & ~kGfpAccount).empty())) {
     (Report("bad gfp") << "alloc_pages_nolock(): gfp may carry only kGfpAccount, got ").hex(gfp.bits()).fatal();
   }
-  if (ANYCTX_UNLIKELY(gfp.has(kGfpAccount))) return alloc_pages_nolock_accounted_slow(gfp, order);
-  return alloc_pages_nolock_core(order);
+  Caller at = this_caller();
+  if (ANYCTX_UNLIKELY(gfp.has(kGfpAccount))) return alloc_pages_nolock_accounted_slow(gfp, order, at);
+  return alloc_pages_nolock_core(order, at);
 }
 
 void free_pages_nolock(Page* page, unsigned order) {
   NolockScope nolock("free_pages_nolock");
-  if (!free_pages_prepare("free_pages_nolock", page, order)) return;
+  if (!free_pages_take("free_pages_nolock", page, order)) return;
   uncharge_page(page, order);
-  stat_inc(kStatFreed + 1);
-  free_block(page, order, Gfp{});
+  Caller at = this_caller();
+  stat_inc(at, kStatFreed + 1);
+  free_block(page, order, Gfp{}, at.cpu);
 }
 
 void get_page(Page* page) {
@@ -785,21 +1053,27 @@ void put_page(Page* page) {
 
 int page_refcount(const Page* page) { return page->refcount.load(std::memory_order_relaxed); }
 
-void drain_local_pages() { drain_pcp(require_cpu("drain_local_pages")); }
+void drain_local_pages() { drain_pcp_local(require_cpu("drain_local_pages")); }
 
 std::size_t drain_all_pages() {
-  std::size_t moved = 0;
-  // An empty pcp is passed over without its lock (a snapshot, as the
-  // kernel's has_pcps check): a drain costs nothing for idle CPUs and does
-  // the same work however many CPU ids have ever been used.
+  int self = current_cpu();
+  std::size_t moved = self != kNoCpu ? drain_pcp_local(self) : 0;
+  // Every other CPU drains its own pcp: ask them all, then wait for all, so
+  // the drains run at once. An empty pcp is passed over (a snapshot, as the
+  // kernel's has_pcps check): a drain costs nothing for idle CPUs.
+  DrainTicket tickets[kMaxCpus];
+  int asked = 0;
   for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu)
-    if (g_pcp.on(cpu).count.load(std::memory_order_relaxed) != 0) moved += drain_pcp(cpu);
+    if (cpu != self && drain_request(cpu, tickets[asked])) ++asked;
+  if (asked > 0) moved += drain_wait(tickets, asked);
   std::uint64_t before = stat_sum(kStatDeferredDrained);
   IrqFlags flags;
-  zone_lock(kGfpKernel, flags);  // drains the deferred stack
-  zone_unlock(flags);
+  zone_lock(kGfpKernel, flags);
+  zone_unlock(flags);  // drains the deferred stack
   return moved + (stat_sum(kStatDeferredDrained) - before);
 }
+
+int pcp_drain_waiting_on() { return t_drain_waiting_on; }
 
 void set_bad_page_policy(BadPagePolicy policy) { g_policy.store(policy); }
 BadPagePolicy bad_page_policy() { return g_policy.load(); }
@@ -820,6 +1094,9 @@ PageStats page_stats() {
   s.pcp_refills = stat_sum(kStatPcpRefills);
   s.pcp_bulk_frees = stat_sum(kStatPcpBulkFrees);
   s.reclaim_runs = stat_sum(kStatReclaimRuns);
+  s.drain_requests = stat_sum(kStatDrainRequests);
+  s.drains_served = stat_sum(kStatDrainsServed);
+  s.drain_timeouts = stat_sum(kStatDrainTimeouts);
   return s;
 }
 
@@ -865,9 +1142,10 @@ class InvariantFailure {
 
 std::string pfn_str(std::size_t pfn) { return "pfn " + std::to_string(pfn); }
 
-// Walks every free block: each pcp list under its own lock, then the buddy
-// lists and the deferred stack under zone.lock (lock order pcp -> zone; the
-// caller keeps the allocator quiet, so the parts add up to one picture).
+// Walks every free block: each CPU's pcp lists (without their locks: only
+// their own CPU may take them, and the caller keeps every CPU between
+// calls), then the buddy lists and the deferred stack under zone.lock (the
+// allocator is quiet, so the parts add up to one picture).
 // Checks what the lists themselves say: each block is inside the arena,
 // aligned to its order, in range, in the state and order its list implies;
 // list lengths, pcp counts and the zone's free count match the lists; no two
@@ -899,8 +1177,7 @@ void walk_free_blocks(InvariantFailure& f, OnBlock&& on_block, UnderZoneLock&& u
   };
 
   for (int cpu = 0, used = cpu_ids_used(); cpu < used && f.ok(); ++cpu) {
-    Pcp& pcp = g_pcp.on(cpu);
-    pcp.lock.lock();
+    const Pcp& pcp = g_pcp.on(cpu);
     std::size_t pages = 0;
     for (unsigned o = 0; o <= kPcpMaxOrder && f.ok(); ++o) {
       const PageList& list = pcp.lists[o];
@@ -920,7 +1197,6 @@ void walk_free_blocks(InvariantFailure& f, OnBlock&& on_block, UnderZoneLock&& u
     if (f.ok() && static_cast<int>(pages) != pcp.count.load())
       f.fail("cpu " + std::to_string(cpu) + "'s pcp lists hold " + std::to_string(pages) + " pages, its count says " +
              std::to_string(pcp.count.load()));
-    pcp.lock.unlock();
   }
 
   IrqFlags flags = g_zone.lock.lock_irqsave();

@@ -5,19 +5,32 @@
 // Contract:
 //  - One allocator per process, over one arena: page_allocator_init() before
 //    use, page_allocator_shutdown() after (both task context, quiesced).
-//  - Lock order: pcp.lock -> zone.lock. zone.lock is always taken with IRQs
-//    soft-masked. pcp.lock is taken by try_lock on the allocation and free
-//    paths (a busy pcp sends the call to the buddy lists), by lock() only to
-//    drain. Every choice between waiting and not waiting branches on
-//    allows_spinning(gfp) first (no try_lock-then-lock anywhere).
+//  - Lock order: pcp.lock -> zone.lock. zone.lock is a Spinlock, always
+//    taken with IRQs soft-masked. pcp.lock is a LocalTryLock (no atomic RMW):
+//    only its own CPU takes it, by try_lock on the allocation and free paths
+//    (a pcp held by an interrupted frame sends the call to the buddy lists),
+//    by lock() only to drain itself. Every choice between waiting and not
+//    waiting branches on allows_spinning(gfp) first (no try_lock-then-lock).
+//  - Other CPUs never touch a pcp: drain_all_pages() (and reclaim, which
+//    calls it) *requests* each CPU with pages to drain — a flag and an IRQ
+//    (send_interrupt) — and waits up to 1 s for all of them. The owner serves
+//    the request at the IRQ's exit, or, when the interrupted frame holds the
+//    pcp, when that frame releases it; a CPU going offline drains itself and
+//    serves it. A request still unserved after 1 s is counted
+//    (PageStats::drain_timeouts) and its pages stay put. A thread that is not
+//    a CPU only requests.
 //  - Spinning entry points (alloc_pages, free_pages, put_page, drains) may
 //    wait for locks; with kGfpDirectReclaim, alloc_pages runs the registered
 //    shrinkers (reclaim.h) and retries. Task or IRQ context, never NMI.
 //  - alloc_pages_nolock / free_pages_nolock never wait: trylocks only, any
 //    context. nullptr from alloc_pages_nolock means "no memory in this
 //    context now" (ENOMEM), not "retry". A free never loses a page: when
-//    zone.lock is busy it goes on the lock-free deferred stack, which every
-//    spinning holder of zone.lock and drain_all_pages() empty.
+//    zone.lock is busy it goes on the lock-free deferred stack, which the
+//    holder of zone.lock empties before it releases it (any holder, any
+//    context). Nothing is stranded: a nolock free that takes the pcp above
+//    `high` returns a batch when zone.lock is free (else the next free
+//    tries), and a request that a nolock frame cannot serve is served by an
+//    IRQ it raises on its own CPU.
 //  - Misuse (a descriptor outside the arena, a misaligned or wrong-order
 //    free, a double free, a free with references left) is a `bad page`
 //    report naming the pfn, its state and the reason; then, by policy, abort
@@ -43,7 +56,7 @@ enum class BadPagePolicy : std::uint8_t {
 struct PageAllocatorConfig {
   std::size_t pages = 16384;  // arena size in 4 KiB frames
   int pcp_batch = 32;         // pages moved per pcp refill / bulk free
-  int pcp_high = 192;         // a spinning free above this returns a batch
+  int pcp_high = 192;         // a free above this returns a batch
   // Watermarks in free buddy pages. Allocations stop at `min` (kGfpHigh
   // callers at min/2); direct-reclaim callers reclaim first below `low`.
   // kAutoWatermark: min = pages/512, low = 2*min, high = 3*min.
@@ -92,9 +105,15 @@ int page_refcount(const Page* page);
 
 // Returns this CPU's pcp pages to the buddy lists. Context: task.
 void drain_local_pages();
-// Returns every CPU's pcp pages and the deferred stack to the buddy lists.
-// Context: task. Return: pages moved.
+// Returns every CPU's pcp pages and the deferred stack to the buddy lists:
+// this CPU's directly, the others' by request (see the contract above).
+// Context: task. Return: pages moved (by this call and the drains it waited for).
 std::size_t drain_all_pages();
+
+// Return: the CPU whose drain request this thread waits for inside
+// drain_all_pages(), or kNoCpu. For the harness, which must let that CPU run.
+// Context: any.
+int pcp_drain_waiting_on();
 
 void set_bad_page_policy(BadPagePolicy policy);
 BadPagePolicy bad_page_policy();
@@ -112,6 +131,9 @@ struct PageStats {
   std::uint64_t pcp_refills;
   std::uint64_t pcp_bulk_frees;
   std::uint64_t reclaim_runs;
+  std::uint64_t drain_requests;   // sent to other CPUs by drain_all_pages
+  std::uint64_t drains_served;    // requests served by their CPU
+  std::uint64_t drain_timeouts;   // requests not served within the bound
 };
 // Context: any (a snapshot of NMI-safe counters).
 PageStats page_stats();
@@ -132,7 +154,7 @@ struct InvariantResult {
   std::string what;  // the first violation, naming the pfn
 };
 
-// The full check. Each pcp under its lock, then the zone under zone.lock:
+// The full check. Each CPU's pcp, then the zone under zone.lock:
 // every frame is in exactly one place (buddy, a pcp list, the deferred stack,
 // allocated) and the counts add up to the arena; free blocks are aligned to
 // their order, in range and not overlapping; no two free buddies of one order

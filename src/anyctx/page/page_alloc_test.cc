@@ -227,19 +227,6 @@ TEST_F(PageAllocTest, CpuGoingOfflineDrainsItsPcp) {
   EXPECT_TRUE(r.ok) << r.what;
 }
 
-TEST_F(PageAllocTest, PcpAboveHighReturnsABatchOnSpinningFreesOnly) {
-  init(config_of(512));
-  std::vector<Page*> pages;
-  for (int i = 0; i < 60; ++i) pages.push_back(alloc_pages(kGfpKernel, 0));
-  for (int i = 0; i < 30; ++i) free_pages_nolock(pages[i], 0);
-  EXPECT_GT(pcp_count(cpu_.id()), 24) << "a nolock free commits without the high check";
-  std::uint64_t bulk_before = page_stats().pcp_bulk_frees;
-  for (int i = 30; i < 60; ++i) free_pages(pages[i], 0);
-  EXPECT_LE(pcp_count(cpu_.id()), 24);
-  EXPECT_GT(page_stats().pcp_bulk_frees, bulk_before);
-  expect_everything_free();
-}
-
 TEST_F(PageAllocTest, GetAndPutPage) {
   init(config_of(64));
   Page* p = alloc_pages(kGfpKernel, 1);
@@ -463,6 +450,53 @@ TEST_F(PageAllocTest, NmiInsideADeferredPushLosesNothing) {
   free_pages(parker_block, 6);
   expect_everything_free();
   EXPECT_EQ(deferred_free_pages(), 0u);
+}
+
+// Above `high` every free returns a batch: a spinning free waits for
+// zone.lock; a nolock free takes it only when it is free and otherwise
+// leaves the trim to the next free, so a pcp fed only by nolock frees still
+// gives its pages back.
+void park_zone_holder(Site site) {
+  if (site == Site::kZoneLocked && current_cpu() == g_parker_cpu.load() && g_park.load()) {
+    g_parked.store(true);
+    while (g_park.load()) std::this_thread::yield();
+  }
+}
+
+TEST_F(PageAllocTest, PcpAboveHighReturnsABatchFromEveryFree) {
+  init(config_of(512));  // high 24
+  std::vector<Page*> pages;
+  for (int i = 0; i < 91; ++i) pages.push_back(alloc_pages(kGfpKernel, 0));
+  for (int i = 0; i < 30; ++i) free_pages_nolock(pages[i], 0);
+  EXPECT_LE(pcp_count(cpu_.id()), 24) << "zone.lock was free: the nolock frees trimmed";
+
+  g_parked.store(false);
+  g_park.store(true);
+  set_site_hook(park_zone_holder);
+  Page* parker_block = nullptr;
+  std::thread parker([&] {
+    CpuScope cpu;
+    g_parker_cpu.store(cpu.id());
+    parker_block = alloc_pages(kGfpKernel, 6);  // parks at kZoneLocked, holding zone.lock
+  });
+  while (!g_parked.load()) std::this_thread::yield();
+  for (int i = 30; i < 60; ++i) free_pages_nolock(pages[i], 0);
+  EXPECT_GT(pcp_count(cpu_.id()), 24) << "zone.lock was busy: nolock frees went over high, none waited";
+  g_park.store(false);
+  parker.join();
+  set_site_hook(nullptr);
+  g_parker_cpu.store(-1);
+
+  std::uint64_t bulk_before = page_stats().pcp_bulk_frees;
+  free_pages_nolock(pages[60], 0);
+  EXPECT_LE(pcp_count(cpu_.id()), 24) << "the next nolock free trimmed";
+  EXPECT_GT(page_stats().pcp_bulk_frees, bulk_before);
+  bulk_before = page_stats().pcp_bulk_frees;
+  for (int i = 61; i < 91; ++i) free_pages(pages[i], 0);
+  EXPECT_LE(pcp_count(cpu_.id()), 24);
+  EXPECT_GT(page_stats().pcp_bulk_frees, bulk_before);
+  free_pages(parker_block, 6);
+  expect_everything_free();
 }
 
 }  // namespace
