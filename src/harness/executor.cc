@@ -1132,11 +1132,21 @@ thread_local std::optional<CpuScope>* t_scope = nullptr;
 // run at the end (final_oracles). (A cpu_offline_online op flushes too; the
 // check is not repeated there: it costs about as much as the rest of a
 // slab_ops program.)
+//
+// Liveness, same moment: every CPU's frames have returned, so every IRQ a
+// deferred free raised has run and drained its CPU's list; an object still
+// deferred would stay there while its CPU makes no further slab call
+// (stranded: a nolock-only consumer would never get it back).
 void check_before_offline() {
   if (!(g.touched & kLayerSlab)) return;
   if (InvariantResult r = slab_check_invariants(); !r.ok) {
     Report rep("harness: before going offline");
     rep << "invariants: slab: " << r.what;
+    fail(rep);
+  }
+  if (std::uint64_t d = slab_deferred_pending(); d != 0) {
+    Report rep("harness: before going offline");
+    rep << "liveness: " << d << " objects stranded on slab deferred lists after every CPU finished (no drain scheduled)";
     fail(rep);
   }
 }

@@ -35,6 +35,9 @@ std::atomic<std::uintptr_t> g_shared_deferred{0};
 std::uintptr_t g_deferred_secret = 0;
 Slab* g_slab_table = nullptr;
 std::size_t g_slab_table_entries = 0;
+std::uintptr_t g_arena_base = 0;
+std::size_t g_arena_bytes = 0;
+Page* g_arena_descs = nullptr;
 PerCpu<SlabStatSlots> g_stats;
 SlabStatSlots g_shared_stats;
 }  // namespace detail
@@ -65,9 +68,15 @@ void stat_add(int cache, int stat, std::uint64_t delta = 1) {
   slot.store(slot.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
 }
 
+// One writer (the holder of the CPU slab lock): no RMW.
+ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
 ANYCTX_ALWAYS_INLINE int size_index(std::size_t size, Gfp gfp) {
   if (ANYCTX_UNLIKELY(size > kKmallocMaxSize)) return -1;
-  int cls = size <= kKmallocMinSize ? 0 : static_cast<int>(std::bit_width(size - 1)) - 3;
+  // (size - 1) | 7: sizes 0..8 in class 0, and never 0 (no branch for bit_width).
+  int cls = static_cast<int>(std::bit_width((size - (size != 0)) | (kKmallocMinSize - 1))) - 3;
   return gfp.has(kGfpAccount) ? cls + kKmallocClasses : cls;
 }
 
@@ -166,6 +175,13 @@ ANYCTX_ALWAYS_INLINE void freelist_push(const KmemCache& c, Freelist& fl, std::u
   ++fl.count;
 }
 
+// Return: whether `next`, the decoded link of the first object of `fl` (a
+// list of `s`), agrees with the list's count and points into `s`.
+ANYCTX_ALWAYS_INLINE bool link_ok(const Slab* s, const Freelist& fl, std::uintptr_t next) {
+  bool last = fl.count == 1;
+  return next == 0 ? last : !last && is_object_of(s, next);
+}
+
 // Return: the first object of `fl` (a list of `s`), or 0 when the list is
 // empty or its link is bad (reported; the list is then abandoned).
 ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at, const char* which) {
@@ -173,8 +189,8 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at,
   if (obj == 0) return 0;
   std::uintptr_t next = decode_link(s->cache->secret, load_link_word(obj), obj);
   site(at);
-  bool last = fl.count == 1;
-  if (ANYCTX_UNLIKELY(next == 0 ? !last : (last || !is_object_of(s, next)))) {
+  if (ANYCTX_UNLIKELY(!link_ok(s, fl, next))) {
+    bool last = fl.count == 1;
     freelist_corrupt(s, fl, which, obj, next,
                      next == 0 ? "its link ends the list, but the list's count says more follow"
                      : last    ? "its link goes on, but the list's count says it is the last"
@@ -188,6 +204,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at,
 
 ANYCTX_ALWAYS_INLINE std::uint64_t object_bit(unsigned index) { return std::uint64_t{1} << (index & 63); }
 
+// The allocation bits (kSlabExactFree builds only).
 // Return: false when the object's bit was already set.
 ANYCTX_ALWAYS_INLINE bool mark_allocated(Slab* s, unsigned index) {
   std::uint64_t bit = object_bit(index);
@@ -200,17 +217,48 @@ ANYCTX_ALWAYS_INLINE bool mark_free(Slab* s, unsigned index) {
   return (s->allocated[index >> 6].fetch_and(~bit, std::memory_order_relaxed) & bit) != 0;
 }
 
-// Takes an object off the CPU freelist and marks it allocated. Return: the
-// object, or 0 when the list is empty (or was found corrupt and abandoned).
+// Takes an object off the CPU freelist (the CPU lock held) and counts it;
+// with kSlabExactFree, marks it allocated. Return: the object, or 0 when the
+// list is empty (or was found corrupt and abandoned).
 ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop(CpuSlab& cs) {
   std::uintptr_t obj = freelist_pop(cs.slab, cs.free, Site::kSlabFreelistEdit, "CPU freelist");
-  if (ANYCTX_UNLIKELY(obj != 0 && !mark_allocated(cs.slab, object_index(cs.slab, obj)))) {
+  if (ANYCTX_UNLIKELY(obj == 0)) return 0;
+  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) {
     freelist_corrupt(cs.slab, cs.free, "CPU freelist", obj, 0,
                      "it is on the freelist but marked allocated (a free into a busy list, or a use after free); "
                      "not handed out");
     return 0;
   }
+  count_one(cs.allocs);
   return obj;
+}
+
+// kmalloc's pop (the CPU lock held), counted, for cache `c` of the CPU slab.
+// Return: the object, or 0 when the list is empty or anything is wrong with
+// it (the slow path pops again and reports).
+ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(const KmemCache& c, CpuSlab& cs) {
+  std::uintptr_t obj = cs.free.head;
+  if (ANYCTX_UNLIKELY(obj == 0)) return 0;
+  std::uintptr_t next = decode_link(c.secret, load_link_word(obj), obj);
+  site(Site::kSlabFreelistEdit);
+  if (ANYCTX_UNLIKELY(!link_ok(cs.slab, cs.free, next))) return 0;
+  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
+  cs.free.head = next;
+  --cs.free.count;
+  count_one(cs.allocs);
+  return obj;
+}
+
+// kfree / kfree_nolock of `obj`, an object of the CPU slab of `cs`, onto
+// the CPU freelist (the CPU lock held), counted. Without kSlabExactFree, a
+// free of the object on top of that list is the double free caught here.
+ANYCTX_ALWAYS_INLINE void cpu_push(const char* entry, const KmemCache& c, CpuSlab& cs, std::uintptr_t obj) {
+  if (!kSlabExactFree && ANYCTX_UNLIKELY(obj == cs.free.head)) {
+    bad_free(entry, reinterpret_cast<const void*>(obj), BadFree::kDoubleFree);
+    return;
+  }
+  freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+  count_one(cs.frees);
 }
 
 // --- locks -------------------------------------------------------------------
@@ -232,7 +280,7 @@ void list_unlock(KmemCache& c, IrqFlags flags) ANYCTX_NO_TSA {
 }
 
 // The CPU slab lock, always with IRQs masked: only an NMI can find it held.
-bool cpu_lock(CpuSlab& cs, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
+ANYCTX_ALWAYS_INLINE bool cpu_lock(CpuSlab& cs, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
   if (!allows_spinning(gfp)) {
     if (!cs.lock.try_lock_irqsave(flags)) return false;
   } else {
@@ -242,7 +290,7 @@ bool cpu_lock(CpuSlab& cs, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
   return true;
 }
 
-void cpu_unlock(CpuSlab& cs, IrqFlags flags) ANYCTX_NO_TSA {
+ANYCTX_ALWAYS_INLINE void cpu_unlock(CpuSlab& cs, IrqFlags flags) ANYCTX_NO_TSA {
   ANYCTX_SITE(kSlabCpuUnlock);
   cs.lock.unlock_irqrestore(flags);
 }
@@ -339,28 +387,54 @@ void freeze(CpuSlab& cs, Slab* s, int cpu) {
 }
 
 // Frees `obj` into its slab (list_lock held), moving the slab onto the
-// partial list when it was full. Return: the slab when it became empty and
-// the partial list is long enough to let it go.
-Slab* free_to_slab_locked(KmemCache& c, Slab* s, std::uintptr_t obj) {
+// partial list when it was full. Return: the slab when it became empty, the
+// partial list is long enough to let it go and `gfp` allows spinning. (An
+// empty slab that a nolock free leaves on the list is reused, or released
+// by a drain: its pages freed with free_pages_nolock would sit on this
+// CPU's pcp list, out of reach of the CPU that allocates.)
+Slab* free_to_slab_locked(KmemCache& c, Slab* s, std::uintptr_t obj, Gfp gfp) {
   freelist_push(c, s->free, obj, Site::kSlabListEdit);
   if (s->cpu != kNoCpu) return nullptr;  // a CPU slab: its CPU takes these back
   if (!s->on_partial) {
     partial_add(c, s);
     return nullptr;
   }
-  if (s->free.count == s->objects && c.nr_partial > kSlabKeepPartial && !s->corrupted) {
+  if (s->free.count == s->objects && c.nr_partial > kSlabKeepPartial && !s->corrupted && allows_spinning(gfp)) {
     partial_remove(c, s);
     return s;
   }
   return nullptr;
 }
 
-// Retires the CPU slab of `cs` (its lock and list_lock held): the CPU
-// freelist goes back into the slab, which goes on the partial list unless
-// it is full, or is returned for release when empty and `empty` allows.
-Slab* deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty) {
+// A frozen slab stops being a CPU's (list_lock held): it goes on the
+// partial list unless it is full, or is chained on `release` when empty and
+// `empty` allows.
+void unfreeze_locked(KmemCache& c, Slab* s, EmptySlab empty, Slab*& release) {
+  s->cpu = kNoCpu;
+  if (s->free.count == s->objects && !s->corrupted &&
+      (empty == EmptySlab::kRelease || c.nr_partial >= static_cast<std::size_t>(kSlabKeepPartial))) {
+    s->next = release;
+    release = s;
+    return;
+  }
+  if (s->free.count > 0) partial_add(c, s);
+}
+
+// Unfreezes the slabs that kmalloc_nolock retired while list_lock was busy
+// (the CPU lock and list_lock held).
+void unfreeze_retired_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty, Slab*& release) {
+  while (Slab* s = cs.retired) {
+    cs.retired = s->next;
+    unfreeze_locked(c, s, empty, release);
+  }
+}
+
+// Retires the CPU slab of `cs` and the retired ones (its lock and list_lock
+// held): the CPU freelist goes back into the slab; each is unfrozen.
+void deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty, Slab*& release) {
+  unfreeze_retired_locked(c, cs, empty, release);
   Slab* s = cs.slab;
-  if (s == nullptr) return nullptr;
+  if (s == nullptr) return;
   if (s->free.count == 0) {
     s->free = cs.free;
   } else {
@@ -369,36 +443,33 @@ Slab* deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty) {
   }
   cs.free = Freelist{};
   cs.slab = nullptr;
-  s->cpu = kNoCpu;
-  if (s->free.count == s->objects && !s->corrupted &&
-      (empty == EmptySlab::kRelease || c.nr_partial >= static_cast<std::size_t>(kSlabKeepPartial)))
-    return s;
-  if (s->free.count > 0) partial_add(c, s);
-  return nullptr;
+  unfreeze_locked(c, s, empty, release);
 }
 
 // --- deferred ----------------------------------------------------------------
 
-void deferred_push(std::atomic<std::uintptr_t>& head, std::uintptr_t obj, int cache) {
+// Return: whether the list was empty (the push that has to get it drained).
+bool deferred_push(std::atomic<std::uintptr_t>& head, std::uintptr_t obj, int cache) {
   std::uintptr_t old = head.load(std::memory_order_relaxed);
   do {
     store_link_word(obj, encode_link(g_deferred_secret, old, obj));
     ANYCTX_SITE(kSlabDeferredPush);
   } while (!head.compare_exchange_weak(old, obj, std::memory_order_release, std::memory_order_relaxed));
   stat_add(cache, kSlabStatDeferredPushed);
+  return old == 0;
 }
 
-// Return: whether `next` may follow on a deferred list: a free object of a
-// live slab.
+// Return: whether `next` may follow on a deferred list: an object of a live
+// slab (with kSlabExactFree: a free one).
 bool deferred_link_ok(std::uintptr_t next) {
   if (next == 0) return true;
   Slab* s = slab_of(reinterpret_cast<void*>(next));
   if (s == nullptr || !is_object_of(s, next)) return false;
   unsigned i = object_index(s, next);
-  return (s->allocated[i >> 6].load(std::memory_order_relaxed) & object_bit(i)) == 0;
+  return !kSlabExactFree || (s->allocated[i >> 6].load(std::memory_order_relaxed) & object_bit(i)) == 0;
 }
 
-void free_object(Slab* s, std::uintptr_t obj, int cpu);
+void free_deferred(Slab* s, std::uintptr_t obj, int cpu);
 
 // Takes a whole deferred list and frees its objects the spinning way, from
 // `cpu` (kNoCpu: a thread that is not a CPU, straight into the slabs).
@@ -414,7 +485,7 @@ ANYCTX_COLD std::size_t drain_deferred(std::atomic<std::uintptr_t>& head, int cp
     }
     Slab* s = slab_of(reinterpret_cast<void*>(obj));
     int cache = s->cache->index;
-    free_object(s, obj, cpu);
+    free_deferred(s, obj, cpu);
     stat_add(cache, kSlabStatDeferredFreed);
     ++n;
     ANYCTX_SITE(kSlabDeferredDrain);
@@ -429,7 +500,9 @@ ANYCTX_COLD std::size_t drain_deferred(std::atomic<std::uintptr_t>& head, int cp
 // In order: objects freed remotely into the CPU slab; a partial slab; a new
 // slab. A spinning caller drops the CPU lock around the page allocation
 // (reclaim may drain this CPU's slabs) and retires whatever CPU slab an
-// interrupt installed meanwhile. Releases the CPU lock.
+// interrupt installed meanwhile. A nolock caller that finds list_lock busy
+// puts the CPU slab, still frozen, on the CPU's retired chain (unfrozen at
+// the next list_lock here) and goes on to a new slab. Releases the CPU lock.
 // Return: an allocated object, or 0.
 ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gfp, IrqFlags flags) ANYCTX_NO_TSA {
   if (ANYCTX_UNLIKELY(g_slab_table == nullptr))
@@ -437,6 +510,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
   Slab* release = nullptr;
   IrqFlags lf;
   if (list_lock(c, gfp, lf)) {
+    if (ANYCTX_UNLIKELY(cs.retired != nullptr)) unfreeze_retired_locked(c, cs, EmptySlab::kKeepSpare, release);
     Slab* s = cs.slab;
     if (s != nullptr && s->free.count > 0) {
       cs.free = s->free;  // remote frees come home
@@ -456,9 +530,11 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
     }
     list_unlock(c, lf);
   } else if (cs.slab != nullptr) {
-    // Nolock and list_lock busy: the CPU slab cannot be retired now.
-    cpu_unlock(cs, flags);
-    return 0;
+    // Nolock and list_lock busy: the CPU slab cannot be unfrozen now. Frozen,
+    // remote frees still keep it off the lists.
+    cs.slab->next = cs.retired;
+    cs.retired = cs.slab;
+    cs.slab = nullptr;
   }
 
   if (cs.free.head == 0) {
@@ -470,7 +546,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
       ANYCTX_SITE(kSlabCpuLocked);
       if (fresh != nullptr && cs.slab != nullptr) {
         list_lock(c, gfp, lf);
-        release = deactivate_locked(c, cs, EmptySlab::kKeepSpare);
+        deactivate_locked(c, cs, EmptySlab::kKeepSpare, release);
         list_unlock(c, lf);
       }
     } else {
@@ -496,7 +572,6 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t alloc_locked(KmemCache& c, CpuSlab& cs, int 
 }
 
 ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, std::size_t size, Gfp gfp) {
-  stat_add(c.index, kSlabStatAllocs);
   void* p = reinterpret_cast<void*>(obj);
   ANYCTX_SLAB_UNPOISON(p, c.size);
   if (gfp.has(kGfpZero)) {
@@ -509,10 +584,62 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
   return p;
 }
 
+// Everything kmalloc's fast path does not do: not a CPU, too large, the
+// deferred list to drain first, an empty CPU freelist (alloc_slow).
+ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
+  int cpu = require_cpu("kmalloc");
+  int idx = size_index(size, gfp);
+  if (idx < 0) return nullptr;
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  if (mine.deferred.load(std::memory_order_relaxed) != 0) drain_deferred(mine.deferred, cpu);
+  KmemCache& c = g_caches[idx];
+  CpuSlab& cs = mine.caches[idx];
+  IrqFlags flags;
+  std::uintptr_t obj = cpu_lock(cs, gfp, flags) ? alloc_locked(c, cs, cpu, gfp, flags) : 0;
+  if (obj == 0) {
+    stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  return finish_alloc(c, obj, size, gfp);
+}
+
+// Everything kmalloc_nolock's fast path does not do: a bad gfp, not a CPU,
+// too large, the CPU lock held by the interrupted frame (then the next size
+// class, once), an empty CPU freelist (alloc_slow).
+ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
+  if (!(gfp & ~(kGfpZero | kGfpAccount)).empty()) report_bad_gfp(gfp);
+  int idx = size_index(size, gfp);
+  int cpu = current_cpu();
+  if (idx < 0 || cpu == kNoCpu) {
+    if (idx >= 0) stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  CpuSlab* cs = &mine.caches[idx];
+  IrqFlags flags;
+  if (!cpu_lock(*cs, gfp, flags)) {
+    // The frame this call interrupted holds it: once, the next size class.
+    bool last_class = idx % kKmallocClasses == kKmallocClasses - 1;
+    if (last_class || !cpu_lock(mine.caches[idx + 1], gfp, flags)) {
+      stat_add(idx, kSlabStatAllocFailed);
+      return nullptr;
+    }
+    stat_add(idx, kSlabStatNextClass);
+    cs = &mine.caches[++idx];
+  }
+  KmemCache& c = g_caches[idx];
+  std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp, flags);
+  if (obj == 0) {
+    stat_add(idx, kSlabStatAllocFailed);
+    return nullptr;
+  }
+  return finish_alloc(c, obj, size, gfp);
+}
+
 // --- free --------------------------------------------------------------------
 
-// Validates `p` and clears its allocation bit. Return: its slab, or nullptr
-// after a report (p is then left alone).
+// Validates `p` (with kSlabExactFree: clears its allocation bit). Return:
+// its slab, or nullptr after a report (p is then left alone).
 ANYCTX_ALWAYS_INLINE Slab* free_prepare(const char* entry, const void* p) {
   Slab* s = slab_of(p);
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
@@ -524,34 +651,81 @@ ANYCTX_ALWAYS_INLINE Slab* free_prepare(const char* entry, const void* p) {
     bad_free(entry, p, BadFree::kNotObjectStart);
     return nullptr;
   }
-  if (ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj)))) {
+  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj)))) {
     bad_free(entry, p, BadFree::kDoubleFree);
     return nullptr;
   }
-  stat_add(s->cache->index, kSlabStatFrees);
   ANYCTX_SLAB_POISON(const_cast<void*>(p), s->cache->size);
   return s;
 }
 
 // Frees into the slab itself under list_lock (waits for it); releases the
-// slab when that emptied it.
+// slab when that emptied it. Counts nothing.
 ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
   IrqFlags lf;
   list_lock(c, kGfpKernel, lf);
-  Slab* release = free_to_slab_locked(c, s, obj);
+  Slab* release = free_to_slab_locked(c, s, obj, kGfpKernel);
   list_unlock(c, lf);
   if (release != nullptr) release_slabs(release, kGfpKernel);
 }
 
-// The spinning free of an object whose bit is already clear: onto this
-// CPU's freelist when it is the CPU slab, else into the slab.
-ANYCTX_ALWAYS_INLINE void free_object_inline(Slab* s, std::uintptr_t obj, int cpu) {
+// The fast free: `obj` (an object of `s`, validated but not yet prepared)
+// onto the CPU freelist of `cs` when `s` is the CPU slab, its lock can be
+// taken the way `gfp` allows and `obj` is not already free (the slow path
+// then frees again and reports). Return: whether it was freed.
+ANYCTX_ALWAYS_INLINE bool cpu_free_fast(CpuSlab& cs, Slab* s, std::uintptr_t obj, Gfp gfp) {
+  IrqFlags flags;
+  if (ANYCTX_UNLIKELY(!cpu_lock(cs, gfp, flags))) return false;
+  if (ANYCTX_LIKELY(cs.slab == s && obj != cs.free.head &&
+                    (!kSlabExactFree || mark_free(s, object_index(s, obj))))) {
+    ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
+    freelist_push(*s->cache, cs.free, obj, Site::kSlabFreelistEdit);
+    count_one(cs.frees);
+    cpu_unlock(cs, flags);
+    return true;
+  }
+  cpu_unlock(cs, flags);
+  return false;
+}
+
+// The slow frees' CPU slab attempt, after free_prepare(): onto the CPU
+// freelist when `s` is the CPU slab of `cs` and its lock can be taken the
+// way `gfp` allows. Return: whether it was.
+bool cpu_free_prepared(const char* entry, CpuSlab& cs, Slab* s, std::uintptr_t obj, Gfp gfp) {
+  IrqFlags flags;
+  if (!cpu_lock(cs, gfp, flags)) return false;
+  bool in_cpu_slab = cs.slab == s;
+  if (in_cpu_slab) cpu_push(entry, *s->cache, cs, obj);
+  cpu_unlock(cs, flags);
+  return in_cpu_slab;
+}
+
+// Everything kfree's fast path does not do: nullptr, not a CPU, the deferred
+// list to drain first, bad input, an object outside the CPU slab (counted,
+// into its slab under list_lock).
+ANYCTX_COLD void kfree_slow(const void* p) {
+  if (p == nullptr) return;
+  int cpu = require_cpu("kfree");
+  CpuSlabs& mine = g_cpu_slabs.on(cpu);
+  if (mine.deferred.load(std::memory_order_relaxed) != 0) drain_deferred(mine.deferred, cpu);
+  Slab* s = free_prepare("kfree", p);
+  if (s == nullptr) return;
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  KmemCache& c = *s->cache;
+  if (cpu_free_prepared("kfree", mine.caches[c.index], s, obj, kGfpKernel)) return;
+  stat_add(c.index, kSlabStatFrees);
+  free_slow(c, s, obj);
+}
+
+// A deferred object (counted as freed when it was deferred): onto this CPU's
+// freelist when it is the CPU slab, else into the slab.
+void free_deferred(Slab* s, std::uintptr_t obj, int cpu) {
   KmemCache& c = *s->cache;
   if (cpu != kNoCpu) {
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
     IrqFlags flags;
     cpu_lock(cs, kGfpKernel, flags);
-    if (ANYCTX_LIKELY(cs.slab == s)) {
+    if (cs.slab == s) {
       freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
       cpu_unlock(cs, flags);
       return;
@@ -561,25 +735,33 @@ ANYCTX_ALWAYS_INLINE void free_object_inline(Slab* s, std::uintptr_t obj, int cp
   free_slow(c, s, obj);
 }
 
-void free_object(Slab* s, std::uintptr_t obj, int cpu) { free_object_inline(s, obj, cpu); }
-
-// kfree_nolock could not use the CPU slab: defer on this CPU's list; a
-// thread that is not a CPU tries the slab under list_lock, else the shared
-// list.
-ANYCTX_COLD void kfree_nolock_slow(Slab* s, std::uintptr_t obj, int cpu) {
+// Everything kfree_nolock's fast path does not do: nullptr, bad input, an
+// object outside the CPU slab or a CPU lock held by the interrupted frame:
+// counted, into the slab under list_lock by trylock. When that is busy,
+// onto this CPU's deferred list; the push that finds the list empty raises
+// an IRQ here, whose exit drains the list once this frame is done (so
+// nothing is stranded on a CPU that makes no further slab call). A thread
+// that is not a CPU defers on the shared list.
+ANYCTX_COLD void kfree_nolock_slow(const void* p) {
+  if (p == nullptr) return;
+  Slab* s = free_prepare("kfree_nolock", p);
+  if (s == nullptr) return;
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   KmemCache& c = *s->cache;
-  if (cpu != kNoCpu) {
-    deferred_push(g_cpu_slabs.on(cpu).deferred, obj, c.index);
-    return;
-  }
+  int cpu = current_cpu();
+  if (cpu != kNoCpu && cpu_free_prepared("kfree_nolock", g_cpu_slabs.on(cpu).caches[c.index], s, obj, Gfp{})) return;
+  stat_add(c.index, kSlabStatFrees);
   IrqFlags lf;
   if (list_lock(c, Gfp{}, lf)) {
-    Slab* release = free_to_slab_locked(c, s, obj);
+    free_to_slab_locked(c, s, obj, Gfp{});  // never returns a slab to release
     list_unlock(c, lf);
-    if (release != nullptr) release_slabs(release, Gfp{});
     return;
   }
-  deferred_push(g_shared_deferred, obj, c.index);
+  if (cpu == kNoCpu) {
+    deferred_push(g_shared_deferred, obj, c.index);
+    return;
+  }
+  if (deferred_push(g_cpu_slabs.on(cpu).deferred, obj, c.index)) raise_irq();
 }
 
 // --- hooks -------------------------------------------------------------------
@@ -594,17 +776,14 @@ std::size_t flush_cpu_slabs(int cpu) ANYCTX_NO_TSA {
   for (int i = 0; i < kKmallocCaches; ++i) {
     KmemCache& c = g_caches[i];
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[i];
-    if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr) continue;
+    if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr &&
+        std::atomic_ref<Slab*>(cs.retired).load(std::memory_order_relaxed) == nullptr)
+      continue;
     IrqFlags flags, lf;
     cpu_lock(cs, kGfpKernel, flags);
-    if (cs.slab != nullptr) {
-      list_lock(c, kGfpKernel, lf);
-      if (Slab* s = deactivate_locked(c, cs, EmptySlab::kRelease)) {
-        s->next = release;
-        release = s;
-      }
-      list_unlock(c, lf);
-    }
+    list_lock(c, kGfpKernel, lf);
+    deactivate_locked(c, cs, EmptySlab::kRelease, release);
+    list_unlock(c, lf);
     cpu_unlock(cs, flags);
   }
   return release_slabs(release, kGfpKernel);
@@ -655,22 +834,22 @@ void slab_cpu_offline(int cpu) {
 
 namespace detail {
 
-Slab* slab_of(const void* addr) {
-  Page* pg = virt_to_page(addr);
-  if (pg == nullptr) return nullptr;
-  void* owner = pg->owner_private.load(std::memory_order_acquire);
-  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(owner) - reinterpret_cast<std::uintptr_t>(g_slab_table);
-  if (off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0) return nullptr;
-  Slab* s = static_cast<Slab*>(owner);
-  return s->cache != nullptr ? s : nullptr;
-}
-
 std::uint64_t slab_stat_sum(int cache, int stat) {
   std::uint64_t sum = 0;
   for (int ctx = 0; ctx < 3; ++ctx) {
     sum += g_shared_stats.v[ctx][cache][stat].load(std::memory_order_relaxed);
     g_stats.for_each_used([&](int, SlabStatSlots& s) { sum += s.v[ctx][cache][stat].load(std::memory_order_relaxed); });
   }
+  return sum + cpu_slab_count(cache, stat);
+}
+
+std::uint64_t cpu_slab_count(int cache, int stat) {
+  std::uint64_t sum = 0;
+  g_cpu_slabs.for_each_used([&](int, CpuSlabs& cpu) {
+    const CpuSlab& cs = cpu.caches[cache];
+    if (stat == kSlabStatAllocs) sum += cs.allocs.load(std::memory_order_relaxed);
+    if (stat == kSlabStatFrees) sum += cs.frees.load(std::memory_order_relaxed);
+  });
   return sum;
 }
 
@@ -685,93 +864,73 @@ std::size_t kmalloc_object_size(const void* p) {
   return s != nullptr ? s->cache->size : 0;
 }
 
+// The fast paths: one CPU, context and slab lookup each, shared by the lock,
+// the counters and the freelist; anything unusual goes to the one *_slow.
+
 void* kmalloc(std::size_t size, Gfp gfp) {
-  int cpu = require_cpu("kmalloc");
   if constexpr (kDebug) {
     if (ANYCTX_UNLIKELY(in_nmi())) report_context("kmalloc() in NMI context: use kmalloc_nolock()");
     if (ANYCTX_UNLIKELY(allows_direct_reclaim(gfp) && !in_task()))
       report_context("kmalloc() with kGfpDirectReclaim in irq context: reclaim runs only in task context (use kGfpAtomic)");
   }
+  int cpu = current_cpu();
   int idx = size_index(size, gfp);
-  if (ANYCTX_UNLIKELY(idx < 0)) return nullptr;
-  CpuSlabs& mine = g_cpu_slabs.on(cpu);
-  if (ANYCTX_UNLIKELY(mine.deferred.load(std::memory_order_relaxed) != 0)) drain_deferred(mine.deferred, cpu);
-  KmemCache& c = g_caches[idx];
-  CpuSlab& cs = mine.caches[idx];
-  IrqFlags flags;
-  std::uintptr_t obj = cpu_lock(cs, gfp, flags) ? alloc_locked(c, cs, cpu, gfp, flags) : 0;
-  if (ANYCTX_UNLIKELY(obj == 0)) {
-    stat_add(idx, kSlabStatAllocFailed);
-    return nullptr;
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
+    CpuSlabs& mine = g_cpu_slabs.on(cpu);
+    CpuSlab& cs = mine.caches[idx];
+    IrqFlags flags;
+    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 && cpu_lock(cs, gfp, flags))) {
+      const KmemCache& c = g_caches[idx];
+      std::uintptr_t obj = cpu_pop_fast(c, cs);
+      cpu_unlock(cs, flags);
+      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, gfp);
+    }
   }
-  return finish_alloc(c, obj, size, gfp);
+  return kmalloc_slow(size, gfp);
 }
 
 void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
-  if (ANYCTX_UNLIKELY(!(gfp & ~(kGfpZero | kGfpAccount)).empty())) report_bad_gfp(gfp);
-  int idx = size_index(size, gfp);
   int cpu = current_cpu();
-  if (ANYCTX_UNLIKELY(idx < 0 || cpu == kNoCpu)) {
-    if (idx >= 0) stat_add(idx, kSlabStatAllocFailed);
-    return nullptr;
-  }
-  CpuSlabs& mine = g_cpu_slabs.on(cpu);
-  CpuSlab* cs = &mine.caches[idx];
-  IrqFlags flags;
-  if (ANYCTX_UNLIKELY(!cpu_lock(*cs, gfp, flags))) {
-    // The frame this call interrupted holds it: once, the next size class.
-    bool last_class = idx % kKmallocClasses == kKmallocClasses - 1;
-    if (last_class || !cpu_lock(mine.caches[idx + 1], gfp, flags)) {
-      stat_add(idx, kSlabStatAllocFailed);
-      return nullptr;
+  int idx = size_index(size, gfp);
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~(kGfpZero | kGfpAccount)).empty())) {
+    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[idx];
+    IrqFlags flags;
+    if (ANYCTX_LIKELY(cpu_lock(cs, gfp, flags))) {
+      const KmemCache& c = g_caches[idx];
+      std::uintptr_t obj = cpu_pop_fast(c, cs);
+      cpu_unlock(cs, flags);
+      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, gfp);
     }
-    stat_add(idx, kSlabStatNextClass);
-    cs = &mine.caches[++idx];
   }
-  KmemCache& c = g_caches[idx];
-  std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp, flags);
-  if (ANYCTX_UNLIKELY(obj == 0)) {
-    stat_add(idx, kSlabStatAllocFailed);
-    return nullptr;
-  }
-  return finish_alloc(c, obj, size, gfp);
+  return kmalloc_nolock_slow(size, gfp);
 }
 
 void kfree(const void* p) {
-  if (p == nullptr) return;
-  int cpu = require_cpu("kfree");
   if constexpr (kDebug) {
-    if (ANYCTX_UNLIKELY(in_nmi())) report_context("kfree() in NMI context: use kfree_nolock()");
+    if (ANYCTX_UNLIKELY(in_nmi() && p != nullptr)) report_context("kfree() in NMI context: use kfree_nolock()");
   }
-  CpuSlabs& mine = g_cpu_slabs.on(cpu);
-  if (ANYCTX_UNLIKELY(mine.deferred.load(std::memory_order_relaxed) != 0)) drain_deferred(mine.deferred, cpu);
-  Slab* s = free_prepare("kfree", p);
-  if (ANYCTX_UNLIKELY(s == nullptr)) return;
-  free_object_inline(s, reinterpret_cast<std::uintptr_t>(p), cpu);
+  int cpu = current_cpu();
+  Slab* s = slab_of(p);  // nullptr for nullptr
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj))) {
+    CpuSlabs& mine = g_cpu_slabs.on(cpu);
+    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 &&
+                      cpu_free_fast(mine.caches[s->cache->index], s, obj, kGfpKernel)))
+      return;
+  }
+  kfree_slow(p);
 }
 
 void kfree_nolock(const void* p) {
-  if (p == nullptr) return;
   NolockScope nolock("kfree_nolock");
-  Slab* s = free_prepare("kfree_nolock", p);
-  if (ANYCTX_UNLIKELY(s == nullptr)) return;
-  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   int cpu = current_cpu();
-  if (ANYCTX_LIKELY(cpu != kNoCpu)) {
-    KmemCache& c = *s->cache;
-    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
-    IrqFlags flags;
-    if (ANYCTX_LIKELY(cpu_lock(cs, Gfp{}, flags))) {
-      if (ANYCTX_LIKELY(cs.slab == s)) {
-        freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
-        cpu_unlock(cs, flags);
-        return;
-      }
-      cpu_unlock(cs, flags);
-    }
-  }
-  kfree_nolock_slow(s, obj, cpu);
+  Slab* s = slab_of(p);  // nullptr for nullptr
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj) &&
+                    cpu_free_fast(g_cpu_slabs.on(cpu).caches[s->cache->index], s, obj, Gfp{})))
+    return;
+  kfree_nolock_slow(p);
 }
 
 std::size_t slab_drain_local() {
@@ -839,7 +998,10 @@ void reset_state() {
   g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
     for (CpuSlab& cs : cpu.caches) {
       cs.slab = nullptr;
+      cs.retired = nullptr;
       cs.free = Freelist{};
+      cs.allocs.store(0);
+      cs.frees.store(0);
     }
     cpu.deferred.store(0);
   });
@@ -864,6 +1026,9 @@ std::string_view slab_init() {
   if (table == MAP_FAILED) return "mmap of the slab table failed";
   g_slab_table = static_cast<Slab*>(table);
   g_slab_table_entries = pages;
+  g_arena_descs = pfn_to_page(0);
+  g_arena_base = reinterpret_cast<std::uintptr_t>(page_address(g_arena_descs));
+  g_arena_bytes = pages * kPageSize;
   reset_state();
   g_deferred_secret = random_word();
   for (int i = 0; i < kKmallocCaches; ++i) {
@@ -876,6 +1041,7 @@ std::string_view slab_init() {
     while (order < kPcpMaxOrder && (kPageSize << order) / c.size < 8) ++order;
     c.order = static_cast<std::uint8_t>(order);
     c.objects = static_cast<std::uint16_t>((kPageSize << order) >> c.shift);
+    c.object_mask = ~((std::uintptr_t{kPageSize} << order) - 1) | (c.size - 1);
     c.index = i;
     c.page_gfp = accounted ? kGfpAccount : Gfp{};
     c.secret = random_word();
@@ -891,6 +1057,7 @@ std::string_view slab_init() {
     munmap(g_slab_table, pages * sizeof(Slab));
     g_slab_table = nullptr;
     g_slab_table_entries = 0;
+    g_arena_bytes = 0;
     return "no room to register the slab hooks (IRQ-exit, offline or shrinker registry full)";
   }
   g_initialised = true;
@@ -913,6 +1080,7 @@ void slab_shutdown() {
   munmap(g_slab_table, g_slab_table_entries * sizeof(Slab));
   g_slab_table = nullptr;
   g_slab_table_entries = 0;
+  g_arena_bytes = 0;
   g_initialised = false;
 }
 

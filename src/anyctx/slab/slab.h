@@ -17,18 +17,26 @@
 //    the CPU slab lock and the cache's list_lock by trylock, new slabs from
 //    alloc_pages_nolock. When this CPU's lock of the size class is held by
 //    the frame this call interrupted, it tries once in the next class (so it
-//    may return a larger object). nullptr means "no memory in this context":
-//    a lock was busy, the page allocator said no, or the thread is not a CPU.
+//    may return a larger object). When its CPU slab is used up and list_lock
+//    is busy, it sets that slab aside (still this CPU's, given back at the
+//    next list_lock) and takes a new one. nullptr means "no memory in this
+//    context": the CPU locks of both classes were held, the page allocator
+//    said no, or the thread is not a CPU.
 //  - kfree_nolock(p): any context, also on a thread that is not a CPU.
 //    Frees into this CPU's slab when p belongs to it and its lock is free;
-//    otherwise p goes on this CPU's lock-free deferred list (CAS push,
-//    take-all by exchange). That CPU frees its deferred objects when it
-//    leaves IRQ context, at its next kmalloc/kfree, at slab_drain_*(), when
-//    it goes offline; the shrinker and slab_drain_all() take every CPU's.
-//    A thread that is not a CPU has no per-CPU lists: it frees under the
-//    cache's list_lock taken by trylock, else onto one shared deferred list
-//    that spinning slow paths, drains and the shrinker empty. Never spins,
-//    never loses an object.
+//    otherwise into p's slab under the cache's list_lock taken by trylock
+//    (a slab that this free empties stays on the partial list: nolock frees
+//    give no pages back). When list_lock is busy, p goes on this CPU's
+//    lock-free deferred list (CAS push, take-all by exchange), and the push
+//    that finds the list empty raises an IRQ on this CPU: it runs once the
+//    current frame is done (at once in task context with IRQs on; when IRQs
+//    are unmasked; after the NMI or IRQ handler returns), and its exit frees
+//    the list. A CPU also frees its deferred objects at its next
+//    kmalloc/kfree, at slab_drain_*(), when it goes offline; the shrinker and
+//    slab_drain_all() take every CPU's. A thread that is not a CPU has no
+//    per-CPU list: when list_lock is busy it pushes on one shared deferred
+//    list that spinning slow paths, drains and the shrinker empty. Never
+//    spins, never loses an object, and on a CPU never strands one.
 //  - Accounting: kGfpAccount objects come from separate caches
 //    ("kmalloc-cg-N") whose slab pages are allocated with kGfpAccount. Slabs
 //    are charged, not objects: a slab is charged whole to the cgroup that is
@@ -39,8 +47,13 @@
 //    object, already free) is a `bad slab free` report naming the cache, the
 //    slab and the reason; then, by policy, abort (the default in debug and
 //    sanitizer builds) or count the report and leave the memory alone.
-//    Double frees are detected exactly: each slab has an allocation bitmap
-//    updated with one atomic RMW per kmalloc and one per kfree.
+//    Double frees are detected exactly in debug and sanitizer builds (and
+//    with the CMake option ANYCTX_SLAB_EXACT_FREE): each slab has an
+//    allocation bitmap updated with one atomic RMW per kmalloc and one per
+//    kfree. Other builds keep the CPU-local paths free of atomic RMWs and
+//    catch a double free only when the object is the last one freed to its
+//    CPU freelist (as production SLUB does); a later one may corrupt the
+//    slab.
 //  - Hardened freelists: the link in a free object is stored encoded with a
 //    per-cache secret and the object's own address; a link that decodes
 //    outside its slab or off an object boundary is a `slab freelist

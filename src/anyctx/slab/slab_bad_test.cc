@@ -73,11 +73,13 @@ TEST_F(SlabTest, DoubleFreeIsReportedOnEveryPath) {
   std::vector<void*> fill;
   void* deferred = kmalloc(64, kGfpKernel);
   while (testing::in_cpu_slab(deferred, current_cpu())) fill.push_back(kmalloc(64, kGfpKernel));
-  testing::run_in_nmi([&] { kfree_nolock(deferred); });
+  IrqFlags masked = irq_save();  // keeps the deferred list's IRQ pending
+  testing::kfree_nolock_list_locked(kmalloc_cache_index(64, kGfpKernel), {deferred});
   ASSERT_EQ(slab_deferred_pending(), 1u);
   EXPECT_DEATH(testing::run_in_nmi([&] { kfree_nolock(deferred); }),
                "bad slab free: kfree_nolock\\(0x[0-9a-f]+\\): cache kmalloc-64, slab pfn [0-9]+: double free: object "
                "[0-9]+ is already free");
+  irq_restore(masked);
   kfree(keep);
   for (void* f : fill) kfree(f);
   expect_all_returned();
@@ -155,13 +157,14 @@ TEST_F(SlabTest, CorruptedDeferredLinkIsReportedNotFollowed) {
   void* a = kmalloc(64, kGfpKernel);
   void* b = kmalloc(64, kGfpKernel);
   while (testing::in_cpu_slab(a, current_cpu())) fill.push_back(kmalloc(64, kGfpKernel));
-  kfree_nolock(a);
-  kfree_nolock(b);  // b heads the deferred list; its link leads to a
+  IrqFlags masked = irq_save();  // keeps the deferred list's IRQ pending
+  testing::kfree_nolock_list_locked(kmalloc_cache_index(64, kGfpKernel), {a, b});  // b heads, its link leads to a
   corrupt_link(b);
   EXPECT_DEATH(slab_drain_local(),
                "slab freelist corruption: deferred-free list: the link in object 0x[0-9a-f]+ \\(cache kmalloc-64, "
                "slab pfn [0-9]+\\) decodes to 0x[0-9a-f]+, which is not a free slab object; not followed");
   corrupt_link(b);  // repaired
+  irq_restore(masked);
   for (void* f : fill) kfree(f);
   expect_all_returned();
 }

@@ -70,6 +70,8 @@ class SlabChecker {
     };
     add(g_shared_stats);
     g_stats.for_each_used([&](int, const SlabStatSlots& slots) { add(slots); });
+    for (int c = 0; c < kKmallocCaches; ++c)
+      for (int st : {kSlabStatAllocs, kSlabStatFrees}) totals_[c][st] += cpu_slab_count(c, st);
   }
   std::uint64_t total(int cache, int stat) const { return totals_[cache][stat]; }
 
@@ -141,7 +143,7 @@ class SlabChecker {
            where_name(f->where[i]));
       return false;
     }
-    if (s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63))) {
+    if (kSlabExactFree && (s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63)))) {
       fail(slab_str(s) + ": object " + std::to_string(i) + " is marked allocated but is on " + str(list));
       return false;
     }
@@ -156,6 +158,13 @@ class SlabChecker {
     if (off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0) return nullptr;
     int at = index_[off / sizeof(Slab)];
     return at < 0 ? nullptr : &found_[static_cast<std::size_t>(at)];
+  }
+
+  // Return: whether `s` is on the retired chain of `cpu` (of its cache).
+  static bool retired_on(const Slab* s, int cpu) {
+    for (const Slab* r = g_cpu_slabs.on(cpu).caches[s->cache->index].retired; r != nullptr; r = r->next)
+      if (r == s) return true;
+    return false;
   }
 
   // Walks a freelist of slab `s`. Return: its length, or -1 after a failure.
@@ -217,6 +226,13 @@ class SlabChecker {
     for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu) {
       CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
       ListName list{ListName::kCpuFreelist, cpu, &c};
+      std::size_t retired = 0;
+      for (Slab* r = cs.retired; r != nullptr; r = r->next) {
+        if (++retired > found_.size()) return fail(str(list) + ": retired chain longer than the live slabs (a cycle)");
+        if (r->cache != &c) return fail(str(list) + ": retired chain holds a slab that is not a live slab of the cache");
+        if (r->cpu != cpu || r->on_partial || r == cs.slab)
+          return fail(slab_str(r) + ": on cpu " + std::to_string(cpu) + "'s retired chain but not frozen there alone");
+      }
       if (cs.slab == nullptr) {
         if (cs.free.head != 0 || cs.free.count != 0) return fail(str(list) + " is not empty but cpu has no slab");
         continue;
@@ -235,11 +251,11 @@ class SlabChecker {
       Slab* s = f.slab;
       if (s->cache != &c) continue;
       ++slabs;
-      std::uint64_t bits = 0;
-      for (unsigned w = 0; w < kSlabBitmapWords; ++w) bits += std::popcount(s->allocated[w].load());
-      in_use += bits;
+      if (kSlabExactFree) {
+        for (unsigned w = 0; w < kSlabBitmapWords; ++w) in_use += std::popcount(s->allocated[w].load());
+      }
       if (s->objects != c.objects) return fail(slab_str(s) + ": object count differs from the cache's");
-      if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s)
+      if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s && !retired_on(s, s->cpu))
         return fail(slab_str(s) + ": says it is cpu " + std::to_string(s->cpu) + "'s slab, which it is not");
       if (s->corrupted) continue;  // reported when it happened; its objects are leaked
       long n = walk_freelist(s, s->free, Where::kSlabFreelist, ListName{ListName::kSlabFreelist, -1, &c, s});
@@ -252,6 +268,10 @@ class SlabChecker {
         return fail(slab_str(s) + ": a CPU slab on the partial list");
       }
       for (unsigned i = 0; i < s->objects; ++i) {
+        if (!kSlabExactFree) {  // no bits: an object on no list counts as allocated
+          in_use += f.where[i] == Where::kNowhere;
+          continue;
+        }
         bool allocated = s->allocated[i >> 6].load() & (std::uint64_t{1} << (i & 63));
         if (!allocated && f.where[i] == Where::kNowhere)
           return fail(slab_str(s) + ": object " + std::to_string(i) + " is free but on no freelist or deferred list (lost)");

@@ -13,15 +13,27 @@
 // with MAP_NORESERVE, touched only for frames that head a slab).
 //
 // Who guards what:
-//  - CpuSlab: its CPU's LocalTryLock, always taken with IRQs masked, so only
-//    an NMI can find it held by an interrupted frame.
+//  - CpuSlab (slab, free, retired, allocs, frees): its CPU's LocalTryLock,
+//    always taken with IRQs masked, so only an NMI can find it held by an
+//    interrupted frame. Only the owning CPU touches it, so its fields are
+//    plain (the counters are relaxed atomics only so that snapshots from
+//    other CPUs may read them): the CPU-local paths make no atomic RMW.
 //  - Slab::free, Slab::cpu, Slab::on_partial, KmemCache::partial: the
 //    cache's list_lock (taken with IRQs masked). A slab that is some CPU's
-//    CPU slab ("frozen", cpu != kNoCpu) is on no list; remote frees still go
-//    to its Slab::free. Lock order: CPU slab lock -> list_lock -> page
-//    allocator locks; never two list_locks at once.
-//  - Slab::allocated: one bit per object, atomic RMW from any CPU.
+//    CPU slab or on its retired chain ("frozen", cpu != kNoCpu) is on no
+//    list; remote frees still go to its Slab::free. On the retired chain its
+//    Slab::next belongs to that CPU's lock. Lock order: CPU slab lock ->
+//    list_lock -> page allocator locks; never two list_locks at once.
+//  - Slab::allocated: one bit per object, atomic RMW from any CPU, in builds
+//    with kSlabExactFree (debug and sanitizer builds; the hardened CMake
+//    option ANYCTX_SLAB_EXACT_FREE elsewhere). Without it the bitmap stays
+//    clear and a double free is caught only when the object is on top of
+//    the CPU freelist it is freed to.
 //  - Deferred lists: lock-free stacks through the first word of the objects.
+//    Pushes go to the pushing CPU's own list; the push that finds it empty
+//    raises an IRQ on that CPU, whose exit drains it once the pushing frame
+//    (and a frame it interrupted with IRQs masked) is done. Any CPU may
+//    take a whole list (slab_drain_all); it is one exchange.
 #pragma once
 
 #include <atomic>
@@ -38,6 +50,12 @@
 #include "anyctx/page/page.h"
 #include "anyctx/slab/slab.h"
 
+// Exact double-free detection: on in debug and sanitizer builds, the CMake
+// option ANYCTX_SLAB_EXACT_FREE in release builds.
+#ifndef ANYCTX_SLAB_EXACT_FREE
+#define ANYCTX_SLAB_EXACT_FREE (ANYCTX_DEBUG || ANYCTX_ASAN || ANYCTX_TSAN)
+#endif
+
 #if ANYCTX_ASAN
 #include <sanitizer/asan_interface.h>
 #define ANYCTX_SLAB_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
@@ -49,6 +67,7 @@
 
 namespace anyctx::detail {
 
+inline constexpr bool kSlabExactFree = ANYCTX_SLAB_EXACT_FREE != 0;
 inline constexpr unsigned kSlabMaxObjects = 512;  // kmalloc-8 in one page
 inline constexpr unsigned kSlabBitmapWords = kSlabMaxObjects / 64;
 
@@ -84,6 +103,9 @@ struct KmemCache {
   int index = 0;
   Gfp page_gfp;               // kGfpAccount for the accounted caches
   std::uintptr_t secret = 0;  // freelist link key
+  // Bits that are clear in (addr - slab base) exactly when addr starts an
+  // object: those above the block and those below the object size.
+  std::uintptr_t object_mask = 0;
   Spinlock list_lock{"slab.list_lock"};
   Slab* partial = nullptr;    // circular, through Slab::next/prev (list_lock)
   std::size_t nr_partial = 0;
@@ -93,6 +115,13 @@ struct CpuSlab {
   LocalTryLock lock{"slab.cpu_lock"};
   Slab* slab = nullptr;  // this CPU's slab of the cache, frozen
   Freelist free;         // objects of `slab` only
+  // Former CPU slabs, still frozen, chained through Slab::next: retired by
+  // kmalloc_nolock when list_lock was busy, unfrozen at the next list_lock.
+  Slab* retired = nullptr;
+  // Objects popped from and pushed onto `free` by kmalloc / kfree: the fast
+  // paths' share of kSlabStatAllocs and kSlabStatFrees.
+  std::atomic<std::uint64_t> allocs{0};
+  std::atomic<std::uint64_t> frees{0};
 };
 
 struct CpuSlabs {
@@ -126,10 +155,18 @@ extern std::atomic<std::uintptr_t> g_shared_deferred;
 extern std::uintptr_t g_deferred_secret;
 extern Slab* g_slab_table;
 extern std::size_t g_slab_table_entries;
+// The page arena as slab_init found it, so that kfree finds a slab without
+// a call into the page allocator: frame n's descriptor is g_arena_descs + n.
+extern std::uintptr_t g_arena_base;
+extern std::size_t g_arena_bytes;
+extern Page* g_arena_descs;
 extern PerCpu<SlabStatSlots> g_stats;  // a slot per CPU (see SlabStatSlots)
 extern SlabStatSlots g_shared_stats;   // threads that are not CPUs
 
 std::uint64_t slab_stat_sum(int cache, int stat);
+// Return: the CpuSlab counters' share of `stat` (kSlabStatAllocs,
+// kSlabStatFrees; 0 for the others) over every CPU.
+std::uint64_t cpu_slab_count(int cache, int stat);
 void slab_stat_add(int cache, int stat, std::uint64_t delta);
 
 // --- links inside free objects ----------------------------------------------
@@ -161,10 +198,8 @@ ANYCTX_ALWAYS_INLINE void store_link_word(std::uintptr_t slot, std::uintptr_t v)
 }
 
 // Return: whether `addr` is the start of an object of `s`.
-inline bool is_object_of(const Slab* s, std::uintptr_t addr) {
-  std::uintptr_t rel = addr - reinterpret_cast<std::uintptr_t>(s->base);
-  const KmemCache* c = s->cache;
-  return rel < (std::uintptr_t{s->objects} << c->shift) && (rel & (c->size - 1)) == 0;
+ANYCTX_ALWAYS_INLINE bool is_object_of(const Slab* s, std::uintptr_t addr) {
+  return ((addr - reinterpret_cast<std::uintptr_t>(s->base)) & s->cache->object_mask) == 0;
 }
 
 inline unsigned object_index(const Slab* s, std::uintptr_t addr) {
@@ -173,7 +208,15 @@ inline unsigned object_index(const Slab* s, std::uintptr_t addr) {
 
 // Return: the live slab whose frames hold `addr`, or nullptr (outside the
 // arena, not a slab page, a stale or foreign owner_private).
-Slab* slab_of(const void* addr);
+ANYCTX_ALWAYS_INLINE Slab* slab_of(const void* addr) {
+  std::uintptr_t rel = reinterpret_cast<std::uintptr_t>(addr) - g_arena_base;
+  if (ANYCTX_UNLIKELY(rel >= g_arena_bytes)) return nullptr;
+  void* owner = g_arena_descs[rel >> kPageShift].owner_private.load(std::memory_order_acquire);
+  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(owner) - reinterpret_cast<std::uintptr_t>(g_slab_table);
+  if (ANYCTX_UNLIKELY(off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0)) return nullptr;
+  Slab* s = static_cast<Slab*>(owner);
+  return ANYCTX_LIKELY(s->cache != nullptr) ? s : nullptr;
+}
 
 inline std::size_t slab_pfn(const Slab* s) { return static_cast<std::size_t>(s - g_slab_table); }
 

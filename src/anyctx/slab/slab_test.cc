@@ -184,23 +184,48 @@ void* object_outside_cpu_slab(std::vector<void*>& rest) {
   return first;
 }
 
-TEST_F(SlabTest, KfreeNolockOutsideTheCpuSlabDefersAndIrqExitDrains) {
+// Return: an object of `rest` (in a full slab, not the CPU slab), taken out.
+void* take_one(std::vector<void*>& rest) {
+  void* p = rest.front();
+  rest.erase(rest.begin());
+  return p;
+}
+
+TEST_F(SlabTest, KfreeNolockOutsideTheCpuSlabFreesIntoItsSlab) {
   init_slab();
   std::vector<void*> rest;
   void* a = object_outside_cpu_slab(rest);
-  void* b = rest.front();
-  rest.erase(rest.begin());
+  void* b = take_one(rest);
   testing::run_in_nmi([&] { kfree_nolock(a); });
   kfree_nolock(b);  // task context, also outside the CPU slab
-  EXPECT_EQ(slab_deferred_pending(), 2u);
   int idx = kmalloc_cache_index(64, kGfpKernel);
-  EXPECT_EQ(slab_cache_stats(idx).deferred_pushed, 2u);
-  EXPECT_EQ(slab_cache_stats(idx).objects_in_use, rest.size()) << "a deferred object already counts as freed";
+  EXPECT_EQ(slab_cache_stats(idx).deferred_pushed, 0u) << "list_lock was free: no deferral";
+  EXPECT_EQ(slab_cache_stats(idx).objects_in_use, rest.size());
   expect_slab_invariants();
-  testing::run_in_irq([] {});
-  EXPECT_EQ(slab_deferred_pending(), 0u) << "leaving IRQ context drains the deferred list";
+  for (void* p : rest) kfree(p);
+  expect_all_returned();
+}
+
+TEST_F(SlabTest, KfreeNolockWithTheListLockBusyDefersAndItsIrqDrains) {
+  init_slab();
+  std::vector<void*> rest;
+  void* a = object_outside_cpu_slab(rest);
+  void* b = take_one(rest);
+  int idx = kmalloc_cache_index(64, kGfpKernel);
+  {
+    IrqSaveScope masked;  // the IRQ the first push raises waits for the unmask
+    testing::kfree_nolock_list_locked(idx, {a, b});
+    EXPECT_EQ(slab_deferred_pending(), 2u);
+    EXPECT_EQ(slab_cache_stats(idx).deferred_pushed, 2u);
+    EXPECT_EQ(slab_cache_stats(idx).objects_in_use, rest.size()) << "a deferred object already counts as freed";
+    expect_slab_invariants();
+  }
+  EXPECT_EQ(slab_deferred_pending(), 0u) << "the raised IRQ ran at the unmask and its exit drained the list";
   EXPECT_EQ(slab_cache_stats(idx).deferred_freed, 2u);
   expect_slab_invariants();
+  void* c = take_one(rest);
+  testing::kfree_nolock_list_locked(idx, {c});
+  EXPECT_EQ(slab_deferred_pending(), 0u) << "IRQs on: drained when the lock was dropped";
   for (void* p : rest) kfree(p);
   expect_all_returned();
 }
@@ -209,40 +234,43 @@ TEST_F(SlabTest, TheNextSpinningCallDrainsTheDeferredList) {
   init_slab();
   std::vector<void*> rest;
   void* a = object_outside_cpu_slab(rest);
-  kfree_nolock(a);
+  int idx = kmalloc_cache_index(64, kGfpKernel);
+  IrqFlags masked = irq_save();  // keeps the raised IRQ pending
+  testing::kfree_nolock_list_locked(idx, {a});
   EXPECT_EQ(slab_deferred_pending(), 1u);
-  void* p = kmalloc(16, kGfpKernel);
+  void* p = kmalloc(16, kGfpAtomic);
   EXPECT_EQ(slab_deferred_pending(), 0u) << "kmalloc drains first";
-  void* b = rest.front();  // in the full slab, not the CPU slab
-  rest.erase(rest.begin());
-  kfree_nolock(b);
+  void* b = take_one(rest);
+  testing::kfree_nolock_list_locked(idx, {b});
   EXPECT_EQ(slab_deferred_pending(), 1u);
   kfree(p);
   EXPECT_EQ(slab_deferred_pending(), 0u) << "kfree drains first";
+  irq_restore(masked);
   for (void* q : rest) kfree(q);
   expect_all_returned();
 }
 
-TEST_F(SlabTest, DrainsAndOfflineDrainTheDeferredList) {
+TEST_F(SlabTest, DrainsTakeTheDeferredLists) {
   init_slab();
   std::vector<void*> rest;
   void* a = object_outside_cpu_slab(rest);
-  kfree_nolock(a);
-  EXPECT_EQ(slab_drain_local(), 0u);
-  EXPECT_EQ(slab_deferred_pending(), 0u) << "slab_drain_local";
+  int idx = kmalloc_cache_index(64, kGfpKernel);
+  {
+    IrqSaveScope masked;
+    testing::kfree_nolock_list_locked(idx, {a});
+    EXPECT_EQ(slab_drain_local(), 0u);
+    EXPECT_EQ(slab_deferred_pending(), 0u) << "slab_drain_local";
+  }
   std::vector<void*> others;
   std::atomic<int> phase{0};
   std::thread other([&] {
     CpuScope cpu;
     void* first = object_outside_cpu_slab(others);
-    kfree_nolock(first);
+    IrqSaveScope masked;
+    testing::kfree_nolock_list_locked(idx, {first});
     phase.store(1);
     while (phase.load() != 2) std::this_thread::yield();
-    void* second = others.front();  // in the full slab, not the CPU slab
-    others.erase(others.begin());
-    kfree_nolock(second);
-    EXPECT_EQ(slab_deferred_pending(), 1u);
-  });  // offline: its deferred list and its CPU slabs go back
+  });  // offline: its CPU slabs go back
   while (phase.load() != 1) std::this_thread::yield();
   EXPECT_EQ(slab_deferred_pending(), 1u);
   slab_drain_all();  // takes the other CPU's deferred list from here
@@ -325,6 +353,31 @@ TEST_F(SlabTest, NolockRetriesOnceInTheNextClassWhenTheCpuLockIsHeld) {
   expect_all_returned();
 }
 
+// --- kmalloc_nolock refills while list_lock is busy ------------------------------------
+
+TEST_F(SlabTest, NolockRefillWithTheListLockBusyRetiresTheCpuSlab) {
+  init_slab();
+  int idx = kmalloc_cache_index(64, kGfpKernel);
+  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).caches[idx];
+  std::vector<void*> objs{kmalloc(64, kGfpKernel)};
+  detail::Slab* first = detail::slab_of(objs[0]);
+  while (cs.free.count > 0) objs.push_back(kmalloc(64, kGfpKernel));
+  Spinlock& lock = detail::g_caches[idx].list_lock;
+  IrqFlags flags = lock.lock_irqsave();  // as an NMI finds it when it interrupted a slow path
+  void* p = kmalloc_nolock(64, Gfp{});
+  lock.unlock_irqrestore(flags);
+  ASSERT_NE(p, nullptr) << "a new CPU slab; the old one retired, still frozen";
+  EXPECT_NE(detail::slab_of(p), first);
+  EXPECT_EQ(cs.retired, first);
+  EXPECT_EQ(first->cpu, current_cpu());
+  expect_slab_invariants();
+  objs.push_back(p);
+  for (void* q : objs) kfree(q);  // the retired slab's objects go to its own freelist
+  EXPECT_EQ(first->free.count, first->objects);
+  expect_slab_invariants();
+  expect_all_returned();  // the drain unfreezes and releases it
+}
+
 // --- an NMI frees into a CPU slab whose lock the task holds -----------------------------
 
 std::atomic<void*> g_given{nullptr};
@@ -340,8 +393,9 @@ class SlabLockedFreeTest : public SlabTest, public ::testing::WithParamInterface
 
 // The NMI lands while the task holds kmalloc-64's CPU lock, first in a
 // push (kfree), then in a pop (kmalloc); each time the object it frees is
-// in that very CPU slab, so only the deferred list is safe.
-TEST_P(SlabLockedFreeTest, KfreeNolockIntoTheHeldCpuSlabDefers) {
+// in that very CPU slab, so it may not touch the CPU freelist: it frees into
+// the slab's own freelist under list_lock, where remote frees go.
+TEST_P(SlabLockedFreeTest, KfreeNolockIntoTheHeldCpuSlabGoesToTheSlabFreelist) {
   init_slab();
   int idx = kmalloc_cache_index(64, kGfpKernel);
   void* objs[3];
@@ -349,6 +403,7 @@ TEST_P(SlabLockedFreeTest, KfreeNolockIntoTheHeldCpuSlabDefers) {
     p = kmalloc(64, kGfpKernel);
     ASSERT_TRUE(in_cpu_slab(p, current_cpu()));
   }
+  const detail::Slab* slab = detail::slab_of(objs[0]);
   g_target.store(static_cast<int>(GetParam()));
   set_site_hook(nmi_frees_given_at_target);
 
@@ -357,23 +412,21 @@ TEST_P(SlabLockedFreeTest, KfreeNolockIntoTheHeldCpuSlabDefers) {
   kfree(objs[1]);  // a push onto the CPU freelist
   EXPECT_TRUE(g_fired.load());
   EXPECT_EQ(g_given.load(), nullptr) << "the NMI ran";
-  EXPECT_EQ(slab_cache_stats(idx).deferred_pushed, 1u) << "the NMI found the CPU slab lock held and deferred";
-  EXPECT_EQ(slab_deferred_pending(), 1u);
+  EXPECT_EQ(slab->free.count, 1u) << "the NMI found the CPU slab lock held and freed into the slab";
+  EXPECT_EQ(slab_cache_stats(idx).deferred_pushed, 0u);
   expect_slab_invariants();
 
   g_given.store(objs[2]);
   g_fired.store(false);
-  void* again = kmalloc(64, kGfpKernel);  // drains the first, then pops
+  void* again = kmalloc(64, kGfpKernel);  // a pop
   EXPECT_TRUE(g_fired.load());
   EXPECT_EQ(g_given.load(), nullptr) << "the NMI ran";
-  EXPECT_EQ(slab_cache_stats(idx).deferred_pushed, 2u);
-  EXPECT_EQ(slab_cache_stats(idx).deferred_freed, 1u);
-  EXPECT_EQ(slab_deferred_pending(), 1u);
+  EXPECT_EQ(slab->free.count, 2u);
+  EXPECT_EQ(slab_cache_stats(idx).objects_in_use, 1u);
   set_site_hook(nullptr);
   expect_slab_invariants();
 
-  kfree(again);  // drains the deferred list first
-  EXPECT_EQ(slab_deferred_pending(), 0u);
+  kfree(again);
   expect_all_returned();
 }
 

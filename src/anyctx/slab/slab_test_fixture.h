@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 
 #include "anyctx/ctx/interrupt.h"
 #include "anyctx/ctx/site.h"
@@ -43,6 +44,18 @@ inline bool all_zero_bytes(const void* p, std::size_t size) {
 inline bool in_cpu_slab(const void* p, int cpu) {
   detail::Slab* s = detail::slab_of(p);
   return s != nullptr && detail::g_cpu_slabs.on(cpu).caches[s->cache->index].slab == s;
+}
+
+// Frees `objs` (objects of cache `idx` outside this CPU's slab) with
+// kfree_nolock while this CPU holds that cache's list_lock, as a nolock free
+// from an NMI finds it when the NMI interrupted a slab slow path: they go on
+// this CPU's deferred list, and the IRQ that the first push raises runs when
+// the lock is dropped (or, when the caller masked IRQs, when it unmasks).
+inline void kfree_nolock_list_locked(int idx, std::initializer_list<void*> objs) ANYCTX_NO_TSA {
+  Spinlock& lock = detail::g_caches[idx].list_lock;
+  IrqFlags flags = lock.lock_irqsave();
+  for (void* p : objs) kfree_nolock(p);
+  lock.unlock_irqrestore(flags);
 }
 
 class SlabTest : public PageAllocTest {
