@@ -12,6 +12,9 @@
 // regression test instead of running it; --encode writes its canonical bytes.
 // --print writes the program as text and exits (a regression kept as text
 // stays the same program when the binary format grows).
+// --trace runs it once in this process and prints FILE, the run's trace hash
+// and event count: a row of src/harness/testdata/v1-traces.txt, which a
+// deliberate change of what runs regenerates (see that file's header).
 // --sabotage KIND makes an oracle fire on purpose (see Sabotage in
 // harness/executor.h), to check the tool chain end to end.
 //
@@ -52,7 +55,7 @@ using namespace anyctx::harness;
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr, "anyctx-repro: %s\nusage: anyctx-repro [--target NAME] [--runs N] [--emit-test NAME] "
-                       "[--encode OUT] [--print] [--sabotage KIND] [--timeout S] FILE\n"
+                       "[--encode OUT] [--print] [--trace] [--sabotage KIND] [--timeout S] FILE\n"
                        "       anyctx-repro --minimize [--out OUT] [--budget S] FILE\n"
                        "       anyctx-repro --sweep [--max-runs N] [--out DIR] FILE\n"
                        "       anyctx-repro --schedules N [--depth D] [--out OUT] FILE\n", why);
@@ -190,6 +193,7 @@ int main(int argc, char** argv) {
   const char* emit_test = nullptr;
   const char* encode_to = nullptr;
   bool print_only = false;
+  bool trace_only = false;
   const char* file = nullptr;
   RunOptions options;
   enum class Mode { kReplay, kMinimize, kSweep, kSchedules } mode = Mode::kReplay;
@@ -219,6 +223,8 @@ int main(int argc, char** argv) {
       emit_test = value("--emit-test");
     } else if (a == "--print") {
       print_only = true;
+    } else if (a == "--trace") {
+      trace_only = true;
     } else if (a == "--encode") {
       encode_to = value("--encode");
     } else if (a == "--sabotage") {
@@ -293,6 +299,12 @@ int main(int argc, char** argv) {
 
   if (print_only) {
     std::fputs(print(*target, program).c_str(), stdout);
+    return 0;
+  }
+  if (trace_only) {
+    RunStats s = run_program(*target, program, options);
+    std::printf("%s %016llx %llu\n", file, static_cast<unsigned long long>(s.trace_hash),
+                static_cast<unsigned long long>(s.events));
     return 0;
   }
   if (emit_test != nullptr) {

@@ -243,9 +243,9 @@ TEST_F(ExecutorTest, EveryCorpusInputReplaysIdentically) {
 
 // Program v2 changed the executor (anchored switches, PCT, interleaving
 // state); a v1 program still runs exactly as before: src/harness/testdata/v1-traces.txt
-// holds each v1 text's trace hash and event count from the executor of
-// commit 4fa9de0. (A deliberate change to what the executor traces
-// regenerates that table, and says so in its commit.)
+// holds each v1 text's trace hash and event count. (A deliberate change to
+// what runs — a library path, a site — regenerates that table with
+// `anyctx-repro --trace`, as its header shows, and says so in its commit.)
 TEST_F(ExecutorTest, V1ProgramsReplayTheSameExecution) {
   std::ifstream table(std::string(ANYCTX_SOURCE_DIR) + "/src/harness/testdata/v1-traces.txt");
   ASSERT_TRUE(table) << "src/harness/testdata/v1-traces.txt";
