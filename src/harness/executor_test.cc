@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "anyctx/page/page_alloc.h"
 #include "harness/feedback.h"
 #include "harness/interleave.h"
 #include "harness/text.h"
@@ -85,6 +86,46 @@ switch event=1 cpu=1
   EXPECT_GE(s.switches, switches);
   for (int site = 0; site < kInjectionSites; ++site)
     for (int kind = 0; kind < 2; ++kind) EXPECT_EQ(c.fired[site][kind][task], 0) << site;
+}
+
+// drain_all asks the other CPUs to drain (a flag and an IRQ). A CPU that
+// has finished its ops is lent a turn to take the IRQ, as an idle CPU would;
+// one switched out inside its pcp section serves the request at its unlock,
+// after it resumes. Either way the requester's wait ends and the run passes.
+TEST_F(ExecutorTest, DrainRequestsAreServedByFinishedAndBusyCpus) {
+  const char* to_finished = R"(# anyctx program v2
+target page_smp
+cpu 0
+  drain_all
+cpu 1
+  alloc_pages spinning order=0 slot=1
+  free_pages spinning slot=1
+switch on=0 site=OpBoundary level=task nth=1 cpu=1
+)";
+  PageStats before = page_stats();
+  run_program(*target_spec("page_smp"), parse_or_fail(to_finished));
+  PageStats after = page_stats();
+  EXPECT_EQ(after.drain_requests - before.drain_requests, 1u);
+  EXPECT_EQ(after.drains_served - before.drains_served, 1u) << "served in a lent turn";
+  EXPECT_EQ(after.drain_timeouts, before.drain_timeouts);
+
+  const char* to_holder = R"(# anyctx program v2
+target page_smp
+cpu 0
+  drain_all
+cpu 1
+  alloc_pages spinning order=0 slot=1
+  free_pages spinning slot=1
+  alloc_pages spinning order=0 slot=2
+switch on=0 site=OpBoundary level=task nth=1 cpu=1
+switch on=1 site=PcpListEdit level=task nth=2 cpu=0
+)";
+  before = page_stats();
+  run_program(*target_spec("page_smp"), parse_or_fail(to_holder));
+  after = page_stats();
+  EXPECT_EQ(after.drain_requests - before.drain_requests, 1u);
+  EXPECT_EQ(after.drains_served - before.drains_served, 1u) << "served at the holder's unlock";
+  EXPECT_EQ(after.drain_timeouts, before.drain_timeouts);
 }
 
 // Which site the program's switches were taken at (the feedback flags).
