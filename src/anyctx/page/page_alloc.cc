@@ -136,7 +136,7 @@ enum Stat : int {
   kStatReclaimRuns,
   kStatDrainRequests,   // drain requests sent to other CPUs
   kStatDrainsServed,    // requests this CPU served
-  kStatDrainTimeouts,   // requests not served within kDrainRequestTimeout
+  kStatDrainTimeouts,   // requests not served within the config's drain_timeout_ms
   kStatChargeFailed,  // + path index: kGfpAccount allocations the cgroup refused
   kStatCount = kStatChargeFailed + 2
 };
@@ -187,8 +187,9 @@ constexpr int kMaxReclaimRetries = 3;
 // free_pages_prepare).
 constexpr bool kExactDoubleFree = kDebug || ANYCTX_ASAN || ANYCTX_TSAN;
 
-// How long drain_all_pages() waits for another CPU to serve its request.
-constexpr auto kDrainRequestTimeout = std::chrono::seconds(1);
+// How long drain_all_pages() waits for the other CPUs (the config's
+// drain_timeout_ms).
+std::chrono::milliseconds g_drain_timeout{1000};
 
 std::size_t block_pages(unsigned order) { return std::size_t{1} << order; }
 int path_index(Gfp gfp) { return allows_spinning(gfp) ? 0 : 1; }
@@ -528,12 +529,12 @@ bool drain_served(const DrainTicket& t) {
          cpu_online_generation(t.cpu) != t.generation;
 }
 
-// Waits until every ticket is served or kDrainRequestTimeout passes (a CPU
+// Waits until every ticket is served or g_drain_timeout passes (a CPU
 // that keeps IRQs masked that long: counted in drain_request_timeouts, its
 // pages stay where they are). Return: pages the served drains moved.
 std::size_t drain_wait(DrainTicket* tickets, int n) {
   validator_note_wait("waiting for other CPUs to drain their pcp lists");
-  const auto deadline = std::chrono::steady_clock::now() + kDrainRequestTimeout;
+  const auto deadline = std::chrono::steady_clock::now() + g_drain_timeout;
   std::size_t moved = 0;
   for (int polls = 0; n > 0; ++polls) {
     for (int i = 0; i < n;) {
@@ -920,6 +921,7 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
   if (c.pages == 0 || c.pages > (std::size_t{1} << 26)) return "pages must be 1..2^26";
   if (c.pcp_batch < 1) return "pcp_batch must be at least 1";
   if (c.pcp_high < c.pcp_batch) return "pcp_high must be at least pcp_batch";
+  if (c.drain_timeout_ms < 1 || c.drain_timeout_ms > 3'600'000) return "drain_timeout_ms must be 1..3600000";
   constexpr auto kAuto = PageAllocatorConfig::kAutoWatermark;
   std::size_t min = c.watermark_min == kAuto ? c.pages / 512 : c.watermark_min;
   std::size_t low = c.watermark_low == kAuto ? 2 * min : c.watermark_low;
@@ -944,6 +946,7 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
   g_zone.watermark_min = min;
   g_zone.watermark_low = low;
   g_zone.watermark_high = high;
+  g_drain_timeout = std::chrono::milliseconds(c.drain_timeout_ms);
   g_zone.deferred_free.store(nullptr);
   g_pcp.for_each([&](int, Pcp& pcp) {
     for (auto& list : pcp.lists) list = PcpList{};

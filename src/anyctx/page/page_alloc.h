@@ -13,10 +13,10 @@
 //    waiting branches on allows_spinning(gfp) first (no try_lock-then-lock).
 //  - Other CPUs never touch a pcp: drain_all_pages() (and reclaim, which
 //    calls it) *requests* each CPU with pages to drain — a flag and an IRQ
-//    (send_interrupt) — and waits up to 1 s for all of them. The owner serves
+//    (send_interrupt) — and waits for all of them, up to a bound. The owner serves
 //    the request at the IRQ's exit, or, when the interrupted frame holds the
 //    pcp, when that frame releases it; a CPU going offline drains itself and
-//    serves it. A request still unserved after 1 s is counted
+//    serves it. A request still unserved after drain_timeout_ms is counted
 //    (PageStats::drain_timeouts) and its pages stay put. A thread that is not
 //    a CPU only requests.
 //  - Spinning entry points (alloc_pages, free_pages, put_page, drains) may
@@ -64,6 +64,9 @@ struct PageAllocatorConfig {
   std::size_t watermark_min = kAutoWatermark;
   std::size_t watermark_low = kAutoWatermark;
   std::size_t watermark_high = kAutoWatermark;
+  // How long drain_all_pages() waits for the other CPUs to serve its drain
+  // requests (1..3,600,000 ms); then it counts PageStats::drain_timeouts.
+  std::uint32_t drain_timeout_ms = 1000;
 };
 
 // Context: task, nothing allocated. Return: empty on success, else what was

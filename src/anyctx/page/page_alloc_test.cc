@@ -109,6 +109,9 @@ TEST_F(PageAllocTest, BadConfigurationsAreNamed) {
   EXPECT_EQ(page_allocator_init(c), "pcp_high must be at least pcp_batch");
   c = config_of(64, 10, 5, 20);
   EXPECT_EQ(page_allocator_init(c), "watermarks must satisfy min <= low <= high <= pages");
+  c = config_of(64);
+  c.drain_timeout_ms = 0;
+  EXPECT_EQ(page_allocator_init(c), "drain_timeout_ms must be 1..3600000");
   init(config_of(64));
   EXPECT_EQ(page_allocator_init(config_of(64)), "the page allocator is already initialised");
 }

@@ -88,16 +88,18 @@ void park_owner_in_pcp(Site site) {
 }
 
 TEST_F(PageAllocTest, ARequestMeetingTheHeldPcpIsServedAtItsUnlock) {
-  init(config_of(256));
+  PageAllocatorConfig c = config_of(256);
+  c.drain_timeout_ms = 600'000;  // only a served request ends the wait, however loaded the machine
+  init(c);
   std::atomic<int> phase{kStart};
   std::atomic<int> id{-1};
   g_phase = &phase;
+  set_site_hook(park_owner_in_pcp);  // before the owner runs: it must not pass the site unparked
   std::thread other = owner_cpu(phase, id, 10, [&] {
     g_owner.store(id.load());
     Page* p = alloc_pages(kGfpKernel, 0);  // parks at kPcpListEdit, holding the pcp
     free_pages(p, 0);
   });
-  set_site_hook(park_owner_in_pcp);
   while (phase.load() != kParked) std::this_thread::yield();
   std::atomic<bool> returned{false};
   std::size_t moved = 0;
@@ -124,7 +126,9 @@ TEST_F(PageAllocTest, ARequestMeetingTheHeldPcpIsServedAtItsUnlock) {
 // IRQs masked for longer than the bound: the requester gives up, counts it,
 // and the pages stay on the owner's pcp (nothing touched them).
 TEST_F(PageAllocTest, AnOwnerWithIrqsMaskedTimesTheRequestOut) {
-  init(config_of(256));
+  PageAllocatorConfig c = config_of(256);
+  c.drain_timeout_ms = 100;
+  init(c);
   std::atomic<int> phase{kStart};
   std::atomic<int> id{-1};
   std::thread other = owner_cpu(phase, id, 8, [&] {
