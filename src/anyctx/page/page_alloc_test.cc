@@ -409,11 +409,32 @@ std::atomic<int> g_parker_cpu{-1};
 std::atomic<bool> g_park{false};
 std::atomic<bool> g_parked{false};
 
-void park_or_interrupt(Site site) {
+// The zone holder's part of a site hook: park at kZoneLocked while g_park.
+void park_if_zone_holder(Site site) {
   if (site == Site::kZoneLocked && current_cpu() == g_parker_cpu.load() && g_park.load()) {
     g_parked.store(true);
     while (g_park.load()) std::this_thread::yield();
   }
+}
+
+// A second CPU that takes zone.lock (an order-6 allocation, straight from
+// the buddy lists) and parks holding it until g_park goes false; the site
+// hook must call park_if_zone_holder(). Return: once it is parked; *block
+// gets its block when it goes on.
+std::thread start_zone_holder(Page** block) {
+  g_parked.store(false);
+  g_park.store(true);
+  std::thread holder([block] {
+    CpuScope cpu;
+    g_parker_cpu.store(cpu.id());
+    *block = alloc_pages(kGfpKernel, 6);
+  });
+  while (!g_parked.load()) std::this_thread::yield();
+  return holder;
+}
+
+void park_or_interrupt(Site site) {
+  park_if_zone_holder(site);
   if (site == Site::kDeferredPush && in_task() && current_cpu() != g_parker_cpu.load() &&
       !g_fired[static_cast<int>(site)].exchange(true))
     raise_nmi();
@@ -428,14 +449,8 @@ TEST_F(PageAllocTest, NmiInsideADeferredPushLosesNothing) {
     if (Page* given = g_given.exchange(nullptr)) free_pages_nolock(given, 4);
   });
   set_site_hook(park_or_interrupt);
-  g_park.store(true);
   Page* parker_block = nullptr;
-  std::thread parker([&] {
-    CpuScope cpu;
-    g_parker_cpu.store(cpu.id());
-    parker_block = alloc_pages(kGfpKernel, 6);  // parks at kZoneLocked, holding zone.lock
-  });
-  while (!g_parked.load()) std::this_thread::yield();
+  std::thread parker = start_zone_holder(&parker_block);
   std::uint64_t pushed_before = page_stats().deferred_pushed;
   free_pages_nolock(task_block, 4);  // zone.lock busy: deferred, and the NMI defers inside the push
   EXPECT_TRUE(g_fired[static_cast<int>(Site::kDeferredPush)].load());
@@ -459,13 +474,6 @@ TEST_F(PageAllocTest, NmiInsideADeferredPushLosesNothing) {
 // zone.lock; a nolock free takes it only when it is free and otherwise
 // leaves the trim to the next free, so a pcp fed only by nolock frees still
 // gives its pages back.
-void park_zone_holder(Site site) {
-  if (site == Site::kZoneLocked && current_cpu() == g_parker_cpu.load() && g_park.load()) {
-    g_parked.store(true);
-    while (g_park.load()) std::this_thread::yield();
-  }
-}
-
 TEST_F(PageAllocTest, PcpAboveHighReturnsABatchFromEveryFree) {
   init(config_of(512));  // high 24
   std::vector<Page*> pages;
@@ -473,16 +481,9 @@ TEST_F(PageAllocTest, PcpAboveHighReturnsABatchFromEveryFree) {
   for (int i = 0; i < 30; ++i) free_pages_nolock(pages[i], 0);
   EXPECT_LE(pcp_count(cpu_.id()), 24) << "zone.lock was free: the nolock frees trimmed";
 
-  g_parked.store(false);
-  g_park.store(true);
-  set_site_hook(park_zone_holder);
+  set_site_hook(park_if_zone_holder);
   Page* parker_block = nullptr;
-  std::thread parker([&] {
-    CpuScope cpu;
-    g_parker_cpu.store(cpu.id());
-    parker_block = alloc_pages(kGfpKernel, 6);  // parks at kZoneLocked, holding zone.lock
-  });
-  while (!g_parked.load()) std::this_thread::yield();
+  std::thread parker = start_zone_holder(&parker_block);
   for (int i = 30; i < 60; ++i) free_pages_nolock(pages[i], 0);
   EXPECT_GT(pcp_count(cpu_.id()), 24) << "zone.lock was busy: nolock frees went over high, none waited";
   g_park.store(false);
