@@ -12,6 +12,7 @@
 #include "anyctx/page/page_alloc.h"
 
 #include <sys/mman.h>
+#include <time.h>
 
 #include <chrono>
 #include <cstring>
@@ -531,8 +532,11 @@ bool drain_served(const DrainTicket& t) {
 
 // Waits until every ticket is served or g_drain_timeout passes (a CPU
 // that keeps IRQs masked that long: counted in drain_request_timeouts, its
-// pages stay where they are). Return: pages the served drains moved.
-std::size_t drain_wait(DrainTicket* tickets, int n) {
+// pages stay where they are). Meanwhile this CPU (`self`, when it is one)
+// serves what is asked of it: two CPUs that drain at once with IRQs masked
+// (reclaim inside an irq_save section) would otherwise each wait out the
+// bound for the other. Return: pages the served drains moved.
+std::size_t drain_wait(int self, DrainTicket* tickets, int n) {
   validator_note_wait("waiting for other CPUs to drain their pcp lists");
   const auto deadline = std::chrono::steady_clock::now() + g_drain_timeout;
   std::size_t moved = 0;
@@ -546,14 +550,24 @@ std::size_t drain_wait(DrainTicket* tickets, int n) {
       tickets[i] = tickets[--n];
     }
     if (n == 0) break;
+    if (self != kNoCpu && ANYCTX_UNLIKELY(g_pcp.on(self).drain_requested.load(std::memory_order_relaxed)))
+      pcp_serve_request(g_pcp.on(self), kGfpKernel);
     t_drain_waiting_on = tickets[0].cpu;
     ANYCTX_SITE(kPcpDrainWait);
     if (std::chrono::steady_clock::now() > deadline) {
       for (int i = 0; i < n; ++i) stat_inc(kStatDrainTimeouts);
       break;
     }
-    if (polls < 64) std::this_thread::yield();
-    else std::this_thread::sleep_for(std::chrono::microseconds(50));
+    if (polls < 64) {
+      std::this_thread::yield();
+    } else {
+      // One nanosleep, not sleep_for(): an interrupt ends it early and the
+      // loop looks again. sleep_for() resumes the remaining time after each
+      // signal, so under a storm of interrupts it may never return and the
+      // deadline is never checked (seen in ci/stress under ASan).
+      timespec pause{0, 50'000};
+      nanosleep(&pause, nullptr);
+    }
   }
   t_drain_waiting_on = kNoCpu;
   return moved;
@@ -1092,7 +1106,7 @@ std::size_t drain_all_pages() {
   int asked = 0;
   for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu)
     if (cpu != self && drain_request(cpu, tickets[asked])) ++asked;
-  if (asked > 0) moved += drain_wait(tickets, asked);
+  if (asked > 0) moved += drain_wait(self, tickets, asked);
   std::uint64_t before = stat_sum(kStatDeferredDrained);
   IrqFlags flags;
   zone_lock(kGfpKernel, flags);
