@@ -419,17 +419,27 @@ void pcp_drain_done_locked(Pcp& pcp, std::size_t moved) {
   pcp.drains.store(pcp.drains.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
-// Serves another CPU's drain request. Return: false when a nolock frame
-// found zone.lock busy (the request stays pending).
-ANYCTX_COLD bool pcp_serve_request_locked(Pcp& pcp, Gfp gfp) {
-  ANYCTX_SITE(kPcpDrainServe);
+// Returns all of this CPU's pcp pages to the buddy lists, answering any
+// request made before it began. Return: false when a nolock frame found
+// zone.lock busy (nothing moved, the request stays pending); else true, with
+// the pages moved added to *moved.
+bool pcp_drain_all_locked(Pcp& pcp, Gfp gfp, std::size_t* moved) {
   pcp.drain_requested.store(false, std::memory_order_relaxed);  // first: a request from now on drains again
-  std::size_t moved = 0;
-  if (!pcp_free_bulk_locked(pcp, pcp.count.load(std::memory_order_relaxed), gfp, &moved)) {
+  std::size_t done = 0;
+  if (!pcp_free_bulk_locked(pcp, pcp.count.load(std::memory_order_relaxed), gfp, &done)) {
     pcp.drain_requested.store(true, std::memory_order_relaxed);
     return false;
   }
-  pcp_drain_done_locked(pcp, moved);
+  pcp_drain_done_locked(pcp, done);
+  *moved += done;
+  return true;
+}
+
+// Serves another CPU's drain request. Return: as pcp_drain_all_locked().
+ANYCTX_COLD bool pcp_serve_request_locked(Pcp& pcp, Gfp gfp) {
+  ANYCTX_SITE(kPcpDrainServe);
+  std::size_t moved = 0;
+  if (!pcp_drain_all_locked(pcp, gfp, &moved)) return false;
   stat_inc(kStatDrainsServed);
   return true;
 }
@@ -459,9 +469,10 @@ void pcp_unlock(Pcp& pcp, Gfp gfp) {
 
 // Serves a drain request from a frame that does not hold the pcp (it just
 // released it, or it is the IRQ exit): the try_lock fails only when the
-// interrupted frame holds it, whose unlock then serves. A nolock frame that cannot serve the request (zone.lock
-// busy) raises an IRQ on this CPU: it runs once this frame and those it
-// interrupted allow, and serves the request at its exit (pcp_irq_exit).
+// interrupted frame holds it, whose unlock then serves. A nolock frame that
+// cannot serve the request (zone.lock busy) raises an IRQ on this CPU: it
+// runs once this frame and those it interrupted allow, and serves the
+// request at its exit (pcp_irq_exit).
 void pcp_serve_request(Pcp& pcp, Gfp gfp) {
   if (!pcp_trylock(pcp)) return;
   if (pcp_serve_request_locked(pcp, gfp)) {
@@ -478,10 +489,8 @@ std::size_t drain_pcp_local(int cpu) ANYCTX_NO_TSA {
   Pcp& pcp = g_pcp.on(cpu);
   pcp.lock.lock();
   ANYCTX_SITE(kPcpLocked);
-  pcp.drain_requested.store(false, std::memory_order_relaxed);
   std::size_t moved = 0;
-  pcp_free_bulk_locked(pcp, pcp.count.load(std::memory_order_relaxed), kGfpKernel, &moved);
-  pcp_drain_done_locked(pcp, moved);
+  pcp_drain_all_locked(pcp, kGfpKernel, &moved);  // spinning: it always drains
   pcp_unlock(pcp, kGfpKernel);
   return moved;
 }
