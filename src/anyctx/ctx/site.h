@@ -64,9 +64,16 @@
   X(kPcpDrainServe, "a CPU holding its pcp is about to serve another CPU's drain request") \
   X(kPcpDrainWait, "waiting for other CPUs to serve pcp drain requests (between polls)")
 
+// The page allocator's parked batches (page/): a nolock trim parking a
+// batch on the deferred-free stack, a nolock refill taking it.
+#define ANYCTX_PARK_SITES(X)                                                                 \
+  X(kPcpPark, "between blocks a nolock trim moves from the pcp lists to its parked chain")    \
+  X(kDeferredTake, "a nolock refill took the deferred-free stack, before it keeps its blocks")
+
 // New lists go at the end, so existing ids stay put.
-#define ANYCTX_SITE_LIST(X) \
-  ANYCTX_LOCK_SITES(X) ANYCTX_PAGE_SITES(X) ANYCTX_MEMCG_SITES(X) ANYCTX_SLAB_SITES(X) ANYCTX_PCP_REQUEST_SITES(X)
+#define ANYCTX_SITE_LIST(X)                                                                                        \
+  ANYCTX_LOCK_SITES(X) ANYCTX_PAGE_SITES(X) ANYCTX_MEMCG_SITES(X) ANYCTX_SLAB_SITES(X) ANYCTX_PCP_REQUEST_SITES(X) \
+  ANYCTX_PARK_SITES(X)
 
 namespace anyctx {
 

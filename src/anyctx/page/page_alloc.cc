@@ -4,6 +4,7 @@
 //   buddy           split and merge under zone.lock
 //   locks           zone_lock(): branch on allows_spinning() first
 //   deferred        the lock-free stack of frees that found zone.lock busy
+//                   and of batches that nolock trims park for nolock refills
 //   pcp             refill, bulk free, drain; drain requests from other CPUs
 //   alloc / free    the shared cores and the entry points
 //   accounting      kGfpAccount: charge first, uncharge on failure and free
@@ -118,7 +119,14 @@ struct Zone {
   PageList free_area[kMaxOrder + 1];  // guarded by lock
   std::atomic<std::size_t> free_pages{0};
   std::size_t watermark_min = 0, watermark_low = 0, watermark_high = 0;
+  // The deferred-free stack: pushed by CAS (a block, or a chain of them),
+  // taken whole by exchange (a drain under lock, or a nolock refill).
   std::atomic<Page*> deferred_free{nullptr};
+  // Pages on it: added after a push, taken off after a take, so a snapshot
+  // is off by the chains in flight. It only decides when a parking frame
+  // drains (above park_limit); check_invariants() checks it quiesced.
+  std::atomic<long> deferred_pages{0};
+  long park_limit = 0;  // twice the config's pcp_high (deferred_park)
 };
 
 // Statistics without an atomic RMW on the fast paths: a slot per CPU and
@@ -132,6 +140,7 @@ enum Stat : int {
   kStatFreed = kStatAllocFailed + 2,
   kStatDeferredPushed = kStatFreed + 2,
   kStatDeferredDrained,
+  kStatDeferredTaken,   // deferred blocks a nolock refill kept for its pcp
   kStatPcpRefills,
   kStatPcpBulkFrees,
   kStatReclaimRuns,
@@ -203,14 +212,15 @@ struct Caller {
 };
 Caller this_caller() { return Caller{current_cpu(), static_cast<int>(context_level())}; }
 
-void stat_inc(Caller at, int stat) {
+void stat_add(Caller at, int stat, std::uint64_t n) {
   if (ANYCTX_UNLIKELY(at.cpu == kNoCpu)) {
-    g_shared_stats.v[at.ctx][stat].fetch_add(1, std::memory_order_relaxed);
+    g_shared_stats.v[at.ctx][stat].fetch_add(n, std::memory_order_relaxed);
     return;
   }
   std::atomic<std::uint64_t>& slot = g_pcp.on(at.cpu).stats.v[at.ctx][stat];
-  slot.store(slot.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  slot.store(slot.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
+void stat_inc(Caller at, int stat) { stat_add(at, stat, 1); }
 void stat_inc(int stat) { stat_inc(this_caller(), stat); }
 
 std::uint64_t stat_sum(int stat, int ctx) {
@@ -318,17 +328,23 @@ void zone_unlock(IrqFlags flags) ANYCTX_NO_TSA {
 
 // --- deferred ----------------------------------------------------------------
 
-// A free that found zone.lock busy in a context that may not wait.
-void deferred_push(Page* page, unsigned order) ANYCTX_NO_TSA {
-  set_head(page, PageState::kDeferred, order);
+// Pushes the chain first..last (linked through deferred_next, each head
+// kDeferred; `pages` pages in all) with one CAS. A push has no ABA problem:
+// whatever the head is when the CAS succeeds, the chain goes on top of it.
+void deferred_push_chain(Page* first, Page* last, long pages) ANYCTX_NO_TSA {
   Page* head = g_zone.deferred_free.load(std::memory_order_relaxed);
   do {
-    page->deferred_next = head;
+    last->deferred_next = head;
     ANYCTX_SITE(kDeferredPush);
-  } while (!g_zone.deferred_free.compare_exchange_weak(head, page, std::memory_order_release,
+  } while (!g_zone.deferred_free.compare_exchange_weak(head, first, std::memory_order_release,
                                                        std::memory_order_relaxed));
-  stat_inc(kStatDeferredPushed);
-  // The holder may have drained and released since this frame's try_lock.
+  g_zone.deferred_pages.fetch_add(pages, std::memory_order_relaxed);
+}
+
+// The pusher's half of the protocol (zone_unlock has the holder's): after
+// the push, a fence, then zone.lock by try_lock. Either this frame gets it
+// and drains, or a holder has it, whose check after its release sees the push.
+void deferred_push_recheck() ANYCTX_NO_TSA {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   IrqFlags flags;
   if (g_zone.lock.try_lock_irqsave(flags)) {
@@ -337,17 +353,63 @@ void deferred_push(Page* page, unsigned order) ANYCTX_NO_TSA {
   }
 }
 
-void deferred_drain_locked() {
-  if (ANYCTX_LIKELY(g_zone.deferred_free.load(std::memory_order_relaxed) == nullptr)) return;
-  Page* page = g_zone.deferred_free.exchange(nullptr, std::memory_order_acquire);
+// A free that found zone.lock busy in a context that may not wait.
+void deferred_push(Page* page, unsigned order) {
+  set_head(page, PageState::kDeferred, order);
+  deferred_push_chain(page, page, static_cast<long>(block_pages(order)));
+  stat_inc(kStatDeferredPushed);
+  deferred_push_recheck();  // the holder may have drained and released since this frame's try_lock
+}
+
+// Parks a chain on the stack for the nolock refills of any CPU
+// (pcp_refill_deferred_locked), without zone.lock. Parked pages wait for a
+// refill, the next holder of zone.lock, or drain_all_pages(); a park that
+// leaves more than park_limit pages there drains like a push, so a CPU that
+// only frees parks no more than that. Why twice `high`: a nolock producer
+// takes the stack each time its list runs dry, at most `high` pages apart,
+// and its consumer parks meanwhile what it frees: about `high` pages plus
+// what the hand-off between them holds. At `high` the consumer drained
+// (holding zone.lock, the stack empty) often enough that the producer's
+// refills still failed now and then; at twice `high`, never in our runs.
+void deferred_park(Page* first, Page* last, long pages) {
+  deferred_push_chain(first, last, pages);
+  if (g_zone.deferred_pages.load(std::memory_order_relaxed) > g_zone.park_limit) deferred_push_recheck();
+}
+
+// Returns a chain taken off the stack to the buddy lists. Return: its pages.
+long deferred_merge_locked(Page* page) {
+  long pages = 0;
   while (page != nullptr) {
     Page* next = page->deferred_next;
     page->deferred_next = nullptr;
-    buddy_free_locked(page, order_of(page));
+    unsigned order = order_of(page);
+    buddy_free_locked(page, order);
+    pages += static_cast<long>(block_pages(order));
     stat_inc(kStatDeferredDrained);
     ANYCTX_SITE(kDeferredDrain);
     page = next;
   }
+  return pages;
+}
+
+void deferred_drain_locked() {
+  if (ANYCTX_LIKELY(g_zone.deferred_free.load(std::memory_order_relaxed) == nullptr)) return;
+  Page* page = g_zone.deferred_free.exchange(nullptr, std::memory_order_acquire);
+  g_zone.deferred_pages.fetch_sub(deferred_merge_locked(page), std::memory_order_relaxed);
+}
+
+// Blocks a nolock refill took off the stack but does not keep go back as a
+// nolock free would: to the buddy lists when zone.lock is free, else onto
+// the stack again by the push protocol.
+void deferred_return(Page* first, Page* last, long pages) {
+  IrqFlags flags;
+  if (zone_lock(Gfp{}, flags)) {
+    deferred_merge_locked(first);
+    zone_unlock(flags);
+    return;
+  }
+  deferred_push_chain(first, last, pages);
+  deferred_push_recheck();
 }
 
 // --- pcp (pcp.lock held) -------------------------------------------------------
@@ -357,12 +419,74 @@ void pcp_count_add(Pcp& pcp, long delta) {
                   std::memory_order_relaxed);
 }
 
-// Moves up to a batch of `order` blocks from the buddy lists to the pcp
-// list, on top in the order the buddy lists gave them (ascending addresses
-// go out first, as the kernel's refill keeps them).
+// Takes the next block of a round-robin walk over the orders (`order` is
+// where the walk stands; each list from its top) off the pcp. Return:
+// nullptr when the pcp is empty.
+Page* pcp_pop_next(Pcp& pcp, unsigned& order) {
+  while (pcp.count.load(std::memory_order_relaxed) > 0) {
+    PcpList& list = pcp.lists[order];
+    order = (order + 1) % (kPcpMaxOrder + 1);
+    if (list.empty()) continue;
+    Page* page = list.pop();
+    pcp_count_add(pcp, -static_cast<long>(block_pages(order_of(page))));
+    return page;
+  }
+  return nullptr;
+}
+
+// A nolock refill takes parked blocks before it tries zone.lock: the whole
+// stack by exchange (a lock-free take with no ABA problem), its blocks of
+// `order` onto the pcp list while the pcp stays within `high` (one at
+// least), the rest to the buddy lists (deferred_return). Return: whether it
+// kept a block.
+bool pcp_refill_deferred_locked(Pcp& pcp, unsigned order) ANYCTX_NO_TSA {
+  if (ANYCTX_LIKELY(g_zone.deferred_free.load(std::memory_order_relaxed) == nullptr)) return false;
+  Page* page = g_zone.deferred_free.exchange(nullptr, std::memory_order_acquire);
+  ANYCTX_SITE(kDeferredTake);
+  const long room = pcp.high - pcp.count.load(std::memory_order_relaxed);
+  long taken = 0, kept = 0, rest_pages = 0;
+  std::uint64_t kept_blocks = 0;
+  Page* rest = nullptr;
+  Page* rest_last = nullptr;
+  while (page != nullptr) {
+    Page* next = page->deferred_next;
+    unsigned o = order_of(page);
+    long n = static_cast<long>(block_pages(o));
+    taken += n;
+    if (o == order && (kept == 0 || kept + n <= room)) {
+      page->deferred_next = nullptr;
+      set_head(page, PageState::kPcp, o);
+      pcp.lists[o].push(page);
+      kept += n;
+      ++kept_blocks;
+    } else {
+      page->deferred_next = rest;
+      if (rest == nullptr) rest_last = page;
+      rest = page;
+      rest_pages += n;
+    }
+    page = next;
+  }
+  g_zone.deferred_pages.fetch_sub(taken, std::memory_order_relaxed);
+  pcp_count_add(pcp, kept);
+  if (rest != nullptr) deferred_return(rest, rest_last, rest_pages);
+  if (kept_blocks == 0) return false;
+  stat_add(this_caller(), kStatDeferredTaken, kept_blocks);
+  return true;
+}
+
+// Refills the pcp list of `order`: a nolock caller first from the parked
+// blocks, then up to a batch from the buddy lists, on top in the order the
+// buddy lists gave them (ascending addresses go out first, as the kernel's
+// refill keeps them).
 bool pcp_refill_locked(Pcp& pcp, unsigned order, Gfp gfp, std::size_t mark) {
+  if (!allows_spinning(gfp) && pcp_refill_deferred_locked(pcp, order)) {
+    stat_inc(kStatPcpRefills);
+    return true;
+  }
   IrqFlags flags;
   if (!zone_lock(gfp, flags)) return false;
+  deferred_drain_locked();  // parked pages count as free memory here too
   int blocks = pcp.batch >> order;
   if (blocks < 1) blocks = 1;
   int got = 0;
@@ -394,13 +518,10 @@ bool pcp_free_bulk_locked(Pcp& pcp, long pages, Gfp gfp, std::size_t* moved) {
   if (!zone_lock(gfp, flags)) return false;
   std::size_t done = 0;
   unsigned order = 0;
-  while (static_cast<long>(done) < pages && pcp.count.load(std::memory_order_relaxed) > 0) {
-    PcpList& list = pcp.lists[order];
-    order = (order + 1) % (kPcpMaxOrder + 1);
-    if (list.empty()) continue;
-    Page* page = list.pop();
+  while (static_cast<long>(done) < pages) {
+    Page* page = pcp_pop_next(pcp, order);
+    if (page == nullptr) break;
     unsigned o = order_of(page);
-    pcp_count_add(pcp, -static_cast<long>(block_pages(o)));
     buddy_free_locked(page, o);
     done += block_pages(o);
     ANYCTX_SITE(kPcpBulkFree);
@@ -602,6 +723,7 @@ ANYCTX_COLD Page* rmqueue_refill_slow(Pcp& pcp, unsigned order, Gfp gfp, std::si
 ANYCTX_COLD Page* rmqueue_buddy_slow(Gfp gfp, unsigned order, std::size_t mark) {
   IrqFlags flags;
   if (!zone_lock(gfp, flags)) return nullptr;
+  deferred_drain_locked();  // parked pages count as free memory here too
   Page* page = buddy_alloc_locked(order, mark);
   zone_unlock(flags);
   return page;
@@ -647,12 +769,42 @@ ANYCTX_COLD void free_block_slow(Page* page, unsigned order, Gfp gfp) {
   deferred_push(page, order);
 }
 
-// The pcp went above `high`: return a batch beyond it. A nolock frame tries
-// zone.lock once and otherwise leaves it to the next free of this CPU, so a
-// pcp fed only by nolock frees still drains (no stranded pages).
+// A nolock free took the pcp above `high`: a batch beyond it goes onto the
+// deferred stack as one chain (deferred_park), without zone.lock, for the
+// next nolock refill of any CPU or the next holder of zone.lock. A trim that
+// took zone.lock for a batch of buddy merges failed every nolock refill of
+// the other CPUs meanwhile (a nolock producer/consumer pair lost a quarter
+// of its allocations that way); a parked batch is what such a refill takes.
+void pcp_park_locked(Pcp& pcp, long pages) {
+  Page* first = nullptr;
+  Page* last = nullptr;
+  long parked = 0;
+  std::uint64_t blocks = 0;
+  unsigned order = 0;
+  while (parked < pages) {
+    Page* page = pcp_pop_next(pcp, order);
+    if (page == nullptr) break;
+    unsigned o = order_of(page);
+    set_head(page, PageState::kDeferred, o);
+    page->deferred_next = first;
+    if (first == nullptr) last = page;
+    first = page;
+    parked += static_cast<long>(block_pages(o));
+    ++blocks;
+    ANYCTX_SITE(kPcpPark);
+  }
+  if (first == nullptr) return;
+  deferred_park(first, last, parked);
+  stat_add(this_caller(), kStatDeferredPushed, blocks);
+}
+
+// The pcp went above `high`: return a batch beyond it, to the buddy lists
+// (spinning) or parked on the deferred stack (nolock: pcp_park_locked).
 ANYCTX_COLD void pcp_trim_locked(Pcp& pcp, Gfp gfp) {
+  long pages = pcp.count.load(std::memory_order_relaxed) - pcp.high + pcp.batch;
+  if (!allows_spinning(gfp)) return pcp_park_locked(pcp, pages);
   std::size_t moved = 0;
-  pcp_free_bulk_locked(pcp, pcp.count.load(std::memory_order_relaxed) - pcp.high + pcp.batch, gfp, &moved);
+  pcp_free_bulk_locked(pcp, pages, gfp, &moved);
 }
 
 // A block whose last reference is gone goes back: to this CPU's pcp when
@@ -971,6 +1123,8 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
   g_zone.watermark_high = high;
   g_drain_timeout = std::chrono::milliseconds(c.drain_timeout_ms);
   g_zone.deferred_free.store(nullptr);
+  g_zone.deferred_pages.store(0);
+  g_zone.park_limit = 2L * c.pcp_high;
   g_pcp.for_each([&](int, Pcp& pcp) {
     for (auto& list : pcp.lists) list = PcpList{};
     pcp.count.store(0);
@@ -1141,6 +1295,7 @@ PageStats page_stats() {
   }
   s.deferred_pushed = stat_sum(kStatDeferredPushed);
   s.deferred_drained = stat_sum(kStatDeferredDrained);
+  s.deferred_taken = stat_sum(kStatDeferredTaken);
   s.pcp_refills = stat_sum(kStatPcpRefills);
   s.pcp_bulk_frees = stat_sum(kStatPcpBulkFrees);
   s.reclaim_runs = stat_sum(kStatReclaimRuns);
@@ -1275,14 +1430,17 @@ void walk_free_blocks(InvariantFailure& f, OnBlock&& on_block, UnderZoneLock&& u
     f.fail("buddy lists hold " + std::to_string(buddy_pages) + " pages, zone free count says " +
            std::to_string(g_zone.free_pages.load()));
 
-  std::size_t deferred = 0;
+  std::size_t deferred = 0, deferred_pages = 0;
   for (Page* p = g_zone.deferred_free.load(); p != nullptr && f.ok(); p = p->deferred_next) {
     if (++deferred > n) {
       f.fail("the deferred stack does not end");
       break;
     }
-    block_ok(p, PageState::kDeferred, order_of(p), "deferred stack");
+    if (block_ok(p, PageState::kDeferred, order_of(p), "deferred stack")) deferred_pages += block_pages(order_of(p));
   }
+  if (f.ok() && static_cast<long>(deferred_pages) != g_zone.deferred_pages.load())
+    f.fail("the deferred stack holds " + std::to_string(deferred_pages) + " pages, its count says " +
+           std::to_string(g_zone.deferred_pages.load()));
 
   if (f.ok()) under_zone_lock();
   g_zone.lock.unlock_irqrestore(flags);

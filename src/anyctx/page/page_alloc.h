@@ -27,10 +27,18 @@
 //    context now" (ENOMEM), not "retry". A free never loses a page: when
 //    zone.lock is busy it goes on the lock-free deferred stack, which the
 //    holder of zone.lock empties before it releases it (any holder, any
-//    context). Nothing is stranded: a nolock free that takes the pcp above
-//    `high` returns a batch when zone.lock is free (else the next free
-//    tries), and a request that a nolock frame cannot serve is served by an
-//    IRQ it raises on its own CPU.
+//    context). Nothing is stranded: a request that a nolock frame cannot
+//    serve is served by an IRQ it raises on its own CPU.
+//  - A nolock free that takes the pcp above `high` parks a batch on the
+//    deferred stack without zone.lock, and a nolock refill takes its
+//    order's blocks from that stack (an exchange) before it tries
+//    zone.lock (what it does not keep goes to the buddy lists, or back on
+//    the stack when zone.lock is busy), so a nolock producer on one CPU and
+//    a nolock consumer on another do not make each other fail. Parked pages
+//    are free memory for every path: a refill takes them, a holder of
+//    zone.lock drains them before it allocates and before it releases,
+//    drain_all_pages() too, and a park that leaves more than 2 * `pcp_high`
+//    pages on the stack drains it.
 //  - Misuse (a descriptor outside the arena, a misaligned or wrong-order
 //    free, a double free, a free with references left) is a `bad page`
 //    report naming the pfn, its state and the reason; then, by policy, abort
@@ -129,8 +137,9 @@ struct PageStats {
   std::uint64_t alloc_failed[2][3];
   std::uint64_t freed[2][3];
   std::uint64_t charge_failed[2][3];  // kGfpAccount calls refused by the cgroup (also in alloc_failed)
-  std::uint64_t deferred_pushed;
-  std::uint64_t deferred_drained;
+  std::uint64_t deferred_pushed;   // blocks frees pushed (busy zone.lock) or parked (nolock trims)
+  std::uint64_t deferred_drained;  // blocks returned to the buddy lists
+  std::uint64_t deferred_taken;    // blocks nolock refills took for their pcp
   std::uint64_t pcp_refills;
   std::uint64_t pcp_bulk_frees;
   std::uint64_t reclaim_runs;

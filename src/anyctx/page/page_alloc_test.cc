@@ -344,7 +344,7 @@ void nmi_at_target_sites(Site site) {
 }
 
 // Runs every path that has a site: refill, list edits, bulk free, drains,
-// buddy splits and merges, the deferred drain.
+// buddy splits and merges, the deferred drain, a park and a take.
 void page_workload() {
   std::vector<std::pair<Page*, unsigned>> live;
   for (int i = 0; i < 40; ++i) live.emplace_back(alloc_pages(kGfpKernel, 0), 0);
@@ -354,6 +354,14 @@ void page_workload() {
     if (p == nullptr) continue;
     if (i % 3 == 0) free_pages_nolock(p, order); else free_pages(p, order);
   }
+  // A nolock trim parks a batch; a nolock refill of another order takes
+  // the stack, keeps nothing and gives it back.
+  drain_local_pages();
+  std::vector<Page*> more;
+  for (int i = 0; i < 30; ++i) more.push_back(alloc_pages(kGfpKernel, 0));
+  drain_local_pages();
+  for (Page* p : more) free_pages_nolock(p, 0);
+  if (Page* p = alloc_pages_nolock(Gfp{}, 2)) free_pages_nolock(p, 2);
   drain_local_pages();
   drain_all_pages();
 }
@@ -398,7 +406,8 @@ TEST_P(PageSiteTest, NmiAtTheSiteAllocatesAndFreesWithoutLoss) {
 INSTANTIATE_TEST_SUITE_P(EverySite, PageSiteTest,
                          ::testing::Values(Site::kPcpLocked, Site::kPcpListEdit, Site::kPcpUnlock, Site::kZoneLocked,
                                            Site::kZoneListEdit, Site::kZoneUnlock, Site::kPcpRefill,
-                                           Site::kPcpBulkFree, Site::kDeferredDrain),
+                                           Site::kPcpBulkFree, Site::kDeferredDrain, Site::kPcpPark,
+                                           Site::kDeferredTake),
                          [](const ::testing::TestParamInfo<Site>& info) { return std::string(site_name(info.param)); });
 
 // An NMI lands inside a deferred push (between reading the head and the CAS)
@@ -471,34 +480,66 @@ TEST_F(PageAllocTest, NmiInsideADeferredPushLosesNothing) {
 }
 
 // Above `high` every free returns a batch: a spinning free waits for
-// zone.lock; a nolock free takes it only when it is free and otherwise
-// leaves the trim to the next free, so a pcp fed only by nolock frees still
-// gives its pages back.
+// zone.lock and returns it to the buddy lists; a nolock free parks it on the
+// deferred stack, needing no lock, so it trims while zone.lock is busy too.
 TEST_F(PageAllocTest, PcpAboveHighReturnsABatchFromEveryFree) {
   init(config_of(512));  // high 24
   std::vector<Page*> pages;
   for (int i = 0; i < 91; ++i) pages.push_back(alloc_pages(kGfpKernel, 0));
   for (int i = 0; i < 30; ++i) free_pages_nolock(pages[i], 0);
-  EXPECT_LE(pcp_count(cpu_.id()), 24) << "zone.lock was free: the nolock frees trimmed";
+  EXPECT_LE(pcp_count(cpu_.id()), 24) << "the nolock frees trimmed";
 
   set_site_hook(park_if_zone_holder);
   Page* parker_block = nullptr;
   std::thread parker = start_zone_holder(&parker_block);
+  std::uint64_t pushed_before = page_stats().deferred_pushed;
   for (int i = 30; i < 60; ++i) free_pages_nolock(pages[i], 0);
-  EXPECT_GT(pcp_count(cpu_.id()), 24) << "zone.lock was busy: nolock frees went over high, none waited";
+  EXPECT_LE(pcp_count(cpu_.id()), 24) << "zone.lock was busy: the nolock frees trimmed all the same";
+  EXPECT_GT(page_stats().deferred_pushed, pushed_before) << "by parking";
   g_park.store(false);
   parker.join();
   set_site_hook(nullptr);
   g_parker_cpu.store(-1);
+  EXPECT_EQ(deferred_free_pages(), 0u) << "the holder drained the stack at its unlock";
 
   std::uint64_t bulk_before = page_stats().pcp_bulk_frees;
-  free_pages_nolock(pages[60], 0);
-  EXPECT_LE(pcp_count(cpu_.id()), 24) << "the next nolock free trimmed";
-  EXPECT_GT(page_stats().pcp_bulk_frees, bulk_before);
-  bulk_before = page_stats().pcp_bulk_frees;
-  for (int i = 61; i < 91; ++i) free_pages(pages[i], 0);
+  for (int i = 60; i < 91; ++i) free_pages(pages[i], 0);
   EXPECT_LE(pcp_count(cpu_.id()), 24);
   EXPECT_GT(page_stats().pcp_bulk_frees, bulk_before);
+  free_pages(parker_block, 6);
+  expect_everything_free();
+}
+
+// A nolock refill that takes the stack while zone.lock is busy cannot
+// return what it does not keep to the buddy lists: it pushes it back by the
+// protocol, and the holder drains it at its unlock.
+TEST_F(PageAllocTest, NolockRefillPushesTheRestBackWhileZoneLockIsBusy) {
+  init(config_of(512));
+  std::vector<Page*> pairs, single;
+  for (int i = 0; i < 12; ++i) pairs.push_back(alloc_pages(kGfpKernel, 1));
+  single.push_back(alloc_pages(kGfpKernel, 0));
+  drain_local_pages();
+  for (Page* p : pairs) free_pages_nolock(p, 1);
+  free_pages_nolock(single[0], 0);  // parks one order-0 and four order-1 blocks
+  ASSERT_EQ(deferred_free_pages(), 9u);
+
+  set_site_hook(park_if_zone_holder);
+  Page* parker_block = nullptr;
+  std::thread parker = start_zone_holder(&parker_block);
+  std::thread other([] {
+    CpuScope cpu;
+    Page* p = alloc_pages_nolock(Gfp{}, 1);
+    EXPECT_NE(p, nullptr) << "the parked order-1 blocks need no lock";
+    EXPECT_EQ(pcp_count(cpu.id()), 6);
+    EXPECT_EQ(page_stats().deferred_pushed, 5u) << "five blocks parked; the one pushed back is no new free";
+    if (p != nullptr) free_pages_nolock(p, 1);
+    g_park.store(false);  // the holder goes on: its unlock drains the stack
+  });
+  other.join();
+  parker.join();
+  set_site_hook(nullptr);
+  g_parker_cpu.store(-1);
+  EXPECT_EQ(deferred_free_pages(), 0u);
   free_pages(parker_block, 6);
   expect_everything_free();
 }
