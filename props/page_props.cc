@@ -1,9 +1,11 @@
 // props/page_props.cc — the page allocator against a reference model.
 //
-// The model knows, per order, how many blocks sit on CPU 0's pcp lists
-// (the refill size and the trim above `high` — a nolock free trims only
-// when zone.lock is free — are simple enough to model exactly), which blocks are live with which
-// reference counts, the fault plan's call counter, and the statistics.
+// The model knows, per order, how many blocks sit on CPU 0's pcp lists and
+// on the deferred stack (the refill size; the trim above `high`, which a
+// nolock free parks on the stack; a nolock refill taking its order's parked
+// blocks first, within `high`, the rest to the buddy lists unless zone.lock
+// is held — all simple enough to model exactly), which blocks are live with
+// which reference counts, the fault plan's call counter, and the statistics.
 // It does not know addresses: the buddy lists are the allocator's business.
 // That is enough to predict every result exactly, because the arena is big
 // enough that an allocation the model asks for always finds memory: the
@@ -23,7 +25,7 @@
 // allocation succeeds or fails exactly when the model says; nolock blocks
 // are zeroed; refcounts), no overlap of live blocks, their contents intact,
 // pcp count, conservation (zone_free_pages + pcp + deferred + live ==
-// arena), deferred stack empty, statistics and fault counters,
+// arena), the deferred stack as the model says, statistics and fault counters,
 // check_invariants(). After the sequence: everything freed and drained, the
 // zone is one free block per 1024 pages again.
 #include <algorithm>
@@ -75,6 +77,7 @@ enum class Breakage : std::uint8_t {
   kKeepFreedRanges,       // the overlap oracle is fed ranges of freed blocks as if live
   kLeakAtTeardown,        // the final free-everything pass forgets one block
   kHolderLeavesPushes,    // the model thinks what an NMI pushes while the task holds zone.lock waits for the next holder
+  kParkedNotTaken,        // the model thinks a nolock refill ignores parked blocks and goes to zone.lock
 };
 
 struct Block {
@@ -112,13 +115,23 @@ struct PageModel {
   std::uint64_t freed[2][3]{};
   std::uint64_t deferred_pushed = 0;   // blocks
   std::uint64_t deferred_drained = 0;  // blocks
-  int deferred_blocks = 0;             // on the stack now
+  std::uint64_t deferred_taken = 0;    // blocks
+  std::array<int, kMaxOrder + 1> deferred{};  // blocks per order on the stack now
   std::size_t deferred_pages = 0;
 
   int pcp_pages() const {
     int n = 0;
     for (unsigned o = 0; o <= kPcpMaxOrder; ++o) n += pcp[o] << o;
     return n;
+  }
+  int deferred_blocks() const {
+    int n = 0;
+    for (int b : deferred) n += b;
+    return n;
+  }
+  void defer(unsigned order) {
+    ++deferred[order];
+    deferred_pages += std::size_t{1} << order;
   }
   std::size_t live_pages() const {
     std::size_t n = 0;
@@ -156,9 +169,9 @@ struct PageModel {
     return fail;
   }
 
-  // pcp_free_bulk_locked(): at least `pages` pages, one block per order in
-  // turn, starting at order 0.
-  void bulk_free(int pages) {
+  // pcp_free_bulk_locked() and pcp_park_locked(): at least `pages` pages,
+  // one block per order in turn, starting at order 0; `to_stack` parks them.
+  void bulk_free(int pages, bool to_stack = false) {
     int moved = 0;
     unsigned o = 0;
     while (moved < pages && pcp_pages() > 0) {
@@ -167,15 +180,40 @@ struct PageModel {
       if (pcp[list] == 0) continue;
       --pcp[list];
       moved += 1 << list;
+      if (to_stack) {
+        defer(list);
+        ++deferred_pushed;
+      }
     }
   }
 
   // A path took zone.lock (spinning, or a nolock try that succeeded): it
   // empties the deferred stack before it releases it.
   void zone_unlocked() {
-    deferred_drained += static_cast<std::uint64_t>(deferred_blocks);
-    deferred_blocks = 0;
+    deferred_drained += static_cast<std::uint64_t>(deferred_blocks());
+    deferred.fill(0);
     deferred_pages = 0;
+  }
+
+  // A nolock free above `high` parks a batch; beyond twice `high` on the
+  // stack it drains, unless the interrupted frame holds zone.lock (that
+  // holder drains at its unlock: the task op that follows in the model).
+  void park(int pages, Held held) {
+    bulk_free(pages, true);
+    if (deferred_pages > static_cast<std::size_t>(2 * kHigh) && !zone_held(held)) zone_unlocked();
+  }
+
+  // A nolock refill of `order` with parked blocks of that order: keeps them
+  // while the pcp stays within `high` (one at least); the rest of the stack
+  // goes to the buddy lists, or back when zone.lock is held.
+  void take_parked(unsigned order, Held held) {
+    int room = (kHigh - pcp_pages()) >> order;
+    int keep = std::min(deferred[order], std::max(1, room));
+    deferred[order] -= keep;
+    deferred_pages -= static_cast<std::size_t>(keep) << order;
+    deferred_taken += static_cast<std::uint64_t>(keep);
+    pcp[order] += keep - 1;  // one goes out
+    if (!zone_held(held)) zone_unlocked();
   }
 
   // The block is gone from `live`; where do its pages go?
@@ -183,11 +221,14 @@ struct PageModel {
     if (order <= kPcpMaxOrder && !pcp_held(held)) {
       ++pcp[order];
       int over = pcp_pages() - kHigh;
-      // Above high: a batch goes back, unless a nolock free finds zone.lock
-      // busy (then the next free tries).
-      if (over > 0 && broken != Breakage::kNoPcpTrim && !(path == Path::kNolock && zone_held(held))) {
-        zone_unlocked();
-        bulk_free(over + kBatch);
+      // Above high: a batch goes back; a nolock free parks it.
+      if (over > 0 && broken != Breakage::kNoPcpTrim) {
+        if (path == Path::kNolock) {
+          park(over + kBatch, held);
+        } else {
+          zone_unlocked();
+          bulk_free(over + kBatch);
+        }
       }
     } else if (!zone_held(held)) {
       zone_unlocked();  // to the buddy lists
@@ -195,8 +236,7 @@ struct PageModel {
       // zone.lock busy: onto the deferred stack, until the holder (the
       // interrupted task frame) empties it before its release.
       ++deferred_pushed;
-      ++deferred_blocks;
-      deferred_pages += std::size_t{1} << order;
+      defer(order);
     }
   }
 
@@ -206,6 +246,9 @@ struct PageModel {
     if (order <= kPcpMaxOrder && !pcp_held(held)) {
       if (pcp[order] > 0) {
         --pcp[order];
+        ok = true;
+      } else if (path == Path::kNolock && deferred[order] > 0 && broken != Breakage::kParkedNotTaken) {
+        take_parked(order, held);
         ok = true;
       } else if (zone_held(held) && broken != Breakage::kHeldZoneIgnored) {
         ok = false;  // the refill finds zone.lock busy
@@ -688,10 +731,12 @@ void check_state(const PageModel& m, PageSut& sut) {
         prop_fail("stats: " + where + " frees " + std::to_string(st.freed[p][c]) + ", the model says " +
                   std::to_string(m.freed[p][c]));
     }
-  if (st.deferred_pushed != m.deferred_pushed || st.deferred_drained != m.deferred_drained)
-    prop_fail("deferred stack: pushed/drained " + std::to_string(st.deferred_pushed) + "/" +
-              std::to_string(st.deferred_drained) + " blocks, the model says " + std::to_string(m.deferred_pushed) +
-              "/" + std::to_string(m.deferred_drained));
+  if (st.deferred_pushed != m.deferred_pushed || st.deferred_drained != m.deferred_drained ||
+      st.deferred_taken != m.deferred_taken)
+    prop_fail("deferred stack: pushed/drained/taken " + std::to_string(st.deferred_pushed) + "/" +
+              std::to_string(st.deferred_drained) + "/" + std::to_string(st.deferred_taken) + " blocks, the model says " +
+              std::to_string(m.deferred_pushed) + "/" + std::to_string(m.deferred_drained) + "/" +
+              std::to_string(m.deferred_taken));
   if (m.fault.active) {
     FaultStats f = fault_plan_stats();
     if (f.calls != m.fault.calls || f.fired != m.fault.fired)
@@ -1091,6 +1136,11 @@ TEST(PageProps, Overlap_CatchesBrokenModel) {
 
 TEST(PageProps, DeferredStack_CatchesBrokenModel) {
   ANYCTX_EXPECT_CAUGHT(run_broken("page/holder-leaves-pushes", [] { page_state_machine(Breakage::kHolderLeavesPushes); }),
+                       "deferred stack");
+}
+
+TEST(PageProps, ParkedTake_CatchesBrokenModel) {
+  ANYCTX_EXPECT_CAUGHT(run_broken("page/parked-not-taken", [] { page_state_machine(Breakage::kParkedNotTaken); }),
                        "deferred stack");
 }
 
