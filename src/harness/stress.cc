@@ -1589,6 +1589,7 @@ StressResult run_stress(const StressOptions& options) {
   }
   PageStats ps = page_stats();
   result.pages_deferred = ps.deferred_pushed;
+  result.pages_taken = ps.deferred_taken;
   for (int i = 0; i < kKmallocCaches; ++i) result.slab_deferred += slab_cache_stats(i).deferred_pushed;
   result.memcg_events = g_events_notified.load();
   result.interrupts_dropped = interrupts_dropped() - dropped_before;
@@ -1662,9 +1663,11 @@ std::string format_stress_table(const StressResult& r) {
     s += fmt("tsan: %llu times a cpu's IRQ/NMI signals were found blocked at a task op boundary (TSan's deferred "
              "delivery left the mask all-blocked) and unblocked\n",
              static_cast<unsigned long long>(k.mask_repairs));
-  s += fmt("deferred: %llu page frees found zone.lock busy, %llu kfree_nolock objects deferred; "
-           "%llu memcg limit events delivered; %llu interrupts dropped (thread not a cpu)\n",
-           static_cast<unsigned long long>(r.pages_deferred), static_cast<unsigned long long>(r.slab_deferred),
+  s += fmt("deferred: %llu page blocks pushed (zone.lock busy) or parked (nolock trims), %llu taken by nolock "
+           "refills; %llu kfree_nolock objects deferred; %llu memcg limit events delivered; %llu interrupts dropped "
+           "(thread not a cpu)\n",
+           static_cast<unsigned long long>(r.pages_deferred), static_cast<unsigned long long>(r.pages_taken),
+           static_cast<unsigned long long>(r.slab_deferred),
            static_cast<unsigned long long>(r.memcg_events), static_cast<unsigned long long>(r.interrupts_dropped));
   if (r.longest_stall_worker < 0) {
     s += "longest stall: none seen (every cpu progressed between two watchdog ticks)";

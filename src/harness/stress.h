@@ -111,7 +111,8 @@ struct StressResult {
   double elapsed_seconds = 0;  // start of the workload to the last thread offline
   StressCounts counts;
   std::uint64_t interrupts_dropped = 0;  // arrived while a thread was not a CPU
-  std::uint64_t pages_deferred = 0;      // frees that found zone.lock busy
+  std::uint64_t pages_deferred = 0;      // page blocks pushed (zone.lock busy) or parked (nolock trims)
+  std::uint64_t pages_taken = 0;         // parked blocks nolock refills took
   std::uint64_t slab_deferred = 0;       // kfree_nolock objects deferred
   std::uint64_t memcg_events = 0;        // limit-event notifications delivered
   double longest_stall_seconds = 0;      // longest time a CPU made no task progress
