@@ -89,6 +89,7 @@ struct CpuState {
   bool done = false;
   bool in_op = false;      // inside a top-level op (not at a boundary)
   bool spinning = false;   // last event was kSpinWait
+  bool resumed_inside = false;  // switched out and back inside a section it still holds
   const Spinlock* spin_lock = nullptr;
   int drain_waits = 0;     // kPcpDrainWait events in a row
   int anyctx_cpu = -1;     // its CpuScope's id while online
@@ -231,6 +232,8 @@ class InterruptsHeld {
   sigset_t previous_;
 };
 
+void note_resumed(int me);
+
 // Hands the CPU to `to` and sleeps until it comes back.
 void switch_to(int me, int to) {
   if (to == me) return;
@@ -239,6 +242,7 @@ void switch_to(int me, int to) {
   InterruptsHeld held;
   give_turn(to);
   wait_turn(me);
+  note_resumed(me);
 }
 
 // A finished CPU waits to go offline. Meanwhile a CPU waiting for it to
@@ -1003,6 +1007,7 @@ void on_drain_wait(int me) {
     InterruptsHeld held;
     give_turn(kServeTurnBase + target);
     wait_turn(me);
+    note_resumed(me);
     return;
   }
   if (!blocked(g.cpus[target])) {
@@ -1031,6 +1036,12 @@ std::uint8_t held_by(int c) {
   return held;
 }
 
+// CPU `me` has the turn back in the middle of an op: if it holds a lock
+// class, another CPU ran inside that section (SiteMap::resumed_inside).
+void note_resumed(int me) {
+  if (held_by(me) != 0) g.cpus[me].resumed_inside = true;
+}
+
 // Follows the current frame's sites (interleave.h) and tells the fuzzer
 // what the other CPUs hold while this one reaches `site`.
 // Return: whether another CPU holds a lock class or is inside an update.
@@ -1042,6 +1053,7 @@ bool track_held(int me, int site) {
   if (site == kOpBoundary) f.held = 0;
   f.held = static_cast<std::uint8_t>((f.held & ~kHeldMidUpdate) | e.takes | (e.mid_update ? kHeldMidUpdate : 0));
   f.held = static_cast<std::uint8_t>(f.held & ~e.drops);
+  if (cpu.resumed_inside && held_by(me) == 0) cpu.resumed_inside = false;
   if (g.ncpus == 1) return false;
   Ctx level = current_ctx();
   bool elsewhere = false;
@@ -1073,6 +1085,8 @@ void site_event(int site) {
   std::uint16_t& hits = g.stats.sites.hits[me][site][static_cast<int>(level)];
   if (hits < UINT16_MAX) ++hits;
   if (track_held(me, site) && hits <= 32) g.stats.sites.held_elsewhere[me][site][static_cast<int>(level)] |= 1u << (hits - 1);
+  if (g.cpus[me].resumed_inside && hits <= 32)
+    g.stats.sites.resumed_inside[me][site][static_cast<int>(level)] |= 1u << (hits - 1);
   trace(static_cast<std::uint64_t>(site) << 4 | static_cast<std::uint64_t>(level), static_cast<std::uint64_t>(me));
   for (std::size_t i = 0; i < g.program->injections.size(); ++i) {
     const Injection& inj = g.program->injections[i];
@@ -1379,11 +1393,13 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
   return 0;
 }
 
-const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size) {
+const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size,
+                             bool* first_seen) {
   std::uint64_t key = input_hash(data, size);
   if (key == g_last_input) return &g_last_sites;
   if (auto it = g_observed.find(key); it != g_observed.end()) return &it->second;
   if (g_observed.size() >= kObservedInputs) g_observed.clear();
+  if (first_seen != nullptr) *first_seen = true;
   thread_local Program program;
   read_fuzz_input(target, data, size, program);
   RunStats stats = run_program(target, program);
