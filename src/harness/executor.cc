@@ -232,17 +232,17 @@ class InterruptsHeld {
   sigset_t previous_;
 };
 
-void note_resumed(int me);
+void note_resumed(int me, int site);
 
 // Hands the CPU to `to` and sleeps until it comes back.
-void switch_to(int me, int to) {
+void switch_to(int me, int to, int site) {
   if (to == me) return;
   ++g.stats.switches;
   trace(0x5157, static_cast<std::uint64_t>(me) << 8 | static_cast<std::uint64_t>(to));
   InterruptsHeld held;
   give_turn(to);
   wait_turn(me);
-  note_resumed(me);
+  note_resumed(me, site);
 }
 
 // A finished CPU waits to go offline. Meanwhile a CPU waiting for it to
@@ -961,7 +961,7 @@ void on_spin_wait(int me) {
   if (g.program->pct.on()) {
     int c = pct_pick_other(me);
     if (c >= 0 && !blocked(g.cpus[c])) {
-      switch_to(me, c);
+      switch_to(me, c, static_cast<int>(Site::kSpinWait));
       return;
     }
     report_global_deadlock();
@@ -971,7 +971,7 @@ void on_spin_wait(int me) {
     const CpuState& other = g.cpus[c];
     if (other.done) continue;
     if (!other.spinning || other.spin_lock == nullptr || !other.spin_lock->is_locked()) {
-      switch_to(me, c);
+      switch_to(me, c, static_cast<int>(Site::kSpinWait));
       return;
     }
   }
@@ -1007,17 +1007,17 @@ void on_drain_wait(int me) {
     InterruptsHeld held;
     give_turn(kServeTurnBase + target);
     wait_turn(me);
-    note_resumed(me);
+    note_resumed(me, static_cast<int>(Site::kPcpDrainWait));
     return;
   }
   if (!blocked(g.cpus[target])) {
-    switch_to(me, target);
+    switch_to(me, target, static_cast<int>(Site::kPcpDrainWait));
     return;
   }
   for (int i = 1; i < g.ncpus; ++i) {
     int c = (me + i) % g.ncpus;
     if (!g.cpus[c].done && !blocked(g.cpus[c])) {
-      switch_to(me, c);
+      switch_to(me, c, static_cast<int>(Site::kPcpDrainWait));
       return;
     }
   }
@@ -1036,10 +1036,17 @@ std::uint8_t held_by(int c) {
   return held;
 }
 
-// CPU `me` has the turn back in the middle of an op: if it holds a lock
-// class, another CPU ran inside that section (SiteMap::resumed_inside).
-void note_resumed(int me) {
-  if (held_by(me) != 0) g.cpus[me].resumed_inside = true;
+// CPU `me` has the turn back in the middle of an op, at `site`, its
+// interrupts still held: if it holds a lock class, another CPU ran inside
+// that section (SiteMap::resumed_inside), and may have sent it an interrupt
+// (a drain request) that meets the section when the mask is restored.
+void note_resumed(int me, int site) {
+  std::uint8_t held = held_by(me);
+  if (held == 0) return;
+  g.cpus[me].resumed_inside = true;
+  sigset_t pending;
+  sigpending(&pending);
+  feedback::resumed_inside(site, held, sigismember(&pending, interrupts_config().irq_signal) == 1);
 }
 
 // Follows the current frame's sites (interleave.h) and tells the fuzzer
@@ -1110,7 +1117,7 @@ void site_event(int site) {
     int best = pct_pick_other(me);
     if (best >= 0 && !blocked(g.cpus[best]) && g.cpus[best].pct_priority > g.cpus[me].pct_priority) {
       feedback::switched(site);
-      switch_to(me, best);
+      switch_to(me, best, site);
     }
     return;
   }
@@ -1119,14 +1126,14 @@ void site_event(int site) {
     if (a.on != me || a.site != site || a.level != level || ++g.anchor_hits[i] != a.nth) continue;
     if (!g.cpus[a.cpu].done) {
       feedback::switched(site);
-      switch_to(me, a.cpu);
+      switch_to(me, a.cpu, site);
     }
   }
   while (g.next_switch < p.schedule.size() && p.schedule[g.next_switch].event <= g.events) {
     int to = p.schedule[g.next_switch++].cpu;
     if (to != me && !g.cpus[to].done) {
       feedback::switched(site);
-      switch_to(me, to);
+      switch_to(me, to, site);
     }
   }
 }

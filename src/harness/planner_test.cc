@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "harness/executor.h"
+#include "harness/feedback.h"
 #include "harness/mutator.h"
 #include "harness/text.h"
 
@@ -128,6 +129,39 @@ switch on=0 site=ZoneLocked level=task nth=1 cpu=1
   EXPECT_NE(stats.sites.resumed_inside[0][list_edit][0], 0u);
   // The second zone.lock section (the free) began after the resumed one ended.
   if (stats.sites.hits[0][zone_unlock][0] >= 2) EXPECT_EQ(stats.sites.resumed_inside[0][zone_unlock][0] & 2u, 0u);
+}
+
+// The fuzzer sees the moment a request met a section: CPU 1 charges over a
+// limit while CPU 0 is switched out inside its stock section with the
+// cgroup cached, and asks CPU 0 to drain (an IRQ, pending when CPU 0
+// resumes). The same program without the limit resumes there too, but with
+// no interrupt pending: a resumed flag of the first is missing from the
+// second.
+TEST(PlannerTest, FeedbackSeesARequestThatMetASection) {
+  const TargetSpec& t = *target_spec("memcg_ops");
+  auto resumed_flags = [&](const char* limit) {
+    std::string text = std::string(R"(# anyctx program v2
+target memcg_ops
+cpu 0
+  memcg_charge spinning cgroup=1 pages=1 slot=0
+  memcg_charge spinning cgroup=2 pages=1 slot=1
+cpu 1
+  memcg_set_max cgroup=1 limit=)") + limit + R"(
+  memcg_charge spinning cgroup=1 pages=8 slot=2
+switch on=0 site=StockEdit level=task nth=2 cpu=1
+)";
+    feedback::reset();
+    run_program(t, parse_or_fail(text.c_str()));
+    std::vector<int> set;
+    for (int i = 0; i < feedback::kResumedCounters; ++i)
+      if (feedback::counters().resumed[i] != 0) set.push_back(i);
+    return set;
+  };
+  std::vector<int> asked = resumed_flags("1"), unasked = resumed_flags("unlimited");
+  EXPECT_FALSE(unasked.empty()) << "cpu 0 resumes inside its stock section";
+  bool extra = false;
+  for (int i : asked) extra |= std::find(unasked.begin(), unasked.end(), i) == unasked.end();
+  EXPECT_TRUE(extra) << "the pending drain request is a state of its own";
 }
 
 TEST(PlannerTest, TheQueueServesTheHighestTierNewestFirstAndKeepsItsDepth) {
