@@ -79,20 +79,24 @@ bool add_echo_injection(const TargetSpec& t, Program& p, const Moment& m, Ctx ki
 // more than the tier takes, lower ranks go first.
 void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Moment>& moments, int tier,
                      Rng& rng, std::vector<Planned>& out) {
-  std::vector<Planned> mine[kRanks];
+  struct Point {
+    Moment at;
+    Ctx kind;
+  };
+  std::vector<Point> points[kRanks];
   for (const Moment& m : moments) {
     if (m.nth > 8) continue;
-    for (Ctx kind : {Ctx::kNmi, Ctx::kIrq}) {
-      if (kind == Ctx::kIrq && m.level != Ctx::kTask) continue;
-      Planned c{tier, p};
-      if (add_echo_injection(t, c.program, m, kind, rng)) mine[m.rank].push_back(std::move(c));
-    }
+    points[m.rank].push_back({m, Ctx::kNmi});
+    if (m.level == Ctx::kTask) points[m.rank].push_back({m, Ctx::kIrq});
   }
   std::size_t room = static_cast<std::size_t>(kPlanPerInput[tier]);
-  for (std::vector<Planned>& v : mine) {
+  for (std::vector<Point>& v : points) {
     keep_at_most(v, room, rng);
     room -= v.size();
-    for (Planned& c : v) out.push_back(std::move(c));
+    for (const Point& at : v) {
+      Planned c{tier, p};
+      if (add_echo_injection(t, c.program, at.at, at.kind, rng)) out.push_back(std::move(c));
+    }
   }
 }
 
@@ -121,7 +125,7 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
 
   // Tier 1: a switch where a CPU has just taken a lock or is mid-update.
   if (ncpus > 1 && !p.pct.on() && static_cast<int>(p.anchored.size()) < kMaxAnchoredSwitches) {
-    std::vector<Planned> mine;
+    std::vector<AnchoredSwitch> switches;
     for (int on = 0; on < ncpus; ++on) {
       if (p.cpus[on].empty()) continue;
       for (int site = 0; site < kSiteCount; ++site) {
@@ -129,22 +133,21 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
         if (e.takes == 0 && !e.mid_update) continue;
         for (int l = 0; l < 3; ++l) {
           int n = std::min(hits(on, site, l), kMaxAnchorNth);
-          if (n == 0) continue;
-          for (int nth = 1; nth <= n; nth = nth < kSwitchNths || nth == n ? nth + 1 : n) {
-            for (int to = 0; to < ncpus; ++to) {
-              if (to == on || p.cpus[to].empty()) continue;
-              Planned c{1, p};
-              c.program.anchored.push_back(AnchoredSwitch{static_cast<std::uint8_t>(on), static_cast<std::uint16_t>(site),
-                                                          static_cast<Ctx>(l), static_cast<std::uint8_t>(nth),
-                                                          static_cast<std::uint8_t>(to)});
-              mine.push_back(std::move(c));
-            }
-          }
+          for (int nth = 1; nth <= n; nth = nth < kSwitchNths || nth == n ? nth + 1 : n)
+            for (int to = 0; to < ncpus; ++to)
+              if (to != on && !p.cpus[to].empty())
+                switches.push_back(AnchoredSwitch{static_cast<std::uint8_t>(on), static_cast<std::uint16_t>(site),
+                                                  static_cast<Ctx>(l), static_cast<std::uint8_t>(nth),
+                                                  static_cast<std::uint8_t>(to)});
         }
       }
     }
-    keep_at_most(mine, static_cast<std::size_t>(kPlanPerInput[1]), rng);
-    for (Planned& c : mine) out.push_back(std::move(c));
+    keep_at_most(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng);
+    for (const AnchoredSwitch& a : switches) {
+      Planned c{1, p};
+      c.program.anchored.push_back(a);
+      out.push_back(std::move(c));
+    }
   }
 
   // Tier 2: an interrupt inside a lock or an update on its own CPU.
