@@ -15,6 +15,11 @@
 // --trace runs it once in this process and prints FILE, the run's trace hash
 // and event count: a row of src/harness/testdata/v1-traces.txt, which a
 // deliberate change of what runs regenerates (see that file's header).
+// --sites runs it once in this process and prints where it went: for each
+// CPU, site and context level it reached, the hits, and which of the first 32
+// came while another CPU, switched out, held a lock or was inside an update,
+// or while this CPU was back inside a section another CPU ran in the middle
+// of (the moments an anchored switch or an injection can name).
 // --sabotage KIND makes an oracle fire on purpose (see Sabotage in
 // harness/executor.h), to check the tool chain end to end.
 //
@@ -27,12 +32,16 @@
 //        workload) at every site hit × IRQ/NMI (harness/explore.h); prints each
 //        failing point with its oracle and the first failing program (with
 //        --out, every failing program goes to DIR/ and its path is printed).
+//   --plan D [--max-runs N] [--out OUT]  the fuzzer's planned moments
+//        (harness/planner.h) around the program, to D levels (a switch, then
+//        the interrupts it makes possible); prints the first failing program.
 //   --schedules N [--depth D] [--out OUT]  N PCT schedules (seeds 0..N-1, depth
 //        D, default 3); prints how many fail and the first failing one as a
 //        program with its `pct` line (replaying it replays the schedule).
 // Exit status: 0 when no run failed, 1 when some did, 2 on bad usage or input.
 #include <sys/stat.h>
 
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -55,10 +64,11 @@ using namespace anyctx::harness;
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr, "anyctx-repro: %s\nusage: anyctx-repro [--target NAME] [--runs N] [--emit-test NAME] "
-                       "[--encode OUT] [--print] [--trace] [--sabotage KIND] [--timeout S] FILE\n"
+                       "[--encode OUT] [--print] [--trace] [--sites] [--sabotage KIND] [--timeout S] FILE\n"
                        "       anyctx-repro --minimize [--out OUT] [--budget S] FILE\n"
                        "       anyctx-repro --sweep [--max-runs N] [--out DIR] FILE\n"
-                       "       anyctx-repro --schedules N [--depth D] [--out OUT] FILE\n", why);
+                       "       anyctx-repro --schedules N [--depth D] [--out OUT] FILE\n"
+                       "       anyctx-repro --plan D [--max-runs N] [--out OUT] FILE\n", why);
   std::exit(2);
 }
 
@@ -159,6 +169,19 @@ int run_sweep(const TargetSpec& target, const Program& program, const RunOptions
   return r.findings.empty() ? 0 : 1;
 }
 
+// Prints a failing program's oracle and step, and the program (to `out`
+// when given, else to stdout).
+void emit_failing(const TargetSpec& target, const Program& program, const Signature& signature, const char* out) {
+  describe(signature);
+  std::string text = reproducer(target, program, signature);
+  if (out != nullptr) {
+    if (!write_file(out, text)) usage((std::string("cannot write ") + out).c_str());
+    std::printf("wrote %s\n", out);
+  } else {
+    std::fputs(text.c_str(), stdout);
+  }
+}
+
 int run_schedules(const TargetSpec& target, const Program& program, const RunOptions& options, int timeout_ms, int n,
                   int depth, const char* out) {
   SchedulesOptions so;
@@ -174,15 +197,47 @@ int run_schedules(const TargetSpec& target, const Program& program, const RunOpt
   std::printf("schedules: %d of %d failed (depth %d, steps %d)\n", r.failed, r.runs, depth, r.steps);
   if (r.failed == 0) return 0;
   std::printf("first failing schedule: seed %d\n", r.first_failing);
-  describe(r.signature);
-  std::string text = reproducer(target, r.first, r.signature);
-  if (out != nullptr) {
-    if (!write_file(out, text)) usage((std::string("cannot write ") + out).c_str());
-    std::printf("wrote %s\n", out);
-  } else {
-    std::fputs(text.c_str(), stdout);
-  }
+  emit_failing(target, r.first, r.signature, out);
   return 1;
+}
+
+int run_plan(const TargetSpec& target, const Program& program, const RunOptions& options, int timeout_ms, int depth,
+             int max_runs, const char* out) {
+  PlanSearchOptions po;
+  po.run = options;
+  po.timeout_ms = timeout_ms;
+  po.depth = depth;
+  po.max_runs = max_runs;
+  po.progress = progress;
+  PlanSearchResult r = plan_search(target, program, po);
+  if (!r.error.empty()) {
+    std::fprintf(stderr, "anyctx-repro: plan: %s\n", r.error.c_str());
+    return 2;
+  }
+  std::printf("plan: %d candidates run to depth %d, %s\n", r.runs, depth,
+              r.failed ? ("one failed at level " + std::to_string(r.level)).c_str() : "none failed");
+  if (!r.failed) return 0;
+  emit_failing(target, r.first, r.signature, out);
+  return 1;
+}
+
+// One line per (CPU, site, level) reached: "cpu 1 SpinWait task hits=3
+// held-elsewhere=1,3 resumed-inside=2".
+void print_sites(const Program& program, const SiteMap& sites) {
+  for (int c = 0; c < static_cast<int>(program.cpus.size()); ++c)
+    for (int site = 0; site < kInjectionSites; ++site)
+      for (int l = 0; l < 3; ++l) {
+        unsigned hits = sites.hits[c][site][l];
+        if (hits == 0) continue;
+        std::printf("cpu %d %s %s hits=%u", c, injection_site_name(site), ctx_word(static_cast<Ctx>(l)), hits);
+        auto nths = [](const char* what, std::uint32_t bits) {
+          for (const char* sep = what; bits != 0; bits &= bits - 1, sep = ",")
+            std::printf("%s%d", sep, std::countr_zero(bits) + 1);
+        };
+        nths(" held-elsewhere=", sites.held_elsewhere[c][site][l]);
+        nths(" resumed-inside=", sites.resumed_inside[c][site][l]);
+        std::printf("\n");
+      }
 }
 
 }  // namespace
@@ -194,11 +249,12 @@ int main(int argc, char** argv) {
   const char* encode_to = nullptr;
   bool print_only = false;
   bool trace_only = false;
+  bool sites_only = false;
   const char* file = nullptr;
   RunOptions options;
-  enum class Mode { kReplay, kMinimize, kSweep, kSchedules } mode = Mode::kReplay;
+  enum class Mode { kReplay, kMinimize, kSweep, kSchedules, kPlan } mode = Mode::kReplay;
   const char* out = nullptr;
-  int timeout_s = 10, budget_s = 0, max_runs = 4000, nschedules = 0, depth = 3;
+  int timeout_s = 10, budget_s = 0, max_runs = 4000, nschedules = 0, depth = 3, plan_depth = 2;
   auto count = [](const char* v, const char* what, int lo, int hi) {
     char* end = nullptr;
     long n = std::strtol(v, &end, 10);
@@ -225,6 +281,8 @@ int main(int argc, char** argv) {
       print_only = true;
     } else if (a == "--trace") {
       trace_only = true;
+    } else if (a == "--sites") {
+      sites_only = true;
     } else if (a == "--encode") {
       encode_to = value("--encode");
     } else if (a == "--sabotage") {
@@ -245,6 +303,9 @@ int main(int argc, char** argv) {
     } else if (a == "--schedules") {
       mode = Mode::kSchedules;
       nschedules = count(value("--schedules"), "--schedules", 1, 65536);
+    } else if (a == "--plan") {
+      mode = Mode::kPlan;
+      plan_depth = count(value("--plan"), "--plan", 1, 4);
     } else if (a == "--depth") {
       depth = count(value("--depth"), "--depth", 1, kMaxPctDepth);
     } else if (a == "--out") {
@@ -307,6 +368,11 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(s.events));
     return 0;
   }
+  if (sites_only) {
+    RunStats s = run_program(*target, program, options);
+    print_sites(program, s.sites);
+    return 0;
+  }
   if (emit_test != nullptr) {
     std::fputs(print_regression_test(*target, program, emit_test).c_str(), stdout);
     return 0;
@@ -325,6 +391,7 @@ int main(int argc, char** argv) {
   if (mode == Mode::kSweep) return run_sweep(*target, program, options, timeout_ms, max_runs, file, out);
   if (mode == Mode::kSchedules)
     return run_schedules(*target, program, options, timeout_ms, nschedules, depth, out);
+  if (mode == Mode::kPlan) return run_plan(*target, program, options, timeout_ms, plan_depth, max_runs, out);
 
   std::printf("program (target %s):\n%s\n", target->name, print(*target, program).c_str());
   int failed = 0;

@@ -89,6 +89,7 @@ struct CpuState {
   bool done = false;
   bool in_op = false;      // inside a top-level op (not at a boundary)
   bool spinning = false;   // last event was kSpinWait
+  bool resumed_inside = false;  // switched out and back inside a section it still holds
   const Spinlock* spin_lock = nullptr;
   int drain_waits = 0;     // kPcpDrainWait events in a row
   int anyctx_cpu = -1;     // its CpuScope's id while online
@@ -231,14 +232,17 @@ class InterruptsHeld {
   sigset_t previous_;
 };
 
+void note_resumed(int me, int site);
+
 // Hands the CPU to `to` and sleeps until it comes back.
-void switch_to(int me, int to) {
+void switch_to(int me, int to, int site) {
   if (to == me) return;
   ++g.stats.switches;
   trace(0x5157, static_cast<std::uint64_t>(me) << 8 | static_cast<std::uint64_t>(to));
   InterruptsHeld held;
   give_turn(to);
   wait_turn(me);
+  note_resumed(me, site);
 }
 
 // A finished CPU waits to go offline. Meanwhile a CPU waiting for it to
@@ -957,7 +961,7 @@ void on_spin_wait(int me) {
   if (g.program->pct.on()) {
     int c = pct_pick_other(me);
     if (c >= 0 && !blocked(g.cpus[c])) {
-      switch_to(me, c);
+      switch_to(me, c, static_cast<int>(Site::kSpinWait));
       return;
     }
     report_global_deadlock();
@@ -967,7 +971,7 @@ void on_spin_wait(int me) {
     const CpuState& other = g.cpus[c];
     if (other.done) continue;
     if (!other.spinning || other.spin_lock == nullptr || !other.spin_lock->is_locked()) {
-      switch_to(me, c);
+      switch_to(me, c, static_cast<int>(Site::kSpinWait));
       return;
     }
   }
@@ -1003,16 +1007,17 @@ void on_drain_wait(int me) {
     InterruptsHeld held;
     give_turn(kServeTurnBase + target);
     wait_turn(me);
+    note_resumed(me, static_cast<int>(Site::kPcpDrainWait));
     return;
   }
   if (!blocked(g.cpus[target])) {
-    switch_to(me, target);
+    switch_to(me, target, static_cast<int>(Site::kPcpDrainWait));
     return;
   }
   for (int i = 1; i < g.ncpus; ++i) {
     int c = (me + i) % g.ncpus;
     if (!g.cpus[c].done && !blocked(g.cpus[c])) {
-      switch_to(me, c);
+      switch_to(me, c, static_cast<int>(Site::kPcpDrainWait));
       return;
     }
   }
@@ -1031,6 +1036,19 @@ std::uint8_t held_by(int c) {
   return held;
 }
 
+// CPU `me` has the turn back in the middle of an op, at `site`, its
+// interrupts still held: if it holds a lock class, another CPU ran inside
+// that section (SiteMap::resumed_inside), and may have sent it an interrupt
+// (a drain request) that meets the section when the mask is restored.
+void note_resumed(int me, int site) {
+  std::uint8_t held = held_by(me);
+  if (held == 0) return;
+  g.cpus[me].resumed_inside = true;
+  sigset_t pending;
+  sigpending(&pending);
+  feedback::resumed_inside(site, held, sigismember(&pending, interrupts_config().irq_signal) == 1);
+}
+
 // Follows the current frame's sites (interleave.h) and tells the fuzzer
 // what the other CPUs hold while this one reaches `site`.
 // Return: whether another CPU holds a lock class or is inside an update.
@@ -1042,6 +1060,7 @@ bool track_held(int me, int site) {
   if (site == kOpBoundary) f.held = 0;
   f.held = static_cast<std::uint8_t>((f.held & ~kHeldMidUpdate) | e.takes | (e.mid_update ? kHeldMidUpdate : 0));
   f.held = static_cast<std::uint8_t>(f.held & ~e.drops);
+  if (cpu.resumed_inside && held_by(me) == 0) cpu.resumed_inside = false;
   if (g.ncpus == 1) return false;
   Ctx level = current_ctx();
   bool elsewhere = false;
@@ -1073,6 +1092,8 @@ void site_event(int site) {
   std::uint16_t& hits = g.stats.sites.hits[me][site][static_cast<int>(level)];
   if (hits < UINT16_MAX) ++hits;
   if (track_held(me, site) && hits <= 32) g.stats.sites.held_elsewhere[me][site][static_cast<int>(level)] |= 1u << (hits - 1);
+  if (g.cpus[me].resumed_inside && hits <= 32)
+    g.stats.sites.resumed_inside[me][site][static_cast<int>(level)] |= 1u << (hits - 1);
   trace(static_cast<std::uint64_t>(site) << 4 | static_cast<std::uint64_t>(level), static_cast<std::uint64_t>(me));
   for (std::size_t i = 0; i < g.program->injections.size(); ++i) {
     const Injection& inj = g.program->injections[i];
@@ -1096,7 +1117,7 @@ void site_event(int site) {
     int best = pct_pick_other(me);
     if (best >= 0 && !blocked(g.cpus[best]) && g.cpus[best].pct_priority > g.cpus[me].pct_priority) {
       feedback::switched(site);
-      switch_to(me, best);
+      switch_to(me, best, site);
     }
     return;
   }
@@ -1105,14 +1126,14 @@ void site_event(int site) {
     if (a.on != me || a.site != site || a.level != level || ++g.anchor_hits[i] != a.nth) continue;
     if (!g.cpus[a.cpu].done) {
       feedback::switched(site);
-      switch_to(me, a.cpu);
+      switch_to(me, a.cpu, site);
     }
   }
   while (g.next_switch < p.schedule.size() && p.schedule[g.next_switch].event <= g.events) {
     int to = p.schedule[g.next_switch++].cpu;
     if (to != me && !g.cpus[to].done) {
       feedback::switched(site);
-      switch_to(me, to);
+      switch_to(me, to, site);
     }
   }
 }
@@ -1379,11 +1400,13 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
   return 0;
 }
 
-const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size) {
+const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size,
+                             bool* first_seen) {
   std::uint64_t key = input_hash(data, size);
   if (key == g_last_input) return &g_last_sites;
   if (auto it = g_observed.find(key); it != g_observed.end()) return &it->second;
   if (g_observed.size() >= kObservedInputs) g_observed.clear();
+  if (first_seen != nullptr) *first_seen = true;
   thread_local Program program;
   read_fuzz_input(target, data, size, program);
   RunStats stats = run_program(target, program);

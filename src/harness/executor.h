@@ -103,9 +103,11 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
 // The fuzz targets' SiteObserver (mutator.h): where the input data[0, size)
 // goes. The input fuzz_one ran last is answered from that run; another is
 // run now (it must be one that ran clean: a corpus input) and remembered.
-// Return: its site map, valid until the next call of either function.
+// Return: its site map, valid until the next call of either function;
+// *first_seen (when not nullptr) is set when it ran the input now.
 // Context: task, between fuzz runs (libFuzzer resets its counters before
 // each input, so this run adds no coverage of its own).
-const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
+const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size,
+                             bool* first_seen);
 
 }  // namespace anyctx::harness

@@ -1,6 +1,9 @@
 #include "harness/explore.h"
 
 #include <algorithm>
+#include <utility>
+
+#include "harness/planner.h"
 
 namespace anyctx::harness {
 
@@ -181,6 +184,44 @@ SchedulesResult schedules(const TargetSpec& target, const Program& program, int 
     if ((seed + 1) % 100 == 0)
       say("schedules: " + std::to_string(seed + 1) + "/" + std::to_string(n) + " run, " +
           std::to_string(result.failed) + " failed");
+  }
+  return result;
+}
+
+PlanSearchResult plan_search(const TargetSpec& target, const Program& program, const PlanSearchOptions& options) {
+  PlanSearchResult result;
+  auto say = [&](const std::string& s) { if (options.progress) options.progress(s); };
+  RunStats stats;
+  if (!first_run(target, program, options.run, options.timeout_ms, stats, result.error)) return result;
+  std::vector<std::pair<Program, SiteMap>> frontier;
+  frontier.emplace_back(program, stats.sites);
+  for (int level = 1; level <= options.depth && !frontier.empty(); ++level) {
+    std::vector<std::pair<Program, SiteMap>> next;
+    int planned = 0;
+    for (std::size_t i = 0; i < frontier.size(); ++i) {
+      for (Planned& c : plan(target, frontier[i].first, frontier[i].second, i)) {
+        if (result.runs >= options.max_runs) {
+          say("plan: --max-runs reached at level " + std::to_string(level));
+          return result;
+        }
+        ++planned;
+        ++result.runs;
+        ChildRun r = run_in_child(target, c.program, options.run, options.timeout_ms);
+        if (r.failed) {
+          result.failed = true;
+          result.level = level;
+          result.first = std::move(c.program);
+          result.signature = signature_of(r);
+          result.output = r.output;
+          say("plan: level " + std::to_string(level) + " tier " + std::to_string(c.tier) + " fails: " +
+              result.signature.text());
+          return result;
+        }
+        if (r.have_stats && level < options.depth) next.emplace_back(std::move(c.program), r.stats.sites);
+      }
+    }
+    say("plan: level " + std::to_string(level) + ": " + std::to_string(planned) + " candidates ran clean");
+    frontier = std::move(next);
   }
   return result;
 }

@@ -1,6 +1,7 @@
 // harness/explore.h — try one program many ways, each run in a child
 // process: an injection sweep (every site hit × IRQ/NMI, like fail-nth) and
-// PCT schedules (one program under many seeded schedules).
+// PCT schedules (one program under many seeded schedules), and the
+// planner's moments, level by level.
 //
 // Contract:
 //  - sweep(): a first run (no injection added) gives RunStats::sites;
@@ -15,6 +16,11 @@
 //    event count k (steps, capped at kMaxPctSteps); schedule i is the program
 //    with pct {seed = i, depth, steps = k}. A failing schedule is a program
 //    with a `pct` line: replaying its text replays the schedule.
+//  - plan_search(): the planner's candidates for the program (planner.h),
+//    each run once; then, over every candidate that ran clean, the
+//    candidates of its own run, to `depth` levels, breadth first, bounded by
+//    max_runs. The fuzzer keeps a candidate only when it reaches something
+//    new; this tries them all. The first failing candidate is the result.
 //  - A first run that fails is an error (there is nothing to explore).
 #pragma once
 
@@ -97,5 +103,25 @@ Program with_pct(const Program& program, int seed, int depth, int steps);
 
 SchedulesResult schedules(const TargetSpec& target, const Program& program, int n,
                           const SchedulesOptions& options = {});
+
+struct PlanSearchOptions {
+  RunOptions run;
+  int timeout_ms = kDefaultChildTimeoutMs;
+  int depth = 2;
+  int max_runs = 4000;
+  std::function<void(const std::string&)> progress;
+};
+
+struct PlanSearchResult {
+  std::string error;
+  int runs = 0;
+  int level = 0;       // of the first failing candidate (1: planned over the program)
+  bool failed = false;
+  Program first;       // the first failing candidate
+  Signature signature;
+  std::string output;
+};
+
+PlanSearchResult plan_search(const TargetSpec& target, const Program& program, const PlanSearchOptions& options = {});
 
 }  // namespace anyctx::harness

@@ -16,8 +16,13 @@
 //   held_elsewhere[h]           a site reached while another CPU (switched
 //                               out) held a set of lock classes or was inside
 //                               an update, h = hash(site, level, that set)
+//   resumed[h]                  a CPU got the turn back inside a section it
+//                               holds, h = hash(the site it left at, its held
+//                               set, whether an interrupt another CPU sent it
+//                               meanwhile is pending: a drain request that
+//                               met the section)
 //
-// The last two see interleavings, not code: the same edges run whether or
+// The last three see interleavings, not code: the same edges run whether or
 // not CPU 1 was switched out holding zone.lock when CPU 0 got there.
 //
 // Sites are the library's Site values and kOpBoundary. In fuzzing builds
@@ -45,6 +50,7 @@
 namespace anyctx::harness::feedback {
 
 inline constexpr int kStateCounters = 8192;  // per state table (a power of two)
+inline constexpr int kResumedCounters = 1024;  // few states: a site, a held set, a bit
 
 struct Counters {
   std::uint8_t reached[kInjectionSites][3];
@@ -52,6 +58,7 @@ struct Counters {
   std::uint8_t switched[kInjectionSites];
   std::uint8_t held_at_injection[kStateCounters];
   std::uint8_t held_elsewhere[kStateCounters];
+  std::uint8_t resumed[kResumedCounters];
 };
 
 namespace detail {
@@ -79,6 +86,10 @@ inline void injected_holding(int site, std::uint8_t held, Ctx kind, Ctx level) {
 }
 inline void reached_while_held_elsewhere(int site, Ctx level, std::uint8_t held) {
   detail::g_counters.held_elsewhere[state_index(static_cast<unsigned>(site), held, static_cast<unsigned>(level))] = 1;
+}
+inline void resumed_inside(int site, std::uint8_t held, bool interrupt_pending) {
+  detail::g_counters.resumed[state_index(static_cast<unsigned>(site), held, interrupt_pending ? 1u : 0u) &
+                             (kResumedCounters - 1)] = 1;
 }
 
 }  // namespace anyctx::harness::feedback

@@ -12,9 +12,13 @@
 // first picked). LLVMFuzzerMutate is declared
 // weak: a replay_NAME (no libFuzzer) links, and passes nullptr. AFL++'s
 // driver never calls these; AFL++ loads the same mutator as a custom
-// mutator library (fuzz/afl_mutator.cc). ANYCTX_MUTATOR=bytes in the
-// environment turns the custom mutator into plain LLVMFuzzerMutate (libFuzzer
-// as it is without one), for comparisons.
+// mutator library (fuzz/afl_mutator.cc). With a PlanQueue: a corpus input
+// picked for the first time has its moments planned (planner.h), and half
+// the calls run a planned candidate while any is queued.
+// ANYCTX_MUTATOR=bytes in the environment turns the custom mutator into
+// plain LLVMFuzzerMutate (libFuzzer as it is without one), and
+// ANYCTX_MUTATOR=unplanned into the structural mutator without the planner,
+// for comparisons.
 #pragma once
 
 #include <cstddef>
@@ -24,6 +28,7 @@
 
 #include "harness/executor.h"
 #include "harness/mutator.h"
+#include "harness/planner.h"
 #include "harness/program.h"
 
 extern "C" __attribute__((weak)) std::size_t LLVMFuzzerMutate(std::uint8_t* data, std::size_t size,
@@ -44,9 +49,15 @@ extern "C" __attribute__((weak)) std::size_t LLVMFuzzerMutate(std::uint8_t* data
       return m != nullptr && std::strcmp(m, "bytes") == 0;                                    \
     }();                                                                                      \
     if (bytes_only && LLVMFuzzerMutate != nullptr) return LLVMFuzzerMutate(data, size, max_size); \
+    static const bool planned = [] {                                                          \
+      const char* m = std::getenv("ANYCTX_MUTATOR");                                          \
+      return m == nullptr || std::strcmp(m, "unplanned") != 0;                                \
+    }();                                                                                      \
+    static ::anyctx::harness::PlanQueue plans;                                                \
     return ::anyctx::harness::mutate_input(anyctx_fuzz_target(), data, size, max_size, seed,  \
                                            LLVMFuzzerMutate, nullptr,                         \
-                                           ::anyctx::harness::fuzz_site_map);                 \
+                                           ::anyctx::harness::fuzz_site_map,                  \
+                                           planned ? &plans : nullptr);                       \
   }                                                                                           \
   extern "C" std::size_t LLVMFuzzerCustomCrossOver(const std::uint8_t* data1, std::size_t size1, \
                                                    const std::uint8_t* data2, std::size_t size2, \

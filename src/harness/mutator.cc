@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "harness/interleave.h"
+#include "harness/planner.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
@@ -186,13 +187,11 @@ Op random_op(const TargetSpec& t, Ctx ctx, const Program& p, Rng& rng) {
   return random_op_of(kinds[rng.below(static_cast<std::uint32_t>(kinds.size()))], ctx, p, rng);
 }
 
-// An op of the program again, made valid for `ctx`: the same kind and
-// arguments (size class, order, cgroup, lock), its own slot when it produces
-// one, the slot it names when it consumes one. An interrupt that touches what
-// the code it interrupts touches (the same cache, the same cgroup's stock,
-// the same free list) is where the races are; a random op rarely does.
-// Ops of `cpu` are preferred when it has any. Return: false when no op of
-// the program is allowed in `ctx`.
+}  // namespace
+
+// An interrupt that touches what the code it interrupts touches (the same
+// cache, the same cgroup's stock, the same free list) is where the races
+// are; a random op rarely does.
 bool echo_op(const TargetSpec& t, Ctx ctx, const Program& p, int cpu, Rng& rng, Op& out) {
   const Op* all[kMaxProgramCpus * kMaxOps + kMaxInjections * kMaxInjectionOps];
   int nall = 0, nmine = 0;
@@ -216,6 +215,8 @@ bool echo_op(const TargetSpec& t, Ctx ctx, const Program& p, int cpu, Rng& rng, 
   out = normalize_op(out, ctx);
   return true;
 }
+
+namespace {
 
 // A new op for a list in `ctx`: an echo of the program's ops (echo_op,
 // `echo_percent` of the time), else a random one.
@@ -1038,16 +1039,26 @@ Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMuta
 }
 
 std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size_t size, std::size_t max_size,
-                         unsigned seed, ByteMutator bytes, MutationCounts* counts, SiteObserver observe) {
+                         unsigned seed, ByteMutator bytes, MutationCounts* counts, SiteObserver observe,
+                         PlanQueue* plans) {
   if (max_size == 0) return 0;
   // Reused between calls: a fuzzer calls this once per execution.
   thread_local Program original;
   thread_local Program p;
   thread_local std::vector<std::uint8_t> out;
   read_fuzz_input(target, data, size, original);
-  const SiteMap* sites =
-      observe != nullptr && (target.injections || target.max_cpus >= 2) ? observe(target, data, size) : nullptr;
+  bool first_seen = false;
+  const SiteMap* sites = observe != nullptr && (target.injections || target.max_cpus >= 2)
+                             ? observe(target, data, size, &first_seen)
+                             : nullptr;
   Rng rng(mix_seed(seed, 1));
+  if (plans != nullptr) {
+    if (first_seen && sites != nullptr) plans->add(plan(target, original, *sites, rng.next()));
+    if (rng.chance(kPlannedPercent) && plans->take(p)) {
+      out = encode(target, p);
+      if (std::size_t n = put(out, data, max_size); n != 0) return n;
+    }
+  }
   for (int attempt = 0; attempt < 4; ++attempt) {
     p = original;
     std::uint32_t r = rng.below(100);

@@ -116,8 +116,13 @@ inline constexpr int kHeldElsewherePercent = 50;
 
 // Return: the site map of the program that data[0, size) reads as (as
 // fuzz_one reads it), from a run of it (the fuzz target's last run, or one
-// now), or nullptr when not known. Context: task, between fuzz runs.
-using SiteObserver = const SiteMap* (*)(const TargetSpec& target, const std::uint8_t* data, std::size_t size);
+// now), or nullptr when not known; *first_seen is set when this call ran it
+// for the first time (a corpus input the fuzzer picks for the first time).
+// Context: task, between fuzz runs.
+using SiteObserver = const SiteMap* (*)(const TargetSpec& target, const std::uint8_t* data, std::size_t size,
+                                        bool* first_seen);
+
+class PlanQueue;
 
 // Return: the kind's name ("insert_op"), or "?" out of range. Context: any.
 const char* mutation_name(Mutation m);
@@ -147,6 +152,13 @@ class Rng {
   std::uint64_t state_;
 };
 
+// Writes into `out` an op of the program again, made valid for `ctx`: the
+// same kind and arguments (size class, order, cgroup, lock), its own slot
+// when it produces one, the slot it names when it consumes one; an op of
+// `cpu` 60 % of the time when it has any. Return: false when no op of the
+// program is allowed in `ctx`.
+bool echo_op(const TargetSpec& target, Ctx ctx, const Program& p, int cpu, Rng& rng, Op& out);
+
 // Applies one structural mutation to `p` (valid for `target`; still valid
 // after). `bytes` may be nullptr: the byte-level kinds are then skipped.
 // `sites`, when given, is the site map of `p` (or of the program it was
@@ -158,11 +170,14 @@ Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMuta
 // mutations and writes the canonical encoding into data (capacity
 // max_size). `counts`, when given, counts each kind applied; `observe`,
 // when given, says where the input goes (asked once, before mutating, for
-// targets with injections or more than one CPU).
+// targets with injections or more than one CPU). `plans`, when given (with
+// `observe`), receives plan()'s candidates for an input seen the first time,
+// and kPlannedPercent of the calls write its next candidate instead of a
+// mutation (planner.h); the output then depends on the queue as well.
 // Return: the new size.
 std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size_t size, std::size_t max_size,
                          unsigned seed, ByteMutator bytes, MutationCounts* counts = nullptr,
-                         SiteObserver observe = nullptr);
+                         SiteObserver observe = nullptr, PlanQueue* plans = nullptr);
 
 // Splices programs a and b (CPU lists of one with the injections and
 // schedule of the other, op sequences cut and joined, injections merged, a

@@ -48,6 +48,10 @@ struct SiteMap {
   // Bit n-1 (n <= 32): the nth hit came while another CPU, switched out,
   // held a lock class or was inside an update (harness/interleave.h).
   std::uint32_t held_elsewhere[kMaxProgramCpus][kInjectionSites][3] = {};
+  // Bit n-1 (n <= 32): the nth hit came while its CPU was inside a section
+  // (held a lock class) in the middle of which it had been switched out:
+  // another CPU ran there, and may have asked something of this one.
+  std::uint32_t resumed_inside[kMaxProgramCpus][kInjectionSites][3] = {};
 };
 
 // Return: the name of a site or of kOpBoundary ("OpBoundary"), as the text

@@ -249,5 +249,43 @@ switch event=3 cpu=1
   EXPECT_EQ(schedules(t, p, n * k, clean).failed, 0);
 }
 
+// The same depth-2 bug, without a written schedule: the planner's switch
+// inside CPU 0's op 1 (a lock just taken) to CPU 1 shows it at level 1, and
+// the printed candidate replays it.
+TEST(PlanSearch, FindsADepthTwoOrderingBugWithAPlannedSwitch) {
+  const TargetSpec& t = *target_spec("page_smp");
+  Program p = parse_or_fail(R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=0 slot=0
+  alloc_pages spinning order=1 slot=1
+  free_pages spinning slot=0
+  free_pages spinning slot=1
+cpu 1
+  alloc_pages nolock order=0 slot=2
+  free_pages nolock slot=2
+)");
+  PlanSearchOptions o;
+  o.run.sabotage = Sabotage::kAtomicityCpu0Op1;
+  o.depth = 1;
+  PlanSearchResult r = plan_search(t, p, o);
+  ASSERT_EQ(r.error, "");
+  ASSERT_TRUE(r.failed) << r.runs << " candidates ran clean";
+  EXPECT_EQ(r.level, 1);
+  EXPECT_EQ(r.signature.oracle, "harness: invariants");
+  ASSERT_FALSE(r.first.anchored.empty());
+  EXPECT_EQ(r.first.anchored.back().on, 0);
+  EXPECT_EQ(r.first.anchored.back().cpu, 1);
+  ParseResult back = parse(print(t, r.first), t);
+  ASSERT_TRUE(back.ok()) << back.error;
+  EXPECT_TRUE(signature_of(run_in_child(t, back.program, o.run)).same_failure(r.signature));
+  // Without the sabotage no candidate fails, to depth 2.
+  PlanSearchOptions clean;
+  PlanSearchResult none = plan_search(t, p, clean);
+  EXPECT_EQ(none.error, "");
+  EXPECT_FALSE(none.failed) << none.signature.text() << "\n" << none.output;
+  EXPECT_GT(none.runs, 20);
+}
+
 }  // namespace
 }  // namespace anyctx::harness

@@ -1,0 +1,191 @@
+// harness/planner.cc — planned mutations (planner.h).
+#include "harness/planner.h"
+
+#include <algorithm>
+#include <bit>
+#include <utility>
+
+#include "harness/interleave.h"
+#include "harness/mutator.h"
+
+namespace anyctx::harness {
+
+namespace {
+
+// A switch is planned at the first kSwitchNths hits of a site and at its
+// last: one site is hit once per op that takes its lock, and the op that
+// matters is often the second or third.
+constexpr int kSwitchNths = 4;
+
+// A moment of the run: the nth hit of a site on a CPU at a level.
+struct Moment {
+  int cpu = 0;
+  int site = kOpBoundary;
+  Ctx level = Ctx::kTask;
+  int nth = 1;
+  int rank = 0;  // which go first when there are more than a tier takes
+};
+
+// Whether the interrupted frame itself is at a sharp moment: spinning on a
+// lock, holding one, or inside an update.
+bool sharp(int site) { return site == static_cast<int>(Site::kSpinWait) || site_inside_update(site); }
+
+// Ranks of tier-0 moments: a sharp one where the CPU resumed inside its
+// section (few, and the other CPU has just run there), a sharp one while
+// another CPU's section is open (every site the running CPU reaches then),
+// the rest.
+constexpr int kRanks = 3;
+int rank_of(int site, bool resumed) { return !sharp(site) ? 2 : resumed ? 0 : 1; }
+
+// Keeps at most `cap` of `v`, chosen uniformly by `rng`, in their order.
+template <typename T>
+void keep_at_most(std::vector<T>& v, std::size_t cap, Rng& rng) {
+  while (v.size() > cap) v.erase(v.begin() + static_cast<std::ptrdiff_t>(rng.below(static_cast<std::uint32_t>(v.size()))));
+}
+
+// The first and the last set bit of `bits` among the first `hits` hits, as
+// nths (one when they are the same; none when no bit is set).
+void first_and_last(std::uint32_t bits, int hits, int cpu, int site, Ctx level, int rank, std::vector<Moment>& out) {
+  if (hits < 32) bits &= (1u << hits) - 1;
+  if (bits == 0) return;
+  int first = std::countr_zero(bits) + 1, last = 32 - std::countl_zero(bits);
+  out.push_back({cpu, site, level, first, rank});
+  if (last != first) out.push_back({cpu, site, level, last, rank});
+}
+
+// An injection of `kind` at `m` running one or two echoes of the program's
+// ops (the interrupted CPU's first). Return: false when the program cannot
+// take one more or no op of it may run in `kind`'s context.
+bool add_echo_injection(const TargetSpec& t, Program& p, const Moment& m, Ctx kind, Rng& rng) {
+  if (!t.injections || static_cast<int>(p.injections.size()) >= kMaxInjections) return false;
+  Injection inj;
+  inj.kind = kind;
+  inj.cpu = static_cast<std::uint8_t>(m.cpu);
+  inj.site = static_cast<std::uint16_t>(m.site);
+  inj.level = m.level;
+  inj.nth = static_cast<std::uint8_t>(m.nth);
+  int nops = 1 + static_cast<int>(rng.below(2));
+  for (int i = 0; i < nops; ++i) {
+    Op op;
+    if (!echo_op(t, kind, p, m.cpu, rng, op)) return false;
+    inj.ops.push_back(op);
+  }
+  p.injections.push_back(std::move(inj));
+  return true;
+}
+
+// Injections at each moment: an NMI, and an IRQ at task level (an IRQ
+// cannot land inside an IRQ). Injection nths go up to 8. When there are
+// more than the tier takes, lower ranks go first.
+void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Moment>& moments, int tier,
+                     Rng& rng, std::vector<Planned>& out) {
+  struct Point {
+    Moment at;
+    Ctx kind;
+  };
+  std::vector<Point> points[kRanks];
+  for (const Moment& m : moments) {
+    if (m.nth > 8) continue;
+    points[m.rank].push_back({m, Ctx::kNmi});
+    if (m.level == Ctx::kTask) points[m.rank].push_back({m, Ctx::kIrq});
+  }
+  std::size_t room = static_cast<std::size_t>(kPlanPerInput[tier]);
+  for (std::vector<Point>& v : points) {
+    keep_at_most(v, room, rng);
+    room -= v.size();
+    for (const Point& at : v) {
+      Planned c{tier, p};
+      if (add_echo_injection(t, c.program, at.at, at.kind, rng)) out.push_back(std::move(c));
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& sites, std::uint64_t seed) {
+  Rng rng(seed ^ 0x706c616eull);
+  std::vector<Planned> out;
+  const int ncpus = static_cast<int>(p.cpus.size());
+  auto hits = [&](int c, int site, int l) { return static_cast<int>(sites.hits[c][site][l]); };
+
+  // Tier 0: interrupts where another CPU's section is open, or where this
+  // CPU resumed inside one of its own.
+  if (ncpus > 1) {
+    std::vector<Moment> moments;
+    for (int c = 0; c < ncpus; ++c)
+      for (int site = 0; site < kInjectionSites; ++site)
+        for (int l = 0; l < 2; ++l) {  // injections land at task or irq level
+          const std::uint32_t resumed = sites.resumed_inside[c][site][l];
+          first_and_last(resumed, hits(c, site, l), c, site, static_cast<Ctx>(l), rank_of(site, true), moments);
+          first_and_last(sites.held_elsewhere[c][site][l] & ~resumed, hits(c, site, l), c, site, static_cast<Ctx>(l),
+                         rank_of(site, false), moments);
+        }
+    plan_injections(t, p, moments, 0, rng, out);
+  }
+
+  // Tier 1: a switch where a CPU has just taken a lock or is mid-update.
+  if (ncpus > 1 && !p.pct.on() && static_cast<int>(p.anchored.size()) < kMaxAnchoredSwitches) {
+    std::vector<AnchoredSwitch> switches;
+    for (int on = 0; on < ncpus; ++on) {
+      if (p.cpus[on].empty()) continue;
+      for (int site = 0; site < kSiteCount; ++site) {
+        SiteEffect e = site_effect(site);
+        if (e.takes == 0 && !e.mid_update) continue;
+        for (int l = 0; l < 3; ++l) {
+          int n = std::min(hits(on, site, l), kMaxAnchorNth);
+          for (int nth = 1; nth <= n; nth = nth < kSwitchNths || nth == n ? nth + 1 : n)
+            for (int to = 0; to < ncpus; ++to)
+              if (to != on && !p.cpus[to].empty())
+                switches.push_back(AnchoredSwitch{static_cast<std::uint8_t>(on), static_cast<std::uint16_t>(site),
+                                                  static_cast<Ctx>(l), static_cast<std::uint8_t>(nth),
+                                                  static_cast<std::uint8_t>(to)});
+        }
+      }
+    }
+    keep_at_most(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng);
+    for (const AnchoredSwitch& a : switches) {
+      Planned c{1, p};
+      c.program.anchored.push_back(a);
+      out.push_back(std::move(c));
+    }
+  }
+
+  // Tier 2: an interrupt inside a lock or an update on its own CPU.
+  {
+    std::vector<Moment> moments;
+    for (int c = 0; c < ncpus; ++c)
+      for (int site = 0; site < kSiteCount; ++site) {
+        if (!site_inside_update(site)) continue;
+        for (int l = 0; l < 2; ++l)
+          if (hits(c, site, l) != 0) moments.push_back({c, site, static_cast<Ctx>(l), 1, rank_of(site, false)});
+      }
+    plan_injections(t, p, moments, 2, rng, out);
+  }
+  return out;
+}
+
+void PlanQueue::add(std::vector<Planned> candidates) {
+  for (Planned& c : candidates) {
+    std::deque<Program>& q = tiers_[static_cast<std::size_t>(c.tier)];
+    if (q.size() >= kPlanQueueDepth) q.pop_front();
+    q.push_back(std::move(c.program));
+  }
+}
+
+bool PlanQueue::take(Program& out) {
+  for (std::deque<Program>& q : tiers_) {
+    if (q.empty()) continue;
+    out = std::move(q.back());
+    q.pop_back();
+    return true;
+  }
+  return false;
+}
+
+std::size_t PlanQueue::size() const {
+  std::size_t n = 0;
+  for (const std::deque<Program>& q : tiers_) n += q.size();
+  return n;
+}
+
+}  // namespace anyctx::harness

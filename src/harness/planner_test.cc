@@ -1,0 +1,220 @@
+// The planner: candidates are valid and a function of their arguments; a
+// switch is planned where a CPU takes a lock, and over the program with that
+// switch, the interrupts that complete the interleaving (where the other CPU
+// waits for the lock); the executor marks where a CPU resumed inside a
+// section; the queue serves the highest tier, newest first; and the fuzz
+// targets' mutator feeds the queue from the observer.
+#include "harness/planner.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "harness/executor.h"
+#include "harness/feedback.h"
+#include "harness/mutator.h"
+#include "harness/text.h"
+
+namespace anyctx::harness {
+namespace {
+
+Program parse_or_fail(const char* text) {
+  ParseResult r = parse(text, *target_spec("all"));
+  EXPECT_TRUE(r.ok()) << r.error;
+  return r.program;
+}
+
+// Two CPUs allocate from the same cache; each first kmalloc takes list_lock
+// to find a slab.
+constexpr const char* kTwoCpusOneCache = R"(# anyctx program v2
+target slab_ops
+cpu 0
+  kmalloc spinning size=96 slot=0
+cpu 1
+  kmalloc spinning size=96 slot=1
+)";
+
+int site_of(const char* name) {
+  for (int s = 0; s < kInjectionSites; ++s)
+    if (std::string(injection_site_name(s)) == name) return s;
+  ADD_FAILURE() << "no site " << name;
+  return kOpBoundary;
+}
+
+TEST(PlannerTest, CandidatesAreValidAndAFunctionOfTheirArguments) {
+  const char* names[] = {"page_ops", "page_smp", "slab_ops", "memcg_ops", "lock_ops"};
+  std::mt19937 bytes_rng(23);
+  int candidates = 0;
+  for (const char* name : names) {
+    const TargetSpec& t = *target_spec(name);
+    for (int i = 0; i < 60; ++i) {
+      std::vector<std::uint8_t> bytes(16 + bytes_rng() % 200);
+      for (auto& b : bytes) b = static_cast<std::uint8_t>(bytes_rng());
+      Program p = decode(t, bytes);
+      RunStats stats = run_program(t, p);
+      std::vector<Planned> a = plan(t, p, stats.sites, static_cast<std::uint64_t>(i));
+      std::vector<Planned> b = plan(t, p, stats.sites, static_cast<std::uint64_t>(i));
+      ASSERT_EQ(a.size(), b.size());
+      int per_tier[kPlanTiers] = {};
+      for (std::size_t k = 0; k < a.size(); ++k) {
+        ASSERT_EQ(validate(t, a[k].program), "") << name << " input " << i << " candidate " << k;
+        EXPECT_EQ(a[k].tier, b[k].tier);
+        EXPECT_TRUE(a[k].program == b[k].program) << name << " input " << i << " candidate " << k;
+        EXPECT_FALSE(a[k].program == p) << "a candidate adds something";
+        ++per_tier[a[k].tier];
+      }
+      for (int tier = 0; tier < kPlanTiers; ++tier) EXPECT_LE(per_tier[tier], kPlanPerInput[tier]);
+      candidates += static_cast<int>(a.size());
+    }
+  }
+  EXPECT_GT(candidates, 1000);
+}
+
+// The two placements of a depth-3 interleaving, one plan at a time: a
+// switch while CPU 0 holds list_lock, then, over the program with that
+// switch, an NMI on CPU 1 while it spins on list_lock, running a kmalloc of
+// the same cache.
+TEST(PlannerTest, ASwitchIsPlannedThenTheInterruptsThatCompleteIt) {
+  const TargetSpec& t = *target_spec("slab_ops");
+  Program base = parse_or_fail(kTwoCpusOneCache);
+  RunStats stats = run_program(t, base);
+  const int list_locked = site_of("SlabListLocked"), spin_wait = site_of("SpinWait");
+  const Program* with_switch = nullptr;
+  std::vector<Planned> first = plan(t, base, stats.sites, 1);
+  for (const Planned& c : first) {
+    if (c.tier != 1) continue;
+    const AnchoredSwitch& a = c.program.anchored.back();
+    if (a.on == 0 && a.site == list_locked && a.level == Ctx::kTask && a.nth == 1 && a.cpu == 1)
+      with_switch = &c.program;
+  }
+  ASSERT_NE(with_switch, nullptr) << "no switch planned where cpu 0 has just taken list_lock";
+
+  RunStats second = run_program(t, *with_switch);
+  ASSERT_NE(second.sites.held_elsewhere[1][spin_wait][0], 0u) << "cpu 1 never spun while cpu 0 held list_lock";
+  int nmis = 0, echoing = 0;
+  for (const Planned& c : plan(t, *with_switch, second.sites, 2)) {
+    if (c.tier != 0) continue;
+    const Injection& inj = c.program.injections.back();
+    if (inj.cpu != 1 || inj.site != spin_wait || inj.kind != Ctx::kNmi) continue;
+    ++nmis;
+    for (const Op& op : inj.ops) echoing += op.kind == OpKind::kKmalloc && op.order == base.cpus[0][0].order;
+  }
+  EXPECT_GT(nmis, 0) << "no NMI planned on cpu 1 while it waits for list_lock";
+  EXPECT_GT(echoing, 0) << "the planned NMI allocates from another cache";
+}
+
+// CPU 0 is switched out while it holds zone.lock and gets the turn back
+// inside that section: its later hits there are marked resumed, its hits
+// before the switch and after the section are not.
+TEST(PlannerTest, TheExecutorMarksWhereACpuResumedInsideASection) {
+  const TargetSpec& t = *target_spec("page_smp");
+  Program p = parse_or_fail(R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=4 slot=0
+  free_pages spinning slot=0
+cpu 1
+  alloc_pages spinning order=0 slot=1
+  free_pages spinning slot=1
+switch on=0 site=ZoneLocked level=task nth=1 cpu=1
+)");
+  RunStats stats = run_program(t, p);
+  const int zone_locked = site_of("ZoneLocked"), zone_unlock = site_of("ZoneUnlock"),
+            list_edit = site_of("ZoneListEdit");
+  EXPECT_EQ(stats.sites.resumed_inside[0][zone_locked][0], 0u) << "the switch itself is before the resume";
+  EXPECT_NE(stats.sites.resumed_inside[0][zone_unlock][0] & 1u, 0u) << "the first unlock closes the resumed section";
+  EXPECT_NE(stats.sites.resumed_inside[0][list_edit][0], 0u);
+  // The second zone.lock section (the free) began after the resumed one ended.
+  if (stats.sites.hits[0][zone_unlock][0] >= 2) EXPECT_EQ(stats.sites.resumed_inside[0][zone_unlock][0] & 2u, 0u);
+}
+
+// The fuzzer sees the moment a request met a section: CPU 1 charges over a
+// limit while CPU 0 is switched out inside its stock section with the
+// cgroup cached, and asks CPU 0 to drain (an IRQ, pending when CPU 0
+// resumes). The same program without the limit resumes there too, but with
+// no interrupt pending: a resumed flag of the first is missing from the
+// second.
+TEST(PlannerTest, FeedbackSeesARequestThatMetASection) {
+  const TargetSpec& t = *target_spec("memcg_ops");
+  auto resumed_flags = [&](const char* limit) {
+    std::string text = std::string(R"(# anyctx program v2
+target memcg_ops
+cpu 0
+  memcg_charge spinning cgroup=1 pages=1 slot=0
+  memcg_charge spinning cgroup=2 pages=1 slot=1
+cpu 1
+  memcg_set_max cgroup=1 limit=)") + limit + R"(
+  memcg_charge spinning cgroup=1 pages=8 slot=2
+switch on=0 site=StockEdit level=task nth=2 cpu=1
+)";
+    feedback::reset();
+    run_program(t, parse_or_fail(text.c_str()));
+    std::vector<int> set;
+    for (int i = 0; i < feedback::kResumedCounters; ++i)
+      if (feedback::counters().resumed[i] != 0) set.push_back(i);
+    return set;
+  };
+  std::vector<int> asked = resumed_flags("1"), unasked = resumed_flags("unlimited");
+  EXPECT_FALSE(unasked.empty()) << "cpu 0 resumes inside its stock section";
+  bool extra = false;
+  for (int i : asked) extra |= std::find(unasked.begin(), unasked.end(), i) == unasked.end();
+  EXPECT_TRUE(extra) << "the pending drain request is a state of its own";
+}
+
+TEST(PlannerTest, TheQueueServesTheHighestTierNewestFirstAndKeepsItsDepth) {
+  auto tagged = [](int tier, int tag) {
+    Planned c;
+    c.tier = tier;
+    c.program.cpus[0].push_back(Op{OpKind::kAllocPages, Path::kSpinning, static_cast<std::uint8_t>(tag % 6), 0, 0});
+    c.program.fault.seed = static_cast<std::uint8_t>(tag);
+    return c;
+  };
+  PlanQueue q;
+  q.add({tagged(2, 1), tagged(1, 2), tagged(2, 3)});
+  q.add({tagged(0, 4), tagged(1, 5)});
+  Program out;
+  std::vector<int> order;
+  while (q.take(out)) order.push_back(out.fault.seed);
+  EXPECT_EQ(order, (std::vector<int>{4, 5, 2, 3, 1}));
+
+  std::vector<Planned> many;
+  for (std::size_t i = 0; i < kPlanQueueDepth + 10; ++i) many.push_back(tagged(1, static_cast<int>(i % 200)));
+  q.add(std::move(many));
+  EXPECT_EQ(q.size(), kPlanQueueDepth);
+}
+
+// The fuzz targets' wiring: an observer that reports a first sighting fills
+// the queue, and the mutator then writes planned candidates.
+const SiteMap* observe_fresh(const TargetSpec& t, const std::uint8_t* data, std::size_t size, bool* first_seen) {
+  *first_seen = true;
+  return fuzz_site_map(t, data, size, nullptr);
+}
+
+TEST(PlannerTest, TheMutatorPlansForAnInputSeenTheFirstTime) {
+  const TargetSpec& t = *target_spec("slab_ops");
+  std::vector<std::uint8_t> input = encode(t, parse_or_fail(kTwoCpusOneCache));
+  PlanQueue q;
+  std::vector<std::uint8_t> buf(input);
+  buf.resize(1024);
+  mutate_input(t, buf.data(), input.size(), buf.size(), 7, nullptr, nullptr, observe_fresh, &q);
+  std::vector<Planned> expected = plan(t, decode(t, input), run_program(t, decode(t, input)).sites, 0);
+  EXPECT_GT(q.size() + 1, expected.size() / 2) << "the queue holds the input's plan";
+  std::size_t before = q.size();
+  int planned = 0;
+  for (unsigned seed = 0; seed < 40 && q.size() > 0; ++seed) {
+    std::vector<std::uint8_t> b(input);
+    b.resize(1024);
+    std::size_t n = mutate_input(t, b.data(), input.size(), b.size(), seed, nullptr, nullptr, nullptr, &q);
+    ASSERT_GT(n, 0u);
+    ASSERT_EQ(validate(t, decode(t, std::span<const std::uint8_t>(b.data(), n))), "");
+    planned += q.size() < before;
+    before = q.size();
+  }
+  EXPECT_GT(planned, 5) << "half the calls write a planned candidate";
+}
+
+}  // namespace
+}  // namespace anyctx::harness
