@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "harness/text.h"
@@ -233,6 +235,40 @@ TEST(ProgramTest, PrintsARegressionTestHoldingTheProgram) {
   EXPECT_NE(test.find("TEST(Regression, NolockOrderOne)"), std::string::npos);
   EXPECT_NE(test.find("alloc_pages nolock order=1 slot=3"), std::string::npos);
   EXPECT_NE(test.find("run_text_or_die(kProgram)"), std::string::npos);
+}
+
+// A fuzz dictionary that names a site beyond the lock layer's (`site=NAME`,
+// for text programs) names every site: a site added to the list without
+// its word is one the byte mutator cannot spell (lock_ops reaches only the
+// lock sites). Its binary injection headers (`bin_..._at_NAME`) carry NAME's
+// index, which moves when a site list grows.
+TEST(Dictionaries, NameEverySiteAndItsIndex) {
+  namespace fs = std::filesystem;
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(ANYCTX_SOURCE_DIR) / "fuzz")) {
+    if (entry.path().extension() != ".dict") continue;
+    std::ifstream in(entry.path());
+    std::string line, dict;
+    while (std::getline(in, line)) {
+      dict += line + "\n";
+      std::size_t at = line.find("_at_");
+      if (line.rfind("bin_", 0) != 0 || at == std::string::npos) continue;
+      std::size_t eq = line.find("=\"", at);
+      ASSERT_NE(eq, std::string::npos) << line;
+      std::string name = line.substr(at + 4, eq - at - 4);
+      ASSERT_EQ(line.substr(eq + 6, 2), "\\x") << line;
+      int index = std::stoi(line.substr(eq + 8, 2), nullptr, 16);
+      ASSERT_LT(index, kInjectionSites) << entry.path().filename() << ": " << line;
+      EXPECT_EQ(injection_site_name(index), name) << entry.path().filename() << ": " << line;
+    }
+    if (dict.find("\"site=ZoneLocked\"") == std::string::npos) continue;
+    ++checked;
+    for (int s = 0; s < kInjectionSites; ++s) {
+      std::string word = std::string("\"site=") + injection_site_name(s) + "\"";
+      EXPECT_NE(dict.find(word), std::string::npos) << entry.path().filename() << " lacks " << word;
+    }
+  }
+  EXPECT_GE(checked, 5);
 }
 
 }  // namespace
