@@ -234,7 +234,8 @@ class InterruptsHeld {
 
 void note_resumed(int me, int site);
 
-// Hands the CPU to `to` and sleeps until it comes back.
+// Hands the CPU to `to` and sleeps until it comes back; `site` is where
+// `me` leaves (note_resumed keys its feedback on it).
 void switch_to(int me, int to, int site) {
   if (to == me) return;
   ++g.stats.switches;
