@@ -39,6 +39,7 @@
 #include "harness/bytes.h"
 #include "harness/feedback.h"
 #include "harness/interleave.h"
+#include "harness/planner.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
@@ -1384,8 +1385,30 @@ std::uint64_t g_last_input = 0;
 SiteMap g_last_sites;
 constexpr std::size_t kObservedInputs = 4096;  // then forgotten all at once
 std::unordered_map<std::uint64_t, SiteMap> g_observed;
+bool g_mutator_asked = false;  // a custom mutator asked fuzz_site_map
+
+void remember_sites(std::uint64_t key, const SiteMap& sites) {
+  if (g_observed.size() >= kObservedInputs) g_observed.clear();
+  g_observed[key] = sites;
+}
 
 }  // namespace
+
+MutatorMode fuzz_mutator_mode() {
+  static const MutatorMode mode = [] {
+    const char* m = std::getenv("ANYCTX_MUTATOR");
+    if (m == nullptr) return MutatorMode::kPlanned;
+    if (std::strcmp(m, "unplanned") == 0) return MutatorMode::kUnplanned;
+    if (std::strcmp(m, "bytes") == 0) return MutatorMode::kBytes;
+    (Report("bad environment") << "ANYCTX_MUTATOR=" << m << ": expected it unset, 'unplanned' or 'bytes'").fatal();
+  }();
+  return mode;
+}
+
+PlanQueue* fuzz_plans() {
+  static PlanQueue plans;
+  return fuzz_mutator_mode() == MutatorMode::kPlanned ? &plans : nullptr;
+}
 
 int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t size) {
   static const bool edges_only = [] {
@@ -1395,23 +1418,32 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
   thread_local Program program;
   read_fuzz_input(target, data, size, program);
   RunStats stats = run_program(target, program);
-  if (edges_only) feedback::reset();  // libFuzzer then reads the library's edges alone
   g_last_input = input_hash(data, size);
   g_last_sites = stats.sites;
+  // A run that reached a new interleaving is planned over now, not when the
+  // fuzzer first picks it from its corpus (which may take minutes): a
+  // planned switch that opened a section on another CPU is followed at once
+  // by the interrupts that only that switch makes possible.
+  if (PlanQueue* plans = fuzz_plans(); plans != nullptr && g_mutator_asked && feedback::novel_interleaving()) {
+    plans->add(plan(target, program, stats.sites, g_last_input));
+    remember_sites(g_last_input, stats.sites);  // planned: its first pick does not plan it again
+  }
+  if (edges_only) feedback::reset();  // libFuzzer then reads the library's edges alone
   return 0;
 }
 
 const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size,
                              bool* first_seen) {
+  g_mutator_asked = true;
   std::uint64_t key = input_hash(data, size);
   if (key == g_last_input) return &g_last_sites;
   if (auto it = g_observed.find(key); it != g_observed.end()) return &it->second;
-  if (g_observed.size() >= kObservedInputs) g_observed.clear();
   if (first_seen != nullptr) *first_seen = true;
   thread_local Program program;
   read_fuzz_input(target, data, size, program);
   RunStats stats = run_program(target, program);
-  return &(g_observed[key] = stats.sites);
+  remember_sites(key, stats.sites);
+  return &g_observed[key];
 }
 
 }  // namespace anyctx::harness

@@ -44,6 +44,8 @@
 
 namespace anyctx::harness {
 
+class PlanQueue;
+
 // Test seams: each makes one oracle's condition true on purpose, so a test
 // can show that the oracle fires; applied at the first op boundary at or
 // after `sabotage_event`. The fuzz targets never set one.
@@ -109,5 +111,21 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
 // each input, so this run adds no coverage of its own).
 const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data, std::size_t size,
                              bool* first_seen);
+
+// How the fuzz targets' custom mutator works, from ANYCTX_MUTATOR (read once;
+// any other value is a fatal error that names it): unset, the structural
+// mutator with the planner; "unplanned", without it; "bytes", libFuzzer's
+// LLVMFuzzerMutate alone.
+enum class MutatorMode { kPlanned, kUnplanned, kBytes };
+MutatorMode fuzz_mutator_mode();
+
+// The fuzz targets' planned candidates (planner.h). The custom mutator takes
+// them, and adds the plans of a corpus input it picks for the first time;
+// fuzz_one adds the plans of a run that reached an interleaving state no run
+// before it did (feedback::novel_interleaving), at once, from that run's site
+// map, once a custom mutator has asked for a site map (so never where none
+// takes from the queue: AFL++, a replayer). Return: nullptr unless the mode
+// is kPlanned.
+PlanQueue* fuzz_plans();
 
 }  // namespace anyctx::harness

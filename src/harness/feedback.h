@@ -70,6 +70,17 @@ extern Counters g_counters;
 inline const Counters& counters() { return detail::g_counters; }
 void reset();
 
+// Return: whether the interleaving flags set since the last reset (the
+// held_at_injection, held_elsewhere and resumed tables) include one that no
+// earlier call saw set; they are then remembered as seen. The code tables
+// (reached, fired, switched) do not count: every program reaches new code
+// early on, and the planner (planner.h) wants the runs that reached a new
+// interleaving, which libFuzzer keeps for the same flags.
+// Context: task; the thread that runs programs, between runs.
+bool novel_interleaving();
+// Forgets what novel_interleaving() saw (for tests).
+void forget_interleavings();
+
 inline void site_reached(int site, Ctx level) { detail::g_counters.reached[site][static_cast<int>(level)] = 1; }
 inline void injection_fired(int site, Ctx kind, Ctx level) {
   detail::g_counters.fired[site][kind == Ctx::kNmi ? 1 : 0][static_cast<int>(level)] = 1;

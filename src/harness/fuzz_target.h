@@ -12,19 +12,18 @@
 // first picked). LLVMFuzzerMutate is declared
 // weak: a replay_NAME (no libFuzzer) links, and passes nullptr. AFL++'s
 // driver never calls these; AFL++ loads the same mutator as a custom
-// mutator library (fuzz/afl_mutator.cc). With a PlanQueue: a corpus input
-// picked for the first time has its moments planned (planner.h), and half
-// the calls run a planned candidate while any is queued.
-// ANYCTX_MUTATOR=bytes in the environment turns the custom mutator into
-// plain LLVMFuzzerMutate (libFuzzer as it is without one), and
-// ANYCTX_MUTATOR=unplanned into the structural mutator without the planner,
-// for comparisons.
+// mutator library (fuzz/afl_mutator.cc). With the planner (fuzz_plans()):
+// a run that reached a new interleaving, and a corpus input picked for the
+// first time, have their moments planned (planner.h), and half the calls
+// run a planned candidate while any is queued. ANYCTX_MUTATOR=bytes in the
+// environment turns the custom mutator into plain LLVMFuzzerMutate
+// (libFuzzer as it is without one), and ANYCTX_MUTATOR=unplanned into the
+// structural mutator without the planner, for comparisons
+// (fuzz_mutator_mode()).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "harness/executor.h"
 #include "harness/mutator.h"
@@ -44,20 +43,13 @@ extern "C" __attribute__((weak)) std::size_t LLVMFuzzerMutate(std::uint8_t* data
   }                                                                                           \
   extern "C" std::size_t LLVMFuzzerCustomMutator(std::uint8_t* data, std::size_t size,        \
                                                  std::size_t max_size, unsigned int seed) {   \
-    static const bool bytes_only = [] {                                                       \
-      const char* m = std::getenv("ANYCTX_MUTATOR");                                          \
-      return m != nullptr && std::strcmp(m, "bytes") == 0;                                    \
-    }();                                                                                      \
-    if (bytes_only && LLVMFuzzerMutate != nullptr) return LLVMFuzzerMutate(data, size, max_size); \
-    static const bool planned = [] {                                                          \
-      const char* m = std::getenv("ANYCTX_MUTATOR");                                          \
-      return m == nullptr || std::strcmp(m, "unplanned") != 0;                                \
-    }();                                                                                      \
-    static ::anyctx::harness::PlanQueue plans;                                                \
+    using ::anyctx::harness::MutatorMode;                                                     \
+    if (::anyctx::harness::fuzz_mutator_mode() == MutatorMode::kBytes && LLVMFuzzerMutate != nullptr) \
+      return LLVMFuzzerMutate(data, size, max_size);                                          \
     return ::anyctx::harness::mutate_input(anyctx_fuzz_target(), data, size, max_size, seed,  \
                                            LLVMFuzzerMutate, nullptr,                         \
                                            ::anyctx::harness::fuzz_site_map,                  \
-                                           planned ? &plans : nullptr);                       \
+                                           ::anyctx::harness::fuzz_plans());                  \
   }                                                                                           \
   extern "C" std::size_t LLVMFuzzerCustomCrossOver(const std::uint8_t* data1, std::size_t size1, \
                                                    const std::uint8_t* data2, std::size_t size2, \

@@ -2,8 +2,9 @@
 // switch is planned where a CPU takes a lock, and over the program with that
 // switch, the interrupts that complete the interleaving (where the other CPU
 // waits for the lock); the executor marks where a CPU resumed inside a
-// section; the queue serves the highest tier, newest first; and the fuzz
-// targets' mutator feeds the queue from the observer.
+// section; the queue serves the highest tier, newest first; the fuzz
+// targets' mutator feeds the queue from the observer, and fuzz_one feeds it
+// from a run that reached a new interleaving.
 #include "harness/planner.h"
 
 #include <gtest/gtest.h>
@@ -214,6 +215,70 @@ TEST(PlannerTest, TheMutatorPlansForAnInputSeenTheFirstTime) {
     before = q.size();
   }
   EXPECT_GT(planned, 5) << "half the calls write a planned candidate";
+}
+
+// The predicate that starts planning on discovery, row by row: no flag set;
+// a held_elsewhere flag the first time and the second; a resumed flag; an
+// injection flag; code flags alone.
+TEST(PlannerTest, NovelInterleavingIsTrueOnlyForAnInterleavingFlagNotSeenBefore) {
+  feedback::forget_interleavings();
+  auto after = [](auto set) {
+    feedback::reset();
+    set();
+    return feedback::novel_interleaving();
+  };
+  EXPECT_FALSE(after([] {}));
+  EXPECT_TRUE(after([] { feedback::reached_while_held_elsewhere(3, Ctx::kTask, 1); }));
+  EXPECT_FALSE(after([] { feedback::reached_while_held_elsewhere(3, Ctx::kTask, 1); }));
+  EXPECT_TRUE(after([] { feedback::reached_while_held_elsewhere(3, Ctx::kTask, 2); }));
+  EXPECT_TRUE(after([] { feedback::resumed_inside(3, 1, true); }));
+  EXPECT_FALSE(after([] { feedback::resumed_inside(3, 1, true); }));
+  EXPECT_TRUE(after([] { feedback::injected_holding(3, 1, Ctx::kNmi, Ctx::kTask); }));
+  EXPECT_FALSE(after([] {
+    feedback::site_reached(3, Ctx::kIrq);
+    feedback::injection_fired(3, Ctx::kNmi, Ctx::kIrq);
+    feedback::switched(3);
+  }));
+  feedback::forget_interleavings();
+  EXPECT_TRUE(after([] { feedback::reached_while_held_elsewhere(3, Ctx::kTask, 1); })) << "forgotten";
+  feedback::reset();
+}
+
+// fuzz_one plans a run that reached a new interleaving at once (once a custom
+// mutator has asked for a site map), and not the same run again; a run of
+// one CPU without interrupts reaches none.
+TEST(PlannerTest, FuzzOnePlansARunThatReachedANewInterleaving) {
+  const TargetSpec& t = *target_spec("slab_ops");
+  PlanQueue* q = fuzz_plans();
+  ASSERT_NE(q, nullptr) << "the planner is on unless ANYCTX_MUTATOR says otherwise";
+  Program out;
+  while (q->take(out)) {
+  }
+  std::vector<std::uint8_t> one_cpu = encode(t, parse_or_fail(R"(# anyctx program v2
+target slab_ops
+cpu 0
+  kmalloc spinning size=96 slot=0
+  kfree spinning slot=0
+)"));
+  fuzz_site_map(t, one_cpu.data(), one_cpu.size(), nullptr);  // what the custom mutator does
+  feedback::forget_interleavings();
+  auto run = [&](const std::vector<std::uint8_t>& input) {
+    feedback::reset();  // what libFuzzer does before each input
+    fuzz_one(t, input.data(), input.size());
+    return q->size();
+  };
+  EXPECT_EQ(run(one_cpu), 0u);
+  Program switched = parse_or_fail(kTwoCpusOneCache);
+  switched.anchored.push_back(AnchoredSwitch{0, static_cast<std::uint16_t>(site_of("SlabListLocked")), Ctx::kTask, 1, 1});
+  std::vector<std::uint8_t> input = encode(t, switched);
+  std::size_t planned = run(input);
+  EXPECT_GT(planned, 0u) << "cpu 1 spun on list_lock while cpu 0 held it: a new interleaving";
+  bool nmi_at_spin = false;
+  while (q->take(out))
+    for (const Injection& inj : out.injections) nmi_at_spin |= inj.cpu == 1 && inj.site == site_of("SpinWait");
+  EXPECT_TRUE(nmi_at_spin) << "the planned candidates include an interrupt on the spinning cpu";
+  EXPECT_EQ(run(input), 0u) << "the same interleaving again is not planned again";
+  feedback::reset();
 }
 
 }  // namespace
