@@ -1421,11 +1421,12 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
   g_last_input = input_hash(data, size);
   g_last_sites = stats.sites;
   // A run that reached a new interleaving is planned over now, not when the
-  // fuzzer first picks it from its corpus (which may take minutes): a
-  // planned switch that opened a section on another CPU is followed at once
-  // by the interrupts that only that switch makes possible.
+  // fuzzer first picks it from its corpus (which may take minutes); when it
+  // was itself a planned candidate, its plans go before every other input's
+  // (a chain): a planned switch that opened a section on another CPU is
+  // followed at once by the interrupts that only that switch makes possible.
   if (PlanQueue* plans = fuzz_plans(); plans != nullptr && g_mutator_asked && feedback::novel_interleaving()) {
-    plans->add(plan(target, program, stats.sites, g_last_input));
+    plans->add(plan(target, program, stats.sites, g_last_input), plans->chain_of(data, size) + 1);
     remember_sites(g_last_input, stats.sites);  // planned: its first pick does not plan it again
   }
   if (edges_only) feedback::reset();  // libFuzzer then reads the library's edges alone

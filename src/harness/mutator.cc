@@ -1056,7 +1056,10 @@ std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size
     if (first_seen && sites != nullptr) plans->add(plan(target, original, *sites, rng.next()));
     if (rng.chance(kPlannedPercent) && plans->take(p)) {
       out = encode(target, p);
-      if (std::size_t n = put(out, data, max_size); n != 0) return n;
+      if (std::size_t n = put(out, data, max_size); n != 0) {
+        plans->wrote(data, n);
+        return n;
+      }
     }
   }
   for (int attempt = 0; attempt < 4; ++attempt) {

@@ -164,28 +164,45 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
   return out;
 }
 
-void PlanQueue::add(std::vector<Planned> candidates) {
+void PlanQueue::add(std::vector<Planned> candidates, int chain) {
+  auto& level = queues_[static_cast<std::size_t>(chain > 0 && chain < kPlanChainLevels ? chain : 0)];
   for (Planned& c : candidates) {
-    std::deque<Program>& q = tiers_[static_cast<std::size_t>(c.tier)];
+    std::deque<Program>& q = level[static_cast<std::size_t>(c.tier)];
     if (q.size() >= kPlanQueueDepth) q.pop_front();
     q.push_back(std::move(c.program));
   }
 }
 
 bool PlanQueue::take(Program& out) {
-  for (std::deque<Program>& q : tiers_) {
-    if (q.empty()) continue;
-    out = std::move(q.back());
-    q.pop_back();
-    return true;
-  }
+  for (int chain = kPlanChainLevels - 1; chain >= 0; --chain)
+    for (int i = 0; i < kPlanTiers; ++i) {
+      int tier = chain == 0 ? (next_tier_ + i) % kPlanTiers : i;
+      std::deque<Program>& q = queues_[static_cast<std::size_t>(chain)][static_cast<std::size_t>(tier)];
+      if (q.empty()) continue;
+      out = std::move(q.back());
+      q.pop_back();
+      if (chain == 0) next_tier_ = (tier + 1) % kPlanTiers;
+      taken_chain_ = chain;
+      return true;
+    }
   return false;
 }
 
 std::size_t PlanQueue::size() const {
   std::size_t n = 0;
-  for (const std::deque<Program>& q : tiers_) n += q.size();
+  for (const auto& level : queues_)
+    for (const std::deque<Program>& q : level) n += q.size();
   return n;
+}
+
+void PlanQueue::wrote(const std::uint8_t* data, std::size_t size) {
+  written_.assign(data, data + size);
+  written_chain_ = taken_chain_;
+}
+
+int PlanQueue::chain_of(const std::uint8_t* data, std::size_t size) const {
+  if (written_chain_ < 0 || size != written_.size() || !std::equal(written_.begin(), written_.end(), data)) return -1;
+  return written_chain_;
 }
 
 }  // namespace anyctx::harness

@@ -31,9 +31,10 @@
 //  - plan() is a pure function of its arguments: the same program, map and
 //    seed give the same candidates, each valid for the target
 //    (validate().empty()), at most kPlanPerInput[tier] per tier.
-//  - PlanQueue holds at most kPlanQueueDepth candidates per tier; take()
-//    returns the newest of the highest non-empty tier (a new input's plans
-//    come first; a full tier drops its oldest).
+//  - PlanQueue holds at most kPlanQueueDepth candidates per tier and chain
+//    level (a full one drops its oldest); take() returns the newest
+//    candidate of the deepest non-empty chain level: a chain's next level
+//    first, then the inputs' own plans, whose tiers take turns.
 //  - The fuzz targets' custom mutator (mutate_input with a PlanQueue) plans
 //    for an input when its SiteObserver ran it for the first time, and emits
 //    a planned candidate instead of a random mutation kPlannedPercent of the
@@ -69,15 +70,41 @@ struct Planned {
 // highest tier first.
 std::vector<Planned> plan(const TargetSpec& target, const Program& p, const SiteMap& sites, std::uint64_t seed);
 
+// A chain: plans of an input that was itself a planned candidate. A chain
+// that keeps reaching new interleavings is followed first (depth first), the
+// way anyctx-repro --plan follows it level by level, for kPlanChainLevels
+// levels: a switch, a second switch, then an interrupt (the deepest bugs of
+// ci/known-bugs/). Below that, a run's plans are an unplanned input's.
+// Deeper chains ran 60 % of the planned candidates in a 30 s memcg_ops run
+// and starved the first level of everything else.
+inline constexpr int kPlanChainLevels = 3;
+
 class PlanQueue {
  public:
-  void add(std::vector<Planned> candidates);
-  // Moves the next candidate into `out`. Return: false when none is queued.
+  // Queues the candidates of one input, `chain` levels below an input that
+  // no plan made (0: that input's own plans; kPlanChainLevels or more: 0).
+  void add(std::vector<Planned> candidates, int chain = 0);
+  // Moves the next candidate into `out`: from the deepest chain level that
+  // has one, newest first; at level 0 the tiers take turns (an input's
+  // planned switches, the first step of every depth-3 chain, would
+  // otherwise wait behind every other input's interrupts); above it, the
+  // highest tier first. Return: false when none is queued.
   bool take(Program& out);
   std::size_t size() const;
 
+  // The custom mutator says which bytes it wrote for the candidate take()
+  // gave last; fuzz_one asks for the input it runs.
+  // Return (chain_of): the chain level of the candidate whose bytes are
+  // `data` (the last one written), or -1 when `data` is not a candidate.
+  void wrote(const std::uint8_t* data, std::size_t size);
+  int chain_of(const std::uint8_t* data, std::size_t size) const;
+
  private:
-  std::array<std::deque<Program>, kPlanTiers> tiers_;
+  std::array<std::array<std::deque<Program>, kPlanTiers>, kPlanChainLevels> queues_;
+  int next_tier_ = 0;                     // level 0's turn
+  int taken_chain_ = -1;                  // the chain level of the last take()
+  std::vector<std::uint8_t> written_;     // the bytes of the last candidate written
+  int written_chain_ = -1;
 };
 
 }  // namespace anyctx::harness

@@ -2,7 +2,7 @@
 // switch is planned where a CPU takes a lock, and over the program with that
 // switch, the interrupts that complete the interleaving (where the other CPU
 // waits for the lock); the executor marks where a CPU resumed inside a
-// section; the queue serves the highest tier, newest first; the fuzz
+// section; the queue serves chains first, the tiers in turn, newest first; the fuzz
 // targets' mutator feeds the queue from the observer, and fuzz_one feeds it
 // from a run that reached a new interleaving.
 #include "harness/planner.h"
@@ -165,7 +165,7 @@ switch on=0 site=StockEdit level=task nth=2 cpu=1
   EXPECT_TRUE(extra) << "the pending drain request is a state of its own";
 }
 
-TEST(PlannerTest, TheQueueServesTheHighestTierNewestFirstAndKeepsItsDepth) {
+TEST(PlannerTest, TheQueueServesChainsFirstTiersInTurnNewestFirstAndKeepsItsDepth) {
   auto tagged = [](int tier, int tag) {
     Planned c;
     c.tier = tier;
@@ -179,12 +179,41 @@ TEST(PlannerTest, TheQueueServesTheHighestTierNewestFirstAndKeepsItsDepth) {
   Program out;
   std::vector<int> order;
   while (q.take(out)) order.push_back(out.fault.seed);
-  EXPECT_EQ(order, (std::vector<int>{4, 5, 2, 3, 1}));
+  // The inputs' own plans: the tiers take turns (0, 1, 2, ...), a turn that
+  // finds its tier empty passes to the next, newest first in each.
+  EXPECT_EQ(order, (std::vector<int>{4, 5, 3, 2, 1}));
+
+  // A chain's next level goes first, whatever its tier; the deepest first.
+  // A run below the last level plans like an unplanned input.
+  q.add({tagged(0, 6), tagged(2, 7)});
+  q.add({tagged(2, 8)}, 1);
+  q.add({tagged(1, 9)}, kPlanChainLevels - 1);
+  q.add({tagged(1, 10)}, kPlanChainLevels);
+  order.clear();
+  while (q.take(out)) order.push_back(out.fault.seed);
+  EXPECT_EQ(order, (std::vector<int>{9, 8, 6, 10, 7}));
 
   std::vector<Planned> many;
   for (std::size_t i = 0; i < kPlanQueueDepth + 10; ++i) many.push_back(tagged(1, static_cast<int>(i % 200)));
   q.add(std::move(many));
   EXPECT_EQ(q.size(), kPlanQueueDepth);
+}
+
+// The queue knows the chain level of the candidate written last, and only of
+// those bytes.
+TEST(PlannerTest, TheQueueKnowsTheChainOfTheCandidateWrittenLast) {
+  PlanQueue q;
+  const std::uint8_t bytes[] = {1, 2, 3}, other[] = {1, 2, 4};
+  EXPECT_EQ(q.chain_of(bytes, 3), -1) << "nothing written yet";
+  Planned c;
+  c.program.cpus[0].push_back(Op{});
+  q.add({c}, 2);
+  Program out;
+  ASSERT_TRUE(q.take(out));
+  q.wrote(bytes, 3);
+  EXPECT_EQ(q.chain_of(bytes, 3), 2);
+  EXPECT_EQ(q.chain_of(other, 3), -1);
+  EXPECT_EQ(q.chain_of(bytes, 2), -1);
 }
 
 // The fuzz targets' wiring: an observer that reports a first sighting fills
@@ -278,6 +307,23 @@ cpu 0
     for (const Injection& inj : out.injections) nmi_at_spin |= inj.cpu == 1 && inj.site == site_of("SpinWait");
   EXPECT_TRUE(nmi_at_spin) << "the planned candidates include an interrupt on the spinning cpu";
   EXPECT_EQ(run(input), 0u) << "the same interleaving again is not planned again";
+
+  // A planned candidate that reaches a new interleaving starts a chain: its
+  // plans come before those of an input no plan made, even newer ones.
+  Program nested = switched;
+  nested.injections.push_back(Injection{Ctx::kNmi, 1, static_cast<std::uint16_t>(site_of("SpinWait")), Ctx::kTask, 1,
+                                        {Op{OpKind::kKmalloc, Path::kNolock, switched.cpus[0][0].order, 0, 3}}});
+  std::vector<std::uint8_t> candidate = encode(t, nested);
+  q->add({Planned{0, nested}});
+  ASSERT_TRUE(q->take(out));
+  q->wrote(candidate.data(), candidate.size());
+  ASSERT_GT(run(candidate), 0u) << "an NMI while cpu 1 spins and cpu 0 holds list_lock is new";
+  q->add({Planned{0, parse_or_fail(kTwoCpusOneCache)}});  // a newer plan of an unplanned input
+  ASSERT_TRUE(q->take(out));
+  ASSERT_FALSE(out.injections.empty()) << "the unplanned input's plan came first";
+  EXPECT_EQ(out.injections[0], nested.injections[0]) << "the chain's next level builds on the candidate";
+  while (q->take(out)) {
+  }
   feedback::reset();
 }
 
