@@ -14,10 +14,13 @@
 //
 // Who guards what:
 //  - CpuSlab (slab, free, retired, allocs, frees): its CPU's LocalTryLock,
-//    always taken with IRQs masked, so only an NMI can find it held by an
-//    interrupted frame. Only the owning CPU touches it, so its fields are
-//    plain (the counters are relaxed atomics only so that snapshots from
-//    other CPUs may read them): the CPU-local paths make no atomic RMW.
+//    taken by try_lock without masking IRQs (no RMW, no mask). Only the
+//    owning CPU's frames take it and they nest strictly, so a try_lock
+//    fails only in an IRQ or NMI that interrupted the holder; that frame
+//    leaves the CPU slab alone (kmalloc: a partial or new slab under
+//    list_lock; kmalloc_nolock: the next size class; frees: into the slab
+//    or the deferred list). Its fields are plain (the counters are relaxed
+//    atomics only so that snapshots from other CPUs may read them).
 //  - Slab::free, Slab::cpu, Slab::on_partial, KmemCache::partial: the
 //    cache's list_lock (taken with IRQs masked). A slab that is some CPU's
 //    CPU slab or on its retired chain ("frozen", cpu != kNoCpu) is on no
