@@ -176,10 +176,14 @@ ANYCTX_ALWAYS_INLINE void freelist_push(const KmemCache& c, Freelist& fl, std::u
 }
 
 // Return: whether `next`, the decoded link of the first object of `fl` (a
-// list of `s`), agrees with the list's count and points into `s`.
-ANYCTX_ALWAYS_INLINE bool link_ok(const Slab* s, const Freelist& fl, std::uintptr_t next) {
+// list of `s`, a slab of `c`), agrees with the list's count and points into
+// `s`.
+ANYCTX_ALWAYS_INLINE bool link_ok(const KmemCache& c, const Slab* s, const Freelist& fl, std::uintptr_t next) {
   bool last = fl.count == 1;
-  return next == 0 ? last : !last && is_object_of(s, next);
+  return next == 0 ? last : !last && ((next - reinterpret_cast<std::uintptr_t>(s->base)) & c.object_mask) == 0;
+}
+ANYCTX_ALWAYS_INLINE bool link_ok(const Slab* s, const Freelist& fl, std::uintptr_t next) {
+  return link_ok(*s->cache, s, fl, next);
 }
 
 // Return: the first object of `fl` (a list of `s`), or 0 when the list is
@@ -248,7 +252,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(const KmemCache& c, CpuSlab& cs
   if (ANYCTX_UNLIKELY(obj == 0)) return 0;
   std::uintptr_t next = decode_link(c.secret, load_link_word(obj), obj);
   site(Site::kSlabFreelistEdit);
-  if (ANYCTX_UNLIKELY(!link_ok(cs.slab, cs.free, next))) return 0;
+  if (ANYCTX_UNLIKELY(!link_ok(c, cs.slab, cs.free, next))) return 0;
   if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
   cs.free.head = next;
   --cs.free.count;
@@ -633,8 +637,10 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
   return p;
 }
 
-// Everything kmalloc's fast path does not do: not a CPU, too large, the
-// deferred list to drain first, an empty CPU freelist (alloc_slow).
+// Everything kmalloc's fast path does not do: kGfpZero, not a CPU, too
+// large, the deferred list to drain first, the CPU slab held by the frame
+// this call interrupted (alloc_around_cpu_slab), an empty CPU freelist
+// (alloc_slow).
 ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
   int cpu = require_cpu("kmalloc");
   int idx = size_index(size, gfp);
@@ -657,9 +663,9 @@ ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
   return finish_alloc(c, obj, size, gfp);
 }
 
-// Everything kmalloc_nolock's fast path does not do: a bad gfp, not a CPU,
-// too large, the CPU lock held by the interrupted frame (then the next size
-// class, once), an empty CPU freelist (alloc_slow).
+// Everything kmalloc_nolock's fast path does not do: kGfpZero, a bad gfp,
+// not a CPU, too large, the CPU lock held by the interrupted frame (then
+// the next size class, once), an empty CPU freelist (alloc_slow).
 ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
   if (!(gfp & ~(kGfpZero | kGfpAccount)).empty()) report_bad_gfp(gfp);
   int idx = size_index(size, gfp);
@@ -929,7 +935,10 @@ void* kmalloc(std::size_t size, Gfp gfp) {
   }
   int cpu = current_cpu();
   int idx = size_index(size, gfp);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
+  // kGfpZero goes to the slow path too: its memset is a call, and a fast
+  // path without calls (other than the tail call to the slow path) saves
+  // no registers.
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && !gfp.has(kGfpZero))) {
     CpuSlabs& mine = g_cpu_slabs.on(cpu);
     CpuSlab& cs = mine.caches[idx];
     if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 && cpu_trylock(cs))) {
@@ -946,7 +955,7 @@ void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
   int cpu = current_cpu();
   int idx = size_index(size, gfp);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~(kGfpZero | kGfpAccount)).empty())) {
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~kGfpAccount).empty())) {  // kGfpZero: as in kmalloc
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[idx];
     if (ANYCTX_LIKELY(cpu_trylock(cs))) {
       const KmemCache& c = g_caches[idx];
