@@ -14,6 +14,8 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <new>
@@ -73,10 +75,20 @@ ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
   counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
+// The size class of every multiple of 8 bytes up to kKmallocMaxSize, by
+// (size + 7) / 8: one load instead of a bit scan and its corrections.
+constexpr auto kSizeClassOf = [] {
+  std::array<std::uint8_t, kKmallocMaxSize / kKmallocMinSize + 1> t{};
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    std::size_t size = std::max<std::size_t>(i * kKmallocMinSize, 1);
+    t[i] = static_cast<std::uint8_t>(std::bit_width(size - 1) < 3 ? 0 : std::bit_width(size - 1) - 3);
+  }
+  return t;
+}();
+
 ANYCTX_ALWAYS_INLINE int size_index(std::size_t size, Gfp gfp) {
   if (ANYCTX_UNLIKELY(size > kKmallocMaxSize)) return -1;
-  // (size - 1) | 7: sizes 0..8 in class 0, and never 0 (no branch for bit_width).
-  int cls = static_cast<int>(std::bit_width((size - (size != 0)) | (kKmallocMinSize - 1))) - 3;
+  int cls = kSizeClassOf[(size + kKmallocMinSize - 1) / kKmallocMinSize];
   return gfp.has(kGfpAccount) ? cls + kKmallocClasses : cls;
 }
 
