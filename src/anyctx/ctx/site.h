@@ -70,10 +70,15 @@
   X(kPcpPark, "between blocks a nolock trim moves from the pcp lists to its parked chain")    \
   X(kDeferredTake, "a nolock refill took the deferred-free stack, before it keeps its blocks")
 
+// The slab layer's CPU slab without an IRQ mask (slab/): an interrupt that
+// found its CPU slab held by the frame it interrupted goes around it.
+#define ANYCTX_SLAB_AROUND_SITES(X) \
+  X(kSlabAroundCpuSlab, "an IRQ found its CPU slab held by the interrupted frame, before it allocates around it")
+
 // New lists go at the end, so existing ids stay put.
 #define ANYCTX_SITE_LIST(X)                                                                                        \
   ANYCTX_LOCK_SITES(X) ANYCTX_PAGE_SITES(X) ANYCTX_MEMCG_SITES(X) ANYCTX_SLAB_SITES(X) ANYCTX_PCP_REQUEST_SITES(X) \
-  ANYCTX_PARK_SITES(X)
+  ANYCTX_PARK_SITES(X) ANYCTX_SLAB_AROUND_SITES(X)
 
 namespace anyctx {
 

@@ -14,6 +14,8 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <new>
@@ -73,10 +75,20 @@ ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
   counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
+// The size class of every multiple of 8 bytes up to kKmallocMaxSize, by
+// (size + 7) / 8: one load instead of a bit scan and its corrections.
+constexpr auto kSizeClassOf = [] {
+  std::array<std::uint8_t, kKmallocMaxSize / kKmallocMinSize + 1> t{};
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    std::size_t size = std::max<std::size_t>(i * kKmallocMinSize, 1);
+    t[i] = static_cast<std::uint8_t>(std::bit_width(size - 1) < 3 ? 0 : std::bit_width(size - 1) - 3);
+  }
+  return t;
+}();
+
 ANYCTX_ALWAYS_INLINE int size_index(std::size_t size, Gfp gfp) {
   if (ANYCTX_UNLIKELY(size > kKmallocMaxSize)) return -1;
-  // (size - 1) | 7: sizes 0..8 in class 0, and never 0 (no branch for bit_width).
-  int cls = static_cast<int>(std::bit_width((size - (size != 0)) | (kKmallocMinSize - 1))) - 3;
+  int cls = kSizeClassOf[(size + kKmallocMinSize - 1) / kKmallocMinSize];
   return gfp.has(kGfpAccount) ? cls + kKmallocClasses : cls;
 }
 
@@ -176,10 +188,14 @@ ANYCTX_ALWAYS_INLINE void freelist_push(const KmemCache& c, Freelist& fl, std::u
 }
 
 // Return: whether `next`, the decoded link of the first object of `fl` (a
-// list of `s`), agrees with the list's count and points into `s`.
-ANYCTX_ALWAYS_INLINE bool link_ok(const Slab* s, const Freelist& fl, std::uintptr_t next) {
+// list of `s`, a slab of `c`), agrees with the list's count and points into
+// `s`.
+ANYCTX_ALWAYS_INLINE bool link_ok(const KmemCache& c, const Slab* s, const Freelist& fl, std::uintptr_t next) {
   bool last = fl.count == 1;
-  return next == 0 ? last : !last && is_object_of(s, next);
+  return next == 0 ? last : !last && ((next - reinterpret_cast<std::uintptr_t>(s->base)) & c.object_mask) == 0;
+}
+ANYCTX_ALWAYS_INLINE bool link_ok(const Slab* s, const Freelist& fl, std::uintptr_t next) {
+  return link_ok(*s->cache, s, fl, next);
 }
 
 // Return: the first object of `fl` (a list of `s`), or 0 when the list is
@@ -217,19 +233,26 @@ ANYCTX_ALWAYS_INLINE bool mark_free(Slab* s, unsigned index) {
   return (s->allocated[index >> 6].fetch_and(~bit, std::memory_order_relaxed) & bit) != 0;
 }
 
-// Takes an object off the CPU freelist (the CPU lock held) and counts it;
-// with kSlabExactFree, marks it allocated. Return: the object, or 0 when the
-// list is empty (or was found corrupt and abandoned).
-ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop(CpuSlab& cs) {
-  std::uintptr_t obj = freelist_pop(cs.slab, cs.free, Site::kSlabFreelistEdit, "CPU freelist");
+// Takes the first object off `fl`, a freelist of `s` (under the lock that
+// guards it); with kSlabExactFree, marks it allocated. Return: the object,
+// or 0 when the list is empty (or was found corrupt and abandoned).
+std::uintptr_t slab_pop(Slab* s, Freelist& fl, Site at, const char* which) {
+  std::uintptr_t obj = freelist_pop(s, fl, at, which);
   if (ANYCTX_UNLIKELY(obj == 0)) return 0;
-  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) {
-    freelist_corrupt(cs.slab, cs.free, "CPU freelist", obj, 0,
+  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(s, object_index(s, obj)))) {
+    freelist_corrupt(s, fl, which, obj, 0,
                      "it is on the freelist but marked allocated (a free into a busy list, or a use after free); "
                      "not handed out");
     return 0;
   }
-  count_one(cs.allocs);
+  return obj;
+}
+
+// Takes an object off the CPU freelist (the CPU lock held) and counts it.
+// Return: the object, or 0 (see slab_pop).
+std::uintptr_t cpu_pop(CpuSlab& cs) {
+  std::uintptr_t obj = slab_pop(cs.slab, cs.free, Site::kSlabFreelistEdit, "CPU freelist");
+  if (obj != 0) count_one(cs.allocs);
   return obj;
 }
 
@@ -241,7 +264,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(const KmemCache& c, CpuSlab& cs
   if (ANYCTX_UNLIKELY(obj == 0)) return 0;
   std::uintptr_t next = decode_link(c.secret, load_link_word(obj), obj);
   site(Site::kSlabFreelistEdit);
-  if (ANYCTX_UNLIKELY(!link_ok(cs.slab, cs.free, next))) return 0;
+  if (ANYCTX_UNLIKELY(!link_ok(c, cs.slab, cs.free, next))) return 0;
   if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
   cs.free.head = next;
   --cs.free.count;
@@ -279,20 +302,32 @@ void list_unlock(KmemCache& c, IrqFlags flags) ANYCTX_NO_TSA {
   c.list_lock.unlock_irqrestore(flags);
 }
 
-// The CPU slab lock, always with IRQs masked: only an NMI can find it held.
-ANYCTX_ALWAYS_INLINE bool cpu_lock(CpuSlab& cs, Gfp gfp, IrqFlags& flags) ANYCTX_NO_TSA {
-  if (!allows_spinning(gfp)) {
-    if (!cs.lock.try_lock_irqsave(flags)) return false;
-  } else {
-    flags = cs.lock.lock_irqsave();
-  }
+// The CPU slab lock: a LocalTryLock taken without masking IRQs, so the
+// fast paths make neither an atomic RMW nor an IRQ mask. Only this CPU's
+// frames take it, and they nest strictly: a try_lock fails only in a frame
+// that interrupted the holder (IRQ or NMI), which must then leave the CPU
+// slab alone and go around it (alloc_around_cpu_slab, free_slow, the
+// deferred list). Return: whether it was taken.
+ANYCTX_ALWAYS_INLINE bool cpu_trylock(CpuSlab& cs) ANYCTX_NO_TSA {
+  if (ANYCTX_UNLIKELY(!cs.lock.try_lock())) return false;
   ANYCTX_SITE(kSlabCpuLocked);
   return true;
 }
 
-ANYCTX_ALWAYS_INLINE void cpu_unlock(CpuSlab& cs, IrqFlags flags) ANYCTX_NO_TSA {
+// The CPU slab lock for a frame that no frame below it can hold it in:
+// task context (nothing interrupted), or a frame that held it a moment ago
+// and let it go (the frames it interrupted did not hold it then, and they
+// do not run until it returns). try_lock(), never lock(): an IRQ may take
+// it, and the lock validator rightly reports a waiting acquisition of a
+// lock that task context holds with IRQs on. A failure is a nested
+// critical section: lock() reports it with both sites.
+void cpu_lock_unheld(CpuSlab& cs) ANYCTX_NO_TSA {
+  if (ANYCTX_UNLIKELY(!cpu_trylock(cs))) cs.lock.lock();  // reports the nesting
+}
+
+ANYCTX_ALWAYS_INLINE void cpu_unlock(CpuSlab& cs) ANYCTX_NO_TSA {
   ANYCTX_SITE(kSlabCpuUnlock);
-  cs.lock.unlock_irqrestore(flags);
+  cs.lock.unlock();
 }
 
 // --- slabs -------------------------------------------------------------------
@@ -496,7 +531,7 @@ ANYCTX_COLD std::size_t drain_deferred(std::atomic<std::uintptr_t>& head, int cp
 
 // --- alloc -------------------------------------------------------------------
 
-// The CPU freelist is empty (the CPU lock held, IRQs masked by `flags`).
+// The CPU freelist is empty (the CPU lock held).
 // In order: objects freed remotely into the CPU slab; a partial slab; a new
 // slab. A spinning caller drops the CPU lock around the page allocation
 // (reclaim may drain this CPU's slabs) and retires whatever CPU slab an
@@ -504,7 +539,7 @@ ANYCTX_COLD std::size_t drain_deferred(std::atomic<std::uintptr_t>& head, int cp
 // puts the CPU slab, still frozen, on the CPU's retired chain (unfrozen at
 // the next list_lock here) and goes on to a new slab. Releases the CPU lock.
 // Return: an allocated object, or 0.
-ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gfp, IrqFlags flags) ANYCTX_NO_TSA {
+ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gfp) ANYCTX_NO_TSA {
   if (ANYCTX_UNLIKELY(g_slab_table == nullptr))
     (Report("slab misuse") << "kmalloc before slab_init() (or after slab_shutdown())").fatal();
   Slab* release = nullptr;
@@ -540,10 +575,9 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
   if (cs.free.head == 0) {
     Slab* fresh;
     if (allows_spinning(gfp)) {
-      cpu_unlock(cs, flags);
+      cpu_unlock(cs);
       fresh = new_slab(c, gfp);
-      flags = cs.lock.lock_irqsave();
-      ANYCTX_SITE(kSlabCpuLocked);
+      cpu_lock_unheld(cs);
       if (fresh != nullptr && cs.slab != nullptr) {
         list_lock(c, gfp, lf);
         deactivate_locked(c, cs, EmptySlab::kKeepSpare, release);
@@ -556,7 +590,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
   }
 
   std::uintptr_t obj = cpu_pop(cs);
-  cpu_unlock(cs, flags);
+  cpu_unlock(cs);
   if (release != nullptr) release_slabs(release, gfp);
   if (allows_spinning(gfp) && g_shared_deferred.load(std::memory_order_relaxed) != 0)
     drain_deferred(g_shared_deferred, cpu);
@@ -564,10 +598,41 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
 }
 
 // Pops from the CPU freelist (lock held on entry, released on return).
-ANYCTX_ALWAYS_INLINE std::uintptr_t alloc_locked(KmemCache& c, CpuSlab& cs, int cpu, Gfp gfp, IrqFlags flags) {
+ANYCTX_ALWAYS_INLINE std::uintptr_t alloc_locked(KmemCache& c, CpuSlab& cs, int cpu, Gfp gfp) {
   std::uintptr_t obj = cpu_pop(cs);
-  if (ANYCTX_UNLIKELY(obj == 0)) return alloc_slow(c, cs, cpu, gfp, flags);
-  cpu_unlock(cs, flags);
+  if (ANYCTX_UNLIKELY(obj == 0)) return alloc_slow(c, cs, cpu, gfp);
+  cpu_unlock(cs);
+  return obj;
+}
+
+// kmalloc in a frame that interrupted the holder of this CPU's slab lock of
+// `c`: that frame may be in the middle of a CPU freelist edit, so the CPU
+// slab is not to be touched. An object straight from a partial slab under
+// list_lock (the way `gfp` allows), else from a new slab, which then goes on
+// the partial list. Counted. Return: the object, or 0.
+ANYCTX_COLD std::uintptr_t alloc_around_cpu_slab(KmemCache& c, Gfp gfp) ANYCTX_NO_TSA {
+  ANYCTX_SITE(kSlabAroundCpuSlab);
+  IrqFlags lf;
+  if (!list_lock(c, gfp, lf)) return 0;
+  std::uintptr_t obj = 0;
+  while (obj == 0 && c.partial != nullptr) {
+    Slab* s = c.partial;
+    obj = slab_pop(s, s->free, Site::kSlabListEdit, "slab freelist");
+    if (s->free.count == 0) partial_remove(c, s);  // full now (or abandoned as corrupt)
+  }
+  list_unlock(c, lf);
+  if (obj == 0) {
+    Slab* fresh = new_slab(c, gfp);
+    if (fresh == nullptr) return 0;
+    if (!list_lock(c, gfp, lf)) {
+      release_slabs(fresh, gfp);
+      return 0;
+    }
+    obj = slab_pop(fresh, fresh->free, Site::kSlabListEdit, "slab freelist");
+    partial_add(c, fresh);  // at least 8 objects a slab: never full here
+    list_unlock(c, lf);
+  }
+  if (obj != 0) stat_add(c.index, kSlabStatAllocs);
   return obj;
 }
 
@@ -584,8 +649,10 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
   return p;
 }
 
-// Everything kmalloc's fast path does not do: not a CPU, too large, the
-// deferred list to drain first, an empty CPU freelist (alloc_slow).
+// Everything kmalloc's fast path does not do: kGfpZero, not a CPU, too
+// large, the deferred list to drain first, the CPU slab held by the frame
+// this call interrupted (alloc_around_cpu_slab), an empty CPU freelist
+// (alloc_slow).
 ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
   int cpu = require_cpu("kmalloc");
   int idx = size_index(size, gfp);
@@ -594,8 +661,13 @@ ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
   if (mine.deferred.load(std::memory_order_relaxed) != 0) drain_deferred(mine.deferred, cpu);
   KmemCache& c = g_caches[idx];
   CpuSlab& cs = mine.caches[idx];
-  IrqFlags flags;
-  std::uintptr_t obj = cpu_lock(cs, gfp, flags) ? alloc_locked(c, cs, cpu, gfp, flags) : 0;
+  std::uintptr_t obj;
+  if (cpu_trylock(cs)) {
+    obj = alloc_locked(c, cs, cpu, gfp);
+  } else {
+    if (in_task()) cpu_lock_unheld(cs);  // nothing can hold it below task context: reports the nesting
+    obj = alloc_around_cpu_slab(c, gfp);
+  }
   if (obj == 0) {
     stat_add(idx, kSlabStatAllocFailed);
     return nullptr;
@@ -603,9 +675,9 @@ ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
   return finish_alloc(c, obj, size, gfp);
 }
 
-// Everything kmalloc_nolock's fast path does not do: a bad gfp, not a CPU,
-// too large, the CPU lock held by the interrupted frame (then the next size
-// class, once), an empty CPU freelist (alloc_slow).
+// Everything kmalloc_nolock's fast path does not do: kGfpZero, a bad gfp,
+// not a CPU, too large, the CPU lock held by the interrupted frame (then
+// the next size class, once), an empty CPU freelist (alloc_slow).
 ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
   if (!(gfp & ~(kGfpZero | kGfpAccount)).empty()) report_bad_gfp(gfp);
   int idx = size_index(size, gfp);
@@ -616,11 +688,10 @@ ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
   }
   CpuSlabs& mine = g_cpu_slabs.on(cpu);
   CpuSlab* cs = &mine.caches[idx];
-  IrqFlags flags;
-  if (!cpu_lock(*cs, gfp, flags)) {
+  if (!cpu_trylock(*cs)) {
     // The frame this call interrupted holds it: once, the next size class.
     bool last_class = idx % kKmallocClasses == kKmallocClasses - 1;
-    if (last_class || !cpu_lock(mine.caches[idx + 1], gfp, flags)) {
+    if (last_class || !cpu_trylock(mine.caches[idx + 1])) {
       stat_add(idx, kSlabStatAllocFailed);
       return nullptr;
     }
@@ -628,7 +699,7 @@ ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
     cs = &mine.caches[++idx];
   }
   KmemCache& c = g_caches[idx];
-  std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp, flags);
+  std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp);
   if (obj == 0) {
     stat_add(idx, kSlabStatAllocFailed);
     return nullptr;
@@ -670,33 +741,34 @@ ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
 }
 
 // The fast free: `obj` (an object of `s`, validated but not yet prepared)
-// onto the CPU freelist of `cs` when `s` is the CPU slab, its lock can be
-// taken the way `gfp` allows and `obj` is not already free (the slow path
-// then frees again and reports). Return: whether it was freed.
-ANYCTX_ALWAYS_INLINE bool cpu_free_fast(CpuSlab& cs, Slab* s, std::uintptr_t obj, Gfp gfp) {
-  IrqFlags flags;
-  if (ANYCTX_UNLIKELY(!cpu_lock(cs, gfp, flags))) return false;
+// onto the CPU freelist of `cs` when `s` is the CPU slab, no frame below
+// this one holds its lock and `obj` is not already free (the slow path then
+// frees again and reports). Return: whether it was freed.
+ANYCTX_ALWAYS_INLINE bool cpu_free_fast(CpuSlab& cs, Slab* s, std::uintptr_t obj) {
+  if (ANYCTX_UNLIKELY(!cpu_trylock(cs))) return false;
   if (ANYCTX_LIKELY(cs.slab == s && obj != cs.free.head &&
                     (!kSlabExactFree || mark_free(s, object_index(s, obj))))) {
     ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
     freelist_push(*s->cache, cs.free, obj, Site::kSlabFreelistEdit);
     count_one(cs.frees);
-    cpu_unlock(cs, flags);
+    cpu_unlock(cs);
     return true;
   }
-  cpu_unlock(cs, flags);
+  cpu_unlock(cs);
   return false;
 }
 
 // The slow frees' CPU slab attempt, after free_prepare(): onto the CPU
-// freelist when `s` is the CPU slab of `cs` and its lock can be taken the
-// way `gfp` allows. Return: whether it was.
-bool cpu_free_prepared(const char* entry, CpuSlab& cs, Slab* s, std::uintptr_t obj, Gfp gfp) {
-  IrqFlags flags;
-  if (!cpu_lock(cs, gfp, flags)) return false;
+// freelist when `s` is the CPU slab of `cs` and no frame below this one
+// (an interrupted one) holds its lock. Return: whether it was.
+bool cpu_free_prepared(const char* entry, CpuSlab& cs, Slab* s, std::uintptr_t obj) {
+  if (!cpu_trylock(cs)) {
+    if (in_task()) cpu_lock_unheld(cs);  // nothing can hold it below task context: reports the nesting
+    return false;
+  }
   bool in_cpu_slab = cs.slab == s;
   if (in_cpu_slab) cpu_push(entry, *s->cache, cs, obj);
-  cpu_unlock(cs, flags);
+  cpu_unlock(cs);
   return in_cpu_slab;
 }
 
@@ -712,25 +784,24 @@ ANYCTX_COLD void kfree_slow(const void* p) {
   if (s == nullptr) return;
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   KmemCache& c = *s->cache;
-  if (cpu_free_prepared("kfree", mine.caches[c.index], s, obj, kGfpKernel)) return;
+  if (cpu_free_prepared("kfree", mine.caches[c.index], s, obj)) return;
   stat_add(c.index, kSlabStatFrees);
   free_slow(c, s, obj);
 }
 
 // A deferred object (counted as freed when it was deferred): onto this CPU's
-// freelist when it is the CPU slab, else into the slab.
+// freelist when it is the CPU slab and no interrupted frame holds its lock
+// (the IRQ exit may have interrupted the holder), else into the slab.
 void free_deferred(Slab* s, std::uintptr_t obj, int cpu) {
   KmemCache& c = *s->cache;
   if (cpu != kNoCpu) {
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
-    IrqFlags flags;
-    cpu_lock(cs, kGfpKernel, flags);
-    if (cs.slab == s) {
-      freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
-      cpu_unlock(cs, flags);
-      return;
+    if (cpu_trylock(cs)) {
+      bool in_cpu_slab = cs.slab == s;
+      if (in_cpu_slab) freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+      cpu_unlock(cs);
+      if (in_cpu_slab) return;
     }
-    cpu_unlock(cs, flags);
   }
   free_slow(c, s, obj);
 }
@@ -749,7 +820,7 @@ ANYCTX_COLD void kfree_nolock_slow(const void* p) {
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   KmemCache& c = *s->cache;
   int cpu = current_cpu();
-  if (cpu != kNoCpu && cpu_free_prepared("kfree_nolock", g_cpu_slabs.on(cpu).caches[c.index], s, obj, Gfp{})) return;
+  if (cpu != kNoCpu && cpu_free_prepared("kfree_nolock", g_cpu_slabs.on(cpu).caches[c.index], s, obj)) return;
   stat_add(c.index, kSlabStatFrees);
   IrqFlags lf;
   if (list_lock(c, Gfp{}, lf)) {
@@ -779,12 +850,12 @@ std::size_t flush_cpu_slabs(int cpu) ANYCTX_NO_TSA {
     if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr &&
         std::atomic_ref<Slab*>(cs.retired).load(std::memory_order_relaxed) == nullptr)
       continue;
-    IrqFlags flags, lf;
-    cpu_lock(cs, kGfpKernel, flags);
+    IrqFlags lf;
+    cpu_lock_unheld(cs);  // task context
     list_lock(c, kGfpKernel, lf);
     deactivate_locked(c, cs, EmptySlab::kRelease, release);
     list_unlock(c, lf);
-    cpu_unlock(cs, flags);
+    cpu_unlock(cs);
   }
   return release_slabs(release, kGfpKernel);
 }
@@ -811,8 +882,9 @@ std::size_t release_empty_partials() {
   return pages;
 }
 
-// Leaving IRQ context (IRQs masked; no frame of this CPU holds a slab lock,
-// since every holder masks IRQs): free what NMIs and nolock frees deferred.
+// Leaving IRQ context (IRQs masked, so no frame below holds a list_lock;
+// the interrupted frame may hold a CPU slab lock, and free_deferred then
+// frees into the slab): free what NMIs and nolock frees deferred.
 void slab_irq_exit() {
   int cpu = current_cpu();
   if (cpu == kNoCpu) return;
@@ -875,14 +947,16 @@ void* kmalloc(std::size_t size, Gfp gfp) {
   }
   int cpu = current_cpu();
   int idx = size_index(size, gfp);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
+  // kGfpZero goes to the slow path too: its memset is a call, and a fast
+  // path without calls (other than the tail call to the slow path) saves
+  // no registers.
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && !gfp.has(kGfpZero))) {
     CpuSlabs& mine = g_cpu_slabs.on(cpu);
     CpuSlab& cs = mine.caches[idx];
-    IrqFlags flags;
-    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 && cpu_lock(cs, gfp, flags))) {
+    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 && cpu_trylock(cs))) {
       const KmemCache& c = g_caches[idx];
       std::uintptr_t obj = cpu_pop_fast(c, cs);
-      cpu_unlock(cs, flags);
+      cpu_unlock(cs);
       if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, gfp);
     }
   }
@@ -893,13 +967,12 @@ void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
   int cpu = current_cpu();
   int idx = size_index(size, gfp);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~(kGfpZero | kGfpAccount)).empty())) {
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~kGfpAccount).empty())) {  // kGfpZero: as in kmalloc
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[idx];
-    IrqFlags flags;
-    if (ANYCTX_LIKELY(cpu_lock(cs, gfp, flags))) {
+    if (ANYCTX_LIKELY(cpu_trylock(cs))) {
       const KmemCache& c = g_caches[idx];
       std::uintptr_t obj = cpu_pop_fast(c, cs);
-      cpu_unlock(cs, flags);
+      cpu_unlock(cs);
       if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, gfp);
     }
   }
@@ -916,7 +989,7 @@ void kfree(const void* p) {
   if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj))) {
     CpuSlabs& mine = g_cpu_slabs.on(cpu);
     if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 &&
-                      cpu_free_fast(mine.caches[s->cache->index], s, obj, kGfpKernel)))
+                      cpu_free_fast(mine.caches[s->cache->index], s, obj)))
       return;
   }
   kfree_slow(p);
@@ -928,7 +1001,7 @@ void kfree_nolock(const void* p) {
   Slab* s = slab_of(p);  // nullptr for nullptr
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj) &&
-                    cpu_free_fast(g_cpu_slabs.on(cpu).caches[s->cache->index], s, obj, Gfp{})))
+                    cpu_free_fast(g_cpu_slabs.on(cpu).caches[s->cache->index], s, obj)))
     return;
   kfree_nolock_slow(p);
 }

@@ -14,10 +14,13 @@
 //
 // Who guards what:
 //  - CpuSlab (slab, free, retired, allocs, frees): its CPU's LocalTryLock,
-//    always taken with IRQs masked, so only an NMI can find it held by an
-//    interrupted frame. Only the owning CPU touches it, so its fields are
-//    plain (the counters are relaxed atomics only so that snapshots from
-//    other CPUs may read them): the CPU-local paths make no atomic RMW.
+//    taken by try_lock without masking IRQs (no RMW, no mask). Only the
+//    owning CPU's frames take it and they nest strictly, so a try_lock
+//    fails only in an IRQ or NMI that interrupted the holder; that frame
+//    leaves the CPU slab alone (kmalloc: a partial or new slab under
+//    list_lock; kmalloc_nolock: the next size class; frees: into the slab
+//    or the deferred list). Its fields are plain (the counters are relaxed
+//    atomics only so that snapshots from other CPUs may read them).
 //  - Slab::free, Slab::cpu, Slab::on_partial, KmemCache::partial: the
 //    cache's list_lock (taken with IRQs masked). A slab that is some CPU's
 //    CPU slab or on its retired chain ("frozen", cpu != kNoCpu) is on no
@@ -207,13 +210,20 @@ inline unsigned object_index(const Slab* s, std::uintptr_t addr) {
 }
 
 // Return: the live slab whose frames hold `addr`, or nullptr (outside the
-// arena, not a slab page, a stale or foreign owner_private).
+// arena, not a slab page). Only the slab layer writes owner_private (a
+// table entry, or nullptr), so only a corrupt page descriptor holds
+// anything else: builds with kSlabExactFree (debug, sanitizers, the
+// hardened option) check it against the table; release trusts it.
 ANYCTX_ALWAYS_INLINE Slab* slab_of(const void* addr) {
   std::uintptr_t rel = reinterpret_cast<std::uintptr_t>(addr) - g_arena_base;
   if (ANYCTX_UNLIKELY(rel >= g_arena_bytes)) return nullptr;
   void* owner = g_arena_descs[rel >> kPageShift].owner_private.load(std::memory_order_acquire);
-  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(owner) - reinterpret_cast<std::uintptr_t>(g_slab_table);
-  if (ANYCTX_UNLIKELY(off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0)) return nullptr;
+  if constexpr (kSlabExactFree) {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(owner) - reinterpret_cast<std::uintptr_t>(g_slab_table);
+    if (ANYCTX_UNLIKELY(off >= g_slab_table_entries * sizeof(Slab) || off % sizeof(Slab) != 0)) return nullptr;
+  } else if (ANYCTX_UNLIKELY(owner == nullptr)) {
+    return nullptr;
+  }
   Slab* s = static_cast<Slab*>(owner);
   return ANYCTX_LIKELY(s->cache != nullptr) ? s : nullptr;
 }

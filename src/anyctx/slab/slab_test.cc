@@ -434,6 +434,67 @@ INSTANTIATE_TEST_SUITE_P(WhileHeld, SlabLockedFreeTest,
                          ::testing::Values(Site::kSlabCpuLocked, Site::kSlabFreelistEdit, Site::kSlabCpuUnlock),
                          [](const ::testing::TestParamInfo<Site>& info) { return std::string(site_name(info.param)); });
 
+// --- an IRQ lands while the task holds the CPU slab lock ------------------------------
+
+std::atomic<void*> g_irq_objs[3];
+
+void irq_allocates_and_frees_at_target(Site site) {
+  if (static_cast<int>(site) != g_target.load() || !in_task() || g_fired.exchange(true)) return;
+  testing::run_in_irq([] {
+    for (auto& slot : g_irq_objs) slot.store(kmalloc(64, kGfpAtomic));
+    kfree(g_irq_objs[2].exchange(nullptr));
+    kfree(g_given.exchange(nullptr));
+  });
+}
+
+class SlabIrqInCpuSectionTest : public SlabTest, public ::testing::WithParamInterface<Site> {};
+
+// The CPU slab lock masks no IRQs: an IRQ lands inside the task's kmalloc
+// or kfree of kmalloc-64 and finds that CPU slab held by the frame it
+// interrupted. Its kmallocs go around the CPU slab (a partial or new slab
+// under list_lock), its kfrees into the objects' slabs; nothing overlaps,
+// nothing is lost, and the counters still add up.
+TEST_P(SlabIrqInCpuSectionTest, IrqThatInterruptsTheHolderGoesAroundTheCpuSlab) {
+  init_slab();
+  int idx = kmalloc_cache_index(64, kGfpKernel);
+  std::vector<void*> mine;
+  for (int i = 0; i < 3; ++i) mine.push_back(kmalloc(64, kGfpKernel));
+  g_target.store(static_cast<int>(GetParam()));
+  for (bool in_free : {false, true}) {
+    for (auto& slot : g_irq_objs) slot.store(nullptr);
+    g_given.store(mine.back());  // in the CPU slab: the IRQ's kfree must not touch its freelist
+    mine.pop_back();
+    g_fired.store(false);
+    set_site_hook(irq_allocates_and_frees_at_target);
+    if (in_free) {
+      ASSERT_TRUE(in_cpu_slab(mine.front(), current_cpu()));
+      kfree(mine.front());  // a push onto the CPU freelist
+      mine.erase(mine.begin());
+    } else {
+      mine.push_back(kmalloc(64, kGfpKernel));
+    }
+    set_site_hook(nullptr);
+    ASSERT_TRUE(g_fired.load()) << site_name(GetParam());
+    EXPECT_EQ(g_given.load(), nullptr) << "the IRQ ran inside the section";
+    for (int i = 0; i < 2; ++i) {
+      void* p = g_irq_objs[i].load();
+      ASSERT_NE(p, nullptr);
+      EXPECT_FALSE(in_cpu_slab(p, current_cpu())) << "went around the held CPU slab";
+      for (void* q : mine) EXPECT_NE(p, q);
+      mine.push_back(p);
+    }
+    EXPECT_NE(g_irq_objs[0].load(), g_irq_objs[1].load());
+    EXPECT_EQ(slab_cache_stats(idx).objects_in_use, mine.size());
+    expect_slab_invariants();
+  }
+  for (void* p : mine) kfree(p);
+  expect_all_returned();
+}
+
+INSTANTIATE_TEST_SUITE_P(WhileHeld, SlabIrqInCpuSectionTest,
+                         ::testing::Values(Site::kSlabCpuLocked, Site::kSlabFreelistEdit, Site::kSlabCpuUnlock),
+                         [](const ::testing::TestParamInfo<Site>& info) { return std::string(site_name(info.param)); });
+
 // --- threads that are not CPUs ------------------------------------------------------------
 
 TEST_F(SlabTest, ThreadThatIsNotACpuGetsNullFromNolockAndCanStillFree) {
