@@ -1387,9 +1387,10 @@ constexpr std::size_t kObservedInputs = 4096;  // then forgotten all at once
 std::unordered_map<std::uint64_t, SiteMap> g_observed;
 bool g_mutator_asked = false;  // a custom mutator asked fuzz_site_map
 
-void remember_sites(std::uint64_t key, const SiteMap& sites) {
+// Return: the map kept for `key`.
+const SiteMap& remember_sites(std::uint64_t key, const SiteMap& sites) {
   if (g_observed.size() >= kObservedInputs) g_observed.clear();
-  g_observed[key] = sites;
+  return g_observed[key] = sites;
 }
 
 }  // namespace
@@ -1443,8 +1444,7 @@ const SiteMap* fuzz_site_map(const TargetSpec& target, const std::uint8_t* data,
   thread_local Program program;
   read_fuzz_input(target, data, size, program);
   RunStats stats = run_program(target, program);
-  remember_sites(key, stats.sites);
-  return &g_observed[key];
+  return &remember_sites(key, stats.sites);
 }
 
 }  // namespace anyctx::harness

@@ -8,8 +8,9 @@
 // thousands in the corpus: minutes per bug on two cores. The planner makes
 // the placements systematic, the way AFL's deterministic stage and
 // syzkaller's fail-nth sweep are, but over moments of a run instead of bytes.
-// When the fuzzer first picks an input from its corpus, plan() lists
-// programs that each add one thing at one moment that input's run reached:
+// When a run reaches an interleaving no run reached before, and when the
+// fuzzer first picks an input from its corpus, plan() lists programs that
+// each add one thing at one moment that input's run reached:
 //
 //   tier 0 (depth 3): an interrupt where another CPU, switched out, holds a
 //     lock or is inside an update (SiteMap::held_elsewhere), or where this
@@ -35,11 +36,13 @@
 //    level (a full one drops its oldest); take() returns the newest
 //    candidate of the deepest non-empty chain level: a chain's next level
 //    first, then the inputs' own plans, whose tiers take turns.
-//  - The fuzz targets' custom mutator (mutate_input with a PlanQueue) plans
-//    for an input when its SiteObserver ran it for the first time, and emits
-//    a planned candidate instead of a random mutation kPlannedPercent of the
-//    time while any is queued. AFL++'s mutator library runs outside the
-//    target and has no site map: it does not plan.
+//  - The fuzz targets plan a run that reached a new interleaving at once
+//    (fuzz_one, executor.h: fuzz_plans). Their custom mutator (mutate_input
+//    with a PlanQueue) plans for an input when its SiteObserver ran it for
+//    the first time, and emits a planned candidate instead of a random
+//    mutation kPlannedPercent of the time while any is queued. AFL++'s
+//    mutator library runs outside the target and has no site map: it does
+//    not plan.
 // Context: task; allocates. Not async-signal-safe.
 #pragma once
 
