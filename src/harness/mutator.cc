@@ -31,6 +31,7 @@ constexpr std::uint8_t kWeights[] = {
     10,  // change_op_args
     4,   // byte_mutate_op_args
     4,   // move_op_to_cpu
+    3,   // mirror_ops
     4,   // move_op_into_injection
     3,   // move_op_out_of_injection
     6,   // add_injection
@@ -213,6 +214,36 @@ bool echo_op(const TargetSpec& t, Ctx ctx, const Program& p, int cpu, Rng& rng, 
   if (produces_slot(out.kind)) out.slot = pick_slot(p, out.kind, rng);
   if (op_has_path(out.kind) && ctx != Ctx::kTask && rng.chance(50)) out.path = Path::kNolock;
   out = normalize_op(out, ctx);
+  return true;
+}
+
+// Two CPUs contend only when both reach the same structure while one is
+// inside it; a copy of one CPU's ops is the shortest way to make that so.
+bool mirror_ops(const TargetSpec& t, Program& p, int from, int to, Rng& rng) {
+  const int ncpus = static_cast<int>(p.cpus.size());
+  if (from < 0 || from >= ncpus || to < 0 || to == from || to > ncpus || to >= t.max_cpus) return false;
+  if (p.cpus[static_cast<std::size_t>(from)].empty()) return false;
+  if (to == ncpus) p.cpus.emplace_back();
+  std::vector<Op>& dst = p.cpus[static_cast<std::size_t>(to)];
+  dst.clear();
+  // Producers of the copy take slots nothing else fills, while there are
+  // any; consumers follow the producer they consumed from.
+  std::uint8_t free_slots = static_cast<std::uint8_t>(~filled_slots(p));
+  std::uint8_t renamed[kSlots];
+  for (int s = 0; s < kSlots; ++s) renamed[s] = static_cast<std::uint8_t>(s);
+  for (Op op : p.cpus[static_cast<std::size_t>(from)]) {
+    if (produces_slot(op.kind) && free_slots != 0) {
+      int s = pick_bit(free_slots, rng);
+      free_slots = static_cast<std::uint8_t>(free_slots & ~(1u << s));
+      renamed[op.slot] = static_cast<std::uint8_t>(s);
+      op.slot = static_cast<std::uint8_t>(s);
+    } else if (op_has_slot(op.kind) && !produces_slot(op.kind)) {
+      op.slot = renamed[op.slot];
+    }
+    if (op_has_path(op.kind) && rng.chance(33))
+      op.path = op.path == Path::kNolock ? Path::kSpinning : Path::kNolock;
+    dst.push_back(normalize_op(op, Ctx::kTask));
+  }
   return true;
 }
 
@@ -574,6 +605,17 @@ struct Mutator {
     return true;
   }
 
+  // A copy of a busy CPU's ops on another CPU, or on a new one.
+  bool mirror() {
+    int from = pick_busy_cpu(p, rng, -1);
+    if (from < 0) return false;
+    int to = ncpus() < t.max_cpus && (ncpus() == 1 || rng.chance(30))
+                 ? ncpus()
+                 : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus() - 1)));
+    if (to < ncpus() && to >= from) ++to;
+    return mirror_ops(t, p, from, to, rng);
+  }
+
   Injection new_injection(Ctx kind, int cpu) {
     Injection inj;
     inj.kind = kind;
@@ -913,6 +955,7 @@ struct Mutator {
       case Mutation::kChangeOpArgs: return change_op_args();
       case Mutation::kByteMutateOpArgs: return byte_mutate_op_args();
       case Mutation::kMoveOpToCpu: return move_op_to_cpu();
+      case Mutation::kMirrorOps: return mirror();
       case Mutation::kMoveOpIntoInjection: return move_op_into_injection();
       case Mutation::kMoveOpOutOfInjection: return move_op_out_of_injection();
       case Mutation::kAddInjection: return add_injection();
@@ -1002,7 +1045,7 @@ bool mutation_applies(const TargetSpec& t, Mutation m, bool have_byte_mutator) {
   bool smp = t.max_cpus >= 2;
   switch (m) {
     case Mutation::kByteMutateOpArgs: case Mutation::kByteMutateEncoding: return have_byte_mutator;
-    case Mutation::kMoveOpToCpu: case Mutation::kAddAnchoredSwitch: case Mutation::kRetargetAnchoredSwitch:
+    case Mutation::kMoveOpToCpu: case Mutation::kMirrorOps: case Mutation::kAddAnchoredSwitch: case Mutation::kRetargetAnchoredSwitch:
     case Mutation::kDeleteAnchoredSwitch: case Mutation::kAddEventSwitch: case Mutation::kMoveEventSwitch:
     case Mutation::kDeleteEventSwitch: case Mutation::kTogglePct: case Mutation::kChangePct:
       return smp;

@@ -69,6 +69,7 @@ using ByteMutator = std::size_t (*)(std::uint8_t* data, std::size_t size, std::s
   X(kChangeOpArgs, "change_op_args")                /* path, order/size/cgroup/lock, flags, slot */\
   X(kByteMutateOpArgs, "byte_mutate_op_args")       /* the ByteMutator on an op's fields */        \
   X(kMoveOpToCpu, "move_op_to_cpu")                                                                \
+  X(kMirrorOps, "mirror_ops")                       /* another CPU runs a copy of a CPU's ops */   \
   X(kMoveOpIntoInjection, "move_op_into_injection") /* only where the context allows the op */     \
   X(kMoveOpOutOfInjection, "move_op_out_of_injection")                                             \
   X(kAddInjection, "add_injection")                                                                \
@@ -158,6 +159,15 @@ class Rng {
 // `cpu` 60 % of the time when it has any. Return: false when no op of the
 // program is allowed in `ctx`.
 bool echo_op(const TargetSpec& target, Ctx ctx, const Program& p, int cpu, Rng& rng, Op& out);
+
+// CPU `to` (another CPU of the program, or a new one when `to` is its CPU
+// count) gets a copy of CPU `from`'s ops in place of its own, so the two
+// contend on the same locks, stocks and lists: producers take slots nothing
+// else fills (while there are any) and their consumers follow; a third of
+// the paths flip (a nolock caller meets a held lock by going around it).
+// Return: false when `from` has no ops or `to` is not allowed (itself, or a
+// CPU beyond the target's).
+bool mirror_ops(const TargetSpec& target, Program& p, int from, int to, Rng& rng);
 
 // Applies one structural mutation to `p` (valid for `target`; still valid
 // after). `bytes` may be nullptr: the byte-level kinds are then skipped.

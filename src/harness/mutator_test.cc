@@ -305,5 +305,56 @@ TEST(MutatorTest, InterruptOpsEchoTheProgram) {
   EXPECT_GT(echoes * 100, ops * 15) << echoes << " of " << ops;
 }
 
+// A copy of one CPU's ops on another: the same kinds and arguments; its
+// producers take slots nothing else fills and its consumers follow them; a
+// consumer of a slot it does not fill keeps that slot; the CPUs it may not
+// name are refused.
+TEST(MutatorTest, MirroredOpsTouchTheSameThingsWithSlotsOfTheirOwn) {
+  const TargetSpec& t = *target_spec("memcg_ops");
+  Program base;
+  base.cpus[0] = {normalize_op(Op{OpKind::kMemcgSetMax, Path::kSpinning, 1, 0, 0}, Ctx::kTask),
+                  normalize_op(Op{OpKind::kMemcgCharge, Path::kSpinning, 1, 2, 3}, Ctx::kTask),
+                  normalize_op(Op{OpKind::kKmalloc, Path::kNolock, 2, 0, 5}, Ctx::kTask),
+                  normalize_op(Op{OpKind::kMemcgUncharge, Path::kSpinning, 0, 0, 3}, Ctx::kTask),
+                  normalize_op(Op{OpKind::kKfree, Path::kSpinning, 0, 0, 6}, Ctx::kTask)};
+  ASSERT_EQ(validate(t, base), "");
+  int flipped = 0, paths = 0;
+  for (std::uint64_t seed = 0; seed < 200; ++seed) {
+    Program p = base;
+    Rng rng(seed);
+    ASSERT_TRUE(mirror_ops(t, p, 0, 1, rng));
+    ASSERT_EQ(validate(t, p), "");
+    ASSERT_EQ(p.cpus.size(), 2u);
+    ASSERT_TRUE(p.cpus[0] == base.cpus[0]) << "the original stays";
+    const std::vector<Op>& copy = p.cpus[1];
+    ASSERT_EQ(copy.size(), base.cpus[0].size());
+    for (std::size_t i = 0; i < copy.size(); ++i) {
+      EXPECT_EQ(copy[i].kind, base.cpus[0][i].kind);
+      EXPECT_EQ(copy[i].order, base.cpus[0][i].order) << "the same cgroup, size class or order";
+      if (op_has_path(copy[i].kind)) {
+        ++paths;
+        flipped += copy[i].path != base.cpus[0][i].path;
+      }
+    }
+    EXPECT_NE(copy[1].slot, 3) << "the charge fills a slot of its own";
+    EXPECT_NE(copy[2].slot, 5);
+    EXPECT_NE(copy[1].slot, copy[2].slot);
+    EXPECT_EQ(copy[3].slot, copy[1].slot) << "the uncharge follows its charge";
+    EXPECT_EQ(copy[4].slot, 6) << "a slot the copy does not fill is kept";
+  }
+  EXPECT_GT(flipped * 100, paths * 20);
+  EXPECT_LT(flipped * 100, paths * 45);
+
+  Program p = base;
+  Rng rng(1);
+  EXPECT_FALSE(mirror_ops(t, p, 0, 0, rng)) << "onto itself";
+  EXPECT_FALSE(mirror_ops(t, p, 0, 2, rng)) << "a CPU that would leave a gap";
+  EXPECT_FALSE(mirror_ops(*target_spec("page_ops"), p, 0, 1, rng)) << "page_ops has one CPU";
+  p.cpus.emplace_back();
+  EXPECT_FALSE(mirror_ops(t, p, 1, 0, rng)) << "from a CPU without ops";
+  EXPECT_FALSE(mirror_ops(t, p, 0, 2, rng)) << "memcg_ops has two CPUs";
+  EXPECT_TRUE(p.cpus[1].empty()) << "a refusal changes nothing";
+}
+
 }  // namespace
 }  // namespace anyctx::harness

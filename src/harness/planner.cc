@@ -124,33 +124,51 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
   }
 
   // Tier 1: a switch where a CPU has just taken a lock or is mid-update.
-  if (ncpus > 1 && !p.pct.on() && static_cast<int>(p.anchored.size()) < kMaxAnchoredSwitches) {
-    std::vector<AnchoredSwitch> switches;
-    for (int on = 0; on < ncpus; ++on) {
-      if (p.cpus[on].empty()) continue;
-      for (int site = 0; site < kSiteCount; ++site) {
-        SiteEffect e = site_effect(site);
-        if (e.takes == 0 && !e.mid_update) continue;
-        for (int l = 0; l < 3; ++l) {
-          int n = std::min(hits(on, site, l), kMaxAnchorNth);
-          for (int nth = 1; nth <= n; nth = nth < kSwitchNths || nth == n ? nth + 1 : n)
-            for (int to = 0; to < ncpus; ++to)
-              if (to != on && !p.cpus[to].empty())
-                switches.push_back(AnchoredSwitch{static_cast<std::uint8_t>(on), static_cast<std::uint16_t>(site),
-                                                  static_cast<Ctx>(l), static_cast<std::uint8_t>(nth),
-                                                  static_cast<std::uint8_t>(to)});
+  // Tier 2: the same switch to a copy of that CPU's ops on another CPU (a
+  // new one when the target allows), which then meets the section open.
+  if (ncpus > 1 || t.max_cpus > 1) {
+    if (!p.pct.on() && static_cast<int>(p.anchored.size()) < kMaxAnchoredSwitches) {
+      std::vector<AnchoredSwitch> switches, contended;
+      for (int on = 0; on < ncpus; ++on) {
+        if (p.cpus[on].empty()) continue;
+        for (int site = 0; site < kSiteCount; ++site) {
+          SiteEffect e = site_effect(site);
+          if (e.takes == 0 && !e.mid_update) continue;
+          for (int l = 0; l < 3; ++l) {
+            int n = std::min(hits(on, site, l), kMaxAnchorNth);
+            for (int nth = 1; nth <= n; nth = nth < kSwitchNths || nth == n ? nth + 1 : n) {
+              AnchoredSwitch a{static_cast<std::uint8_t>(on), static_cast<std::uint16_t>(site), static_cast<Ctx>(l),
+                               static_cast<std::uint8_t>(nth), 0};
+              for (int to = 0; to < ncpus; ++to)
+                if (to != on && !p.cpus[to].empty()) {
+                  a.cpu = static_cast<std::uint8_t>(to);
+                  switches.push_back(a);
+                }
+              contended.push_back(a);  // .cpu: the copy's, chosen below
+            }
+          }
         }
       }
-    }
-    keep_at_most(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng);
-    for (const AnchoredSwitch& a : switches) {
-      Planned c{1, p};
-      c.program.anchored.push_back(a);
-      out.push_back(std::move(c));
+      keep_at_most(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng);
+      for (const AnchoredSwitch& a : switches) {
+        Planned c{1, p};
+        c.program.anchored.push_back(a);
+        out.push_back(std::move(c));
+      }
+      keep_at_most(contended, static_cast<std::size_t>(kPlanPerInput[2]), rng);
+      for (AnchoredSwitch a : contended) {
+        Planned c{2, p};
+        int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
+        if (to < ncpus && to >= a.on) ++to;
+        if (!mirror_ops(t, c.program, a.on, to, rng)) continue;
+        a.cpu = static_cast<std::uint8_t>(to);
+        c.program.anchored.push_back(a);
+        out.push_back(std::move(c));
+      }
     }
   }
 
-  // Tier 2: an interrupt inside a lock or an update on its own CPU.
+  // Tier 3: an interrupt inside a lock or an update on its own CPU.
   {
     std::vector<Moment> moments;
     for (int c = 0; c < ncpus; ++c)
@@ -159,7 +177,7 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
         for (int l = 0; l < 2; ++l)
           if (hits(c, site, l) != 0) moments.push_back({c, site, static_cast<Ctx>(l), 1, rank_of(site, false)});
       }
-    plan_injections(t, p, moments, 2, rng, out);
+    plan_injections(t, p, moments, 3, rng, out);
   }
   return out;
 }

@@ -21,11 +21,16 @@
 //   tier 1 (depth 2): a switch anchored where a CPU has just taken a lock or
 //     is inside an update (its first four hits of the site and its last),
 //     to each other CPU that has ops.
-//   tier 2 (depth 2, one CPU): an interrupt where its CPU holds a lock or is
+//   tier 2 (contention): the same switch to a copy of the switching CPU's
+//     ops on another CPU (mirror_ops: a new CPU when the target allows one),
+//     which meets the section open: the base a depth-3 interleaving needs,
+//     two CPUs on one structure, which a program with one CPU, or two that
+//     touch different things, does not have.
+//   tier 3 (depth 2, one CPU): an interrupt where its CPU holds a lock or is
 //     inside an update.
 //
-// A candidate that reaches something new joins the corpus, and its own first
-// pick plans over it: a switch planned at tier 1 is followed by the tier-0
+// A candidate that reaches something new joins the corpus and is planned at
+// once (a chain): a switch planned at tier 1 or 2 is followed by the tier-0
 // interrupts that complete the interleaving.
 //
 // Contract:
@@ -56,8 +61,8 @@
 
 namespace anyctx::harness {
 
-inline constexpr int kPlanTiers = 3;
-inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 12};
+inline constexpr int kPlanTiers = 4;
+inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 12, 12};
 inline constexpr std::size_t kPlanQueueDepth = 1024;
 
 // Percent of custom-mutator calls that emit a planned candidate while one

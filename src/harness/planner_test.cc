@@ -1,5 +1,6 @@
 // The planner: candidates are valid and a function of their arguments; a
-// switch is planned where a CPU takes a lock, and over the program with that
+// switch is planned where a CPU takes a lock, a copy of a CPU's ops on
+// another CPU meets that lock held, and over the program with that
 // switch, the interrupts that complete the interleaving (where the other CPU
 // waits for the lock); the executor marks where a CPU resumed inside a
 // section; the queue serves chains first, the tiers in turn, newest first; the fuzz
@@ -105,6 +106,39 @@ TEST(PlannerTest, ASwitchIsPlannedThenTheInterruptsThatCompleteIt) {
   }
   EXPECT_GT(nmis, 0) << "no NMI planned on cpu 1 while it waits for list_lock";
   EXPECT_GT(echoing, 0) << "the planned NMI allocates from another cache";
+}
+
+// A program with one CPU has no contention to plan over: tier 2 copies its
+// ops onto a second CPU and switches to the copy where the first holds
+// list_lock, and the copy then waits for it.
+TEST(PlannerTest, OneCpuIsPlannedIntoTwoThatContend) {
+  const TargetSpec& t = *target_spec("slab_ops");
+  Program base = parse_or_fail(R"(# anyctx program v2
+target slab_ops
+cpu 0
+  kmalloc spinning size=96 slot=0
+  kfree spinning slot=0
+)");
+  RunStats stats = run_program(t, base);
+  const int list_locked = site_of("SlabListLocked"), spin_wait = site_of("SpinWait");
+  int contended = 0, waiting = 0;
+  std::vector<Planned> candidates;
+  for (std::uint64_t seed = 0; seed < 8; ++seed)  // each keeps kPlanPerInput[2] of the moments
+    for (Planned& c : plan(t, base, stats.sites, seed)) candidates.push_back(std::move(c));
+  for (const Planned& c : candidates) {
+    if (c.tier != 2) continue;
+    ASSERT_EQ(c.program.cpus.size(), 2u);
+    ASSERT_EQ(c.program.cpus[1].size(), base.cpus[0].size()) << "cpu 1 runs a copy of cpu 0's ops";
+    EXPECT_EQ(c.program.cpus[1][0].order, base.cpus[0][0].order) << "of the same cache";
+    const AnchoredSwitch& a = c.program.anchored.back();
+    EXPECT_EQ(a.on, 0);
+    EXPECT_EQ(a.cpu, 1);
+    if (a.site != list_locked || c.program.cpus[1][0].path != Path::kSpinning) continue;
+    ++contended;
+    waiting += run_program(t, c.program).sites.held_elsewhere[1][spin_wait][0] != 0;
+  }
+  ASSERT_GT(contended, 0) << "no copy switched to where cpu 0 has just taken list_lock";
+  EXPECT_EQ(waiting, contended) << "the copy's kmalloc waits for cpu 0's list_lock";
 }
 
 // CPU 0 is switched out while it holds zone.lock and gets the turn back
