@@ -1422,13 +1422,17 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
   g_last_input = input_hash(data, size);
   g_last_sites = stats.sites;
   // A run that reached a new interleaving is planned over now, not when the
-  // fuzzer first picks it from its corpus (which may take minutes); when it
-  // was itself a planned candidate, its plans go before every other input's
-  // (a chain): a planned switch that opened a section on another CPU is
-  // followed at once by the interrupts that only that switch makes possible.
-  if (PlanQueue* plans = fuzz_plans(); plans != nullptr && g_mutator_asked && feedback::novel_interleaving()) {
-    plans->add(plan(target, program, stats.sites, g_last_input), plans->chain_of(data, size) + 1);
-    remember_sites(g_last_input, stats.sites);  // planned: its first pick does not plan it again
+  // fuzzer first picks it from its corpus (which may take minutes). A
+  // planned switch that ran is followed at once by the interrupts that only
+  // it makes possible (plan_followup, new interleaving or not), before every
+  // other plan (planner.h, chain levels).
+  if (PlanQueue* plans = fuzz_plans(); plans != nullptr && g_mutator_asked) {
+    const int chain = plans->chain_of(data, size), tier = plans->tier_of(data, size);
+    if (tier == 1 || tier == 2) plans->add(plan_followup(target, program, stats.sites, g_last_input), chain + 1);
+    if (feedback::novel_interleaving()) {
+      plans->add(plan(target, program, stats.sites, g_last_input), 0);
+      remember_sites(g_last_input, stats.sites);  // planned: its first pick does not plan it again
+    }
   }
   if (edges_only) feedback::reset();  // libFuzzer then reads the library's edges alone
   return 0;

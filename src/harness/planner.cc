@@ -78,7 +78,7 @@ bool add_echo_injection(const TargetSpec& t, Program& p, const Moment& m, Ctx ki
 // cannot land inside an IRQ). Injection nths go up to 8. When there are
 // more than the tier takes, lower ranks go first.
 void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Moment>& moments, int tier,
-                     Rng& rng, std::vector<Planned>& out) {
+                     std::size_t room, Rng& rng, std::vector<Planned>& out) {
   struct Point {
     Moment at;
     Ctx kind;
@@ -89,7 +89,6 @@ void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Mo
     points[m.rank].push_back({m, Ctx::kNmi});
     if (m.level == Ctx::kTask) points[m.rank].push_back({m, Ctx::kIrq});
   }
-  std::size_t room = static_cast<std::size_t>(kPlanPerInput[tier]);
   for (std::vector<Point>& v : points) {
     keep_at_most(v, room, rng);
     room -= v.size();
@@ -120,7 +119,7 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
           first_and_last(sites.held_elsewhere[c][site][l] & ~resumed, hits(c, site, l), c, site, static_cast<Ctx>(l),
                          rank_of(site, false), moments);
         }
-    plan_injections(t, p, moments, 0, rng, out);
+    plan_injections(t, p, moments, 0, kPlanPerInput[0], rng, out);
   }
 
   // Tier 1: a switch where a CPU has just taken a lock or is mid-update.
@@ -177,8 +176,26 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
         for (int l = 0; l < 2; ++l)
           if (hits(c, site, l) != 0) moments.push_back({c, site, static_cast<Ctx>(l), 1, rank_of(site, false)});
       }
-    plan_injections(t, p, moments, 3, rng, out);
+    plan_injections(t, p, moments, 3, kPlanPerInput[3], rng, out);
   }
+  return out;
+}
+
+std::vector<Planned> plan_followup(const TargetSpec& t, const Program& p, const SiteMap& sites,
+                                   std::uint64_t seed) {
+  std::vector<Planned> out;
+  if (p.anchored.empty()) return out;
+  Rng rng(seed ^ 0x666f6c6cull);
+  const AnchoredSwitch& a = p.anchored.back();
+  std::vector<Moment> moments;
+  for (int site = 0; site < kInjectionSites; ++site)
+    for (int l = 0; l < 2; ++l) {
+      first_and_last(sites.resumed_inside[a.on][site][l], sites.hits[a.on][site][l], a.on, site, static_cast<Ctx>(l),
+                     rank_of(site, true), moments);
+      first_and_last(sites.held_elsewhere[a.cpu][site][l], sites.hits[a.cpu][site][l], a.cpu, site,
+                     static_cast<Ctx>(l), rank_of(site, false), moments);
+    }
+  plan_injections(t, p, moments, 0, kFollowUps, rng, out);
   return out;
 }
 
@@ -197,10 +214,12 @@ bool PlanQueue::take(Program& out) {
       int tier = chain == 0 ? (next_tier_ + i) % kPlanTiers : i;
       std::deque<Program>& q = queues_[static_cast<std::size_t>(chain)][static_cast<std::size_t>(tier)];
       if (q.empty()) continue;
+      if (chain == 0) std::swap(q[rng_.below(static_cast<std::uint32_t>(q.size()))], q.back());
       out = std::move(q.back());
       q.pop_back();
       if (chain == 0) next_tier_ = (tier + 1) % kPlanTiers;
       taken_chain_ = chain;
+      taken_tier_ = tier;
       return true;
     }
   return false;
@@ -216,11 +235,19 @@ std::size_t PlanQueue::size() const {
 void PlanQueue::wrote(const std::uint8_t* data, std::size_t size) {
   written_.assign(data, data + size);
   written_chain_ = taken_chain_;
+  written_tier_ = taken_tier_;
+}
+
+bool PlanQueue::is_written(const std::uint8_t* data, std::size_t size) const {
+  return written_chain_ >= 0 && size == written_.size() && std::equal(written_.begin(), written_.end(), data);
 }
 
 int PlanQueue::chain_of(const std::uint8_t* data, std::size_t size) const {
-  if (written_chain_ < 0 || size != written_.size() || !std::equal(written_.begin(), written_.end(), data)) return -1;
-  return written_chain_;
+  return is_written(data, size) ? written_chain_ : -1;
+}
+
+int PlanQueue::tier_of(const std::uint8_t* data, std::size_t size) const {
+  return is_written(data, size) ? written_tier_ : -1;
 }
 
 }  // namespace anyctx::harness

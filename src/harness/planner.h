@@ -57,6 +57,7 @@
 #include <deque>
 #include <vector>
 
+#include "harness/mutator.h"
 #include "harness/program.h"
 
 namespace anyctx::harness {
@@ -78,19 +79,34 @@ struct Planned {
 // highest tier first.
 std::vector<Planned> plan(const TargetSpec& target, const Program& p, const SiteMap& sites, std::uint64_t seed);
 
-// A chain: plans of an input that was itself a planned candidate. A chain
-// that keeps reaching new interleavings is followed first (depth first), the
-// way anyctx-repro --plan follows it level by level, for kPlanChainLevels
-// levels: a switch, a second switch, then an interrupt (the deepest bugs of
-// ci/known-bugs/). Below that, a run's plans are an unplanned input's.
-// Deeper chains ran 60 % of the planned candidates in a 30 s memcg_ops run
-// and starved the first level of everything else.
-inline constexpr int kPlanChainLevels = 3;
+// The interrupts that complete the switch a tier-1 or tier-2 candidate
+// added (p.anchored.back()): an NMI, and an IRQ at task level, where the
+// switched CPU resumed inside its section and where the CPU it switched to
+// met that section open, at most kFollowUps, those on the resumed CPU first.
+// Planned for every such candidate the fuzzer runs, new interleaving or
+// not: what makes the third event matter (a request pending in the section,
+// a push half done) is seldom an interleaving flag of its own, and the
+// flags a switch sets were mostly set before by a switch on another input.
+// Return: empty when `p` has no anchored switch.
+inline constexpr std::size_t kFollowUps = 12;
+std::vector<Planned> plan_followup(const TargetSpec& target, const Program& p, const SiteMap& sites,
+                                   std::uint64_t seed);
+
+// Chain levels: 0 holds the inputs' own plans (an input the fuzzer picked,
+// or a run that reached a new interleaving, planned or not); 1 holds the
+// follow-ups of the planned switches that ran (plan_followup), and goes
+// first: a switch is judged with the interrupts that complete it, at once.
+// A chain stops there. Following a planned run's whole plan when it was
+// new (67e40c4, three levels) ran the first candidates' plans depth first
+// while the base of the bug waited: from the `busy-stock-drain` base,
+// 20,000 executions of levels 1 and 2 and not the one switch that opens it
+// (docs/fuzzing.md, Chains).
+inline constexpr int kPlanChainLevels = 2;
 
 class PlanQueue {
  public:
-  // Queues the candidates of one input, `chain` levels below an input that
-  // no plan made (0: that input's own plans; kPlanChainLevels or more: 0).
+  // Queues the candidates of one input at chain level `chain` (0: an
+  // input's own plans; 1: follow-ups; kPlanChainLevels or more: 0).
   void add(std::vector<Planned> candidates, int chain = 0);
   // Moves the next candidate into `out`: from the deepest chain level that
   // has one, newest first; at level 0 the tiers take turns (an input's
@@ -103,16 +119,23 @@ class PlanQueue {
   // The custom mutator says which bytes it wrote for the candidate take()
   // gave last; fuzz_one asks for the input it runs.
   // Return (chain_of): the chain level of the candidate whose bytes are
-  // `data` (the last one written), or -1 when `data` is not a candidate.
+  // `data` (the last one written), or -1 when `data` is not a candidate;
+  // (tier_of): its tier, or -1.
   void wrote(const std::uint8_t* data, std::size_t size);
   int chain_of(const std::uint8_t* data, std::size_t size) const;
+  int tier_of(const std::uint8_t* data, std::size_t size) const;
 
  private:
+  bool is_written(const std::uint8_t* data, std::size_t size) const;
+
   std::array<std::array<std::deque<Program>, kPlanTiers>, kPlanChainLevels> queues_;
   int next_tier_ = 0;                     // level 0's turn
-  int taken_chain_ = -1;                  // the chain level of the last take()
+  Rng rng_{0x706c616e};                   // level 0's draw
+  int taken_chain_ = -1;                  // the chain level and tier of the last take()
+  int taken_tier_ = -1;
   std::vector<std::uint8_t> written_;     // the bytes of the last candidate written
   int written_chain_ = -1;
+  int written_tier_ = -1;
 };
 
 }  // namespace anyctx::harness

@@ -106,6 +106,30 @@ TEST(PlannerTest, ASwitchIsPlannedThenTheInterruptsThatCompleteIt) {
   }
   EXPECT_GT(nmis, 0) << "no NMI planned on cpu 1 while it waits for list_lock";
   EXPECT_GT(echoing, 0) << "the planned NMI allocates from another cache";
+
+  // The follow-ups of that switch: interrupts only at the moments it
+  // opened, where cpu 0 resumed inside its section and where cpu 1 met it
+  // open; the NMI on cpu 1 while it waits among them.
+  std::vector<Planned> followups = plan_followup(t, *with_switch, second.sites, 2);
+  ASSERT_LE(followups.size(), kFollowUps);
+  bool nmi_at_spin = false;
+  for (const Planned& c : followups) {
+    ASSERT_EQ(validate(t, c.program), "");
+    EXPECT_EQ(c.tier, 0);
+    EXPECT_TRUE(c.program.anchored == with_switch->anchored);
+    ASSERT_EQ(c.program.injections.size(), with_switch->injections.size() + 1);
+    const Injection& inj = c.program.injections.back();
+    const int l = static_cast<int>(inj.level), bit = inj.nth - 1;
+    const bool opened = inj.cpu == 0 ? (second.sites.resumed_inside[0][inj.site][l] >> bit & 1u) != 0
+                                     : (second.sites.held_elsewhere[1][inj.site][l] >> bit & 1u) != 0;
+    EXPECT_TRUE(opened) << "an interrupt at cpu " << int{inj.cpu} << " " << injection_site_name(inj.site) << " nth "
+                        << int{inj.nth} << ", a moment the switch did not open";
+    nmi_at_spin |= inj.cpu == 1 && inj.site == spin_wait && inj.kind == Ctx::kNmi;
+  }
+  EXPECT_TRUE(nmi_at_spin);
+  Program unswitched = *with_switch;
+  unswitched.anchored.clear();
+  EXPECT_TRUE(plan_followup(t, unswitched, second.sites, 2).empty()) << "nothing to follow";
 }
 
 // A program with one CPU has no contention to plan over: tier 2 copies its
@@ -233,20 +257,23 @@ TEST(PlannerTest, TheQueueServesChainsFirstTiersInTurnNewestFirstAndKeepsItsDept
   EXPECT_EQ(q.size(), kPlanQueueDepth);
 }
 
-// The queue knows the chain level of the candidate written last, and only of
-// those bytes.
-TEST(PlannerTest, TheQueueKnowsTheChainOfTheCandidateWrittenLast) {
+// The queue knows the chain level and tier of the candidate written last,
+// and only of those bytes.
+TEST(PlannerTest, TheQueueKnowsTheChainAndTierOfTheCandidateWrittenLast) {
   PlanQueue q;
   const std::uint8_t bytes[] = {1, 2, 3}, other[] = {1, 2, 4};
   EXPECT_EQ(q.chain_of(bytes, 3), -1) << "nothing written yet";
   Planned c;
   c.program.cpus[0].push_back(Op{});
-  q.add({c}, 2);
+  c.tier = 2;
+  q.add({c}, 1);
   Program out;
   ASSERT_TRUE(q.take(out));
   q.wrote(bytes, 3);
-  EXPECT_EQ(q.chain_of(bytes, 3), 2);
+  EXPECT_EQ(q.chain_of(bytes, 3), 1);
+  EXPECT_EQ(q.tier_of(bytes, 3), 2);
   EXPECT_EQ(q.chain_of(other, 3), -1);
+  EXPECT_EQ(q.tier_of(other, 3), -1);
   EXPECT_EQ(q.chain_of(bytes, 2), -1);
 }
 
@@ -342,20 +369,17 @@ cpu 0
   EXPECT_TRUE(nmi_at_spin) << "the planned candidates include an interrupt on the spinning cpu";
   EXPECT_EQ(run(input), 0u) << "the same interleaving again is not planned again";
 
-  // A planned candidate that reaches a new interleaving starts a chain: its
-  // plans come before those of an input no plan made, even newer ones.
-  Program nested = switched;
-  nested.injections.push_back(Injection{Ctx::kNmi, 1, static_cast<std::uint16_t>(site_of("SpinWait")), Ctx::kTask, 1,
-                                        {Op{OpKind::kKmalloc, Path::kNolock, switched.cpus[0][0].order, 0, 3}}});
-  std::vector<std::uint8_t> candidate = encode(t, nested);
-  q->add({Planned{0, nested}});
+  // A planned switch that ran is followed up, new interleaving or not
+  // (this one is not new any more), and its follow-ups come before the
+  // plans of an input no plan made, even newer ones.
+  q->add({Planned{1, switched}});
   ASSERT_TRUE(q->take(out));
-  q->wrote(candidate.data(), candidate.size());
-  ASSERT_GT(run(candidate), 0u) << "an NMI while cpu 1 spins and cpu 0 holds list_lock is new";
+  q->wrote(input.data(), input.size());
+  ASSERT_GT(run(input), 0u) << "the planned switch is followed up";
   q->add({Planned{0, parse_or_fail(kTwoCpusOneCache)}});  // a newer plan of an unplanned input
   ASSERT_TRUE(q->take(out));
   ASSERT_FALSE(out.injections.empty()) << "the unplanned input's plan came first";
-  EXPECT_EQ(out.injections[0], nested.injections[0]) << "the chain's next level builds on the candidate";
+  EXPECT_TRUE(out.anchored == switched.anchored) << "the follow-up builds on the switch";
   while (q->take(out)) {
   }
   feedback::reset();
