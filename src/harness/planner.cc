@@ -43,6 +43,25 @@ void keep_at_most(std::vector<T>& v, std::size_t cap, Rng& rng) {
   while (v.size() > cap) v.erase(v.begin() + static_cast<std::ptrdiff_t>(rng.below(static_cast<std::uint32_t>(v.size()))));
 }
 
+// Keeps at most `cap` of `v`: lower ranks (`rank(x)` in [0, kRanks)) whole
+// while they fit, a uniform choice within the first rank that does not, in
+// their order by rank.
+template <typename T, typename Rank>
+void keep_ranked(std::vector<T>& v, std::size_t cap, Rng& rng, Rank rank) {
+  std::vector<T> by_rank[kRanks];
+  for (T& x : v) by_rank[rank(x)].push_back(std::move(x));
+  v.clear();
+  for (std::vector<T>& r : by_rank) {
+    keep_at_most(r, cap - v.size(), rng);
+    for (T& x : r) v.push_back(std::move(x));
+  }
+}
+
+// Ranks of switch moments: inside an update or just after taking a lock
+// of a class of its own; a generic local lock last (LocalLockHeld: every
+// pcp, stock and CPU slab section hits it too, beside its own site).
+int switch_rank(int site) { return site_effect(site).takes == kHeldLocal ? 1 : 0; }
+
 // The first and the last set bit of `bits` among the first `hits` hits, as
 // nths (one when they are the same; none when no bit is set).
 void first_and_last(std::uint32_t bits, int hits, int cpu, int site, Ctx level, int rank, std::vector<Moment>& out) {
@@ -83,19 +102,16 @@ void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Mo
     Moment at;
     Ctx kind;
   };
-  std::vector<Point> points[kRanks];
+  std::vector<Point> points;
   for (const Moment& m : moments) {
     if (m.nth > 8) continue;
-    points[m.rank].push_back({m, Ctx::kNmi});
-    if (m.level == Ctx::kTask) points[m.rank].push_back({m, Ctx::kIrq});
+    points.push_back({m, Ctx::kNmi});
+    if (m.level == Ctx::kTask) points.push_back({m, Ctx::kIrq});
   }
-  for (std::vector<Point>& v : points) {
-    keep_at_most(v, room, rng);
-    room -= v.size();
-    for (const Point& at : v) {
-      Planned c{tier, p};
-      if (add_echo_injection(t, c.program, at.at, at.kind, rng)) out.push_back(std::move(c));
-    }
+  keep_ranked(points, room, rng, [](const Point& x) { return x.at.rank; });
+  for (const Point& at : points) {
+    Planned c{tier, p, at.at.site};
+    if (add_echo_injection(t, c.program, at.at, at.kind, rng)) out.push_back(std::move(c));
   }
 }
 
@@ -148,15 +164,16 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
           }
         }
       }
-      keep_at_most(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng);
+      auto rank = [](const AnchoredSwitch& a) { return switch_rank(a.site); };
+      keep_ranked(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng, rank);
       for (const AnchoredSwitch& a : switches) {
-        Planned c{1, p};
+        Planned c{1, p, a.site};
         c.program.anchored.push_back(a);
         out.push_back(std::move(c));
       }
-      keep_at_most(contended, static_cast<std::size_t>(kPlanPerInput[2]), rng);
+      keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]), rng, rank);
       for (AnchoredSwitch a : contended) {
-        Planned c{2, p};
+        Planned c{2, p, a.site};
         int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
         if (to < ncpus && to >= a.on) ++to;
         if (!mirror_ops(t, c.program, a.on, to, rng)) continue;
@@ -202,9 +219,15 @@ std::vector<Planned> plan_followup(const TargetSpec& t, const Program& p, const 
 void PlanQueue::add(std::vector<Planned> candidates, int chain) {
   auto& level = queues_[static_cast<std::size_t>(chain > 0 && chain < kPlanChainLevels ? chain : 0)];
   for (Planned& c : candidates) {
-    std::deque<Program>& q = level[static_cast<std::size_t>(c.tier)];
-    if (q.size() >= kPlanQueueDepth) q.pop_front();
-    q.push_back(std::move(c.program));
+    TierQueue& q = level[static_cast<std::size_t>(c.tier)];
+    if (q.size >= kPlanQueueDepth) {
+      auto longest = std::max_element(q.by_site.begin(), q.by_site.end(),
+                                      [](const auto& a, const auto& b) { return a.size() < b.size(); });
+      longest->pop_front();
+      --q.size;
+    }
+    q.by_site[static_cast<std::size_t>(c.site)].push_back(std::move(c.program));
+    ++q.size;
   }
 }
 
@@ -212,11 +235,16 @@ bool PlanQueue::take(Program& out) {
   for (int chain = kPlanChainLevels - 1; chain >= 0; --chain)
     for (int i = 0; i < kPlanTiers; ++i) {
       int tier = chain == 0 ? (next_tier_ + i) % kPlanTiers : i;
-      std::deque<Program>& q = queues_[static_cast<std::size_t>(chain)][static_cast<std::size_t>(tier)];
-      if (q.empty()) continue;
-      if (chain == 0) std::swap(q[rng_.below(static_cast<std::uint32_t>(q.size()))], q.back());
-      out = std::move(q.back());
-      q.pop_back();
+      TierQueue& q = queues_[static_cast<std::size_t>(chain)][static_cast<std::size_t>(tier)];
+      if (q.size == 0) continue;
+      int site = q.next_site;
+      while (q.by_site[static_cast<std::size_t>(site)].empty()) site = (site + 1) % kInjectionSites;
+      std::deque<Program>& list = q.by_site[static_cast<std::size_t>(site)];
+      if (chain == 0) std::swap(list[rng_.below(static_cast<std::uint32_t>(list.size()))], list.back());
+      out = std::move(list.back());
+      list.pop_back();
+      --q.size;
+      q.next_site = (site + 1) % kInjectionSites;
       if (chain == 0) next_tier_ = (tier + 1) % kPlanTiers;
       taken_chain_ = chain;
       taken_tier_ = tier;
@@ -228,7 +256,7 @@ bool PlanQueue::take(Program& out) {
 std::size_t PlanQueue::size() const {
   std::size_t n = 0;
   for (const auto& level : queues_)
-    for (const std::deque<Program>& q : level) n += q.size();
+    for (const TierQueue& q : level) n += q.size;
   return n;
 }
 

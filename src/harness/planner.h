@@ -30,17 +30,18 @@
 //     inside an update.
 //
 // A candidate that reaches something new joins the corpus and is planned at
-// once (a chain): a switch planned at tier 1 or 2 is followed by the tier-0
-// interrupts that complete the interleaving.
+// once; a switch planned at tier 1 or 2 that ran is followed at once by the
+// interrupts at the moments it opened (plan_followup: a chain).
 //
 // Contract:
 //  - plan() is a pure function of its arguments: the same program, map and
 //    seed give the same candidates, each valid for the target
 //    (validate().empty()), at most kPlanPerInput[tier] per tier.
 //  - PlanQueue holds at most kPlanQueueDepth candidates per tier and chain
-//    level (a full one drops its oldest); take() returns the newest
-//    candidate of the deepest non-empty chain level: a chain's next level
-//    first, then the inputs' own plans, whose tiers take turns.
+//    level (a full one drops the oldest of its longest site list); take()
+//    serves the follow-ups first, then the inputs' own plans: tiers in
+//    turn, within a tier the sites of the moments in turn, within a site a
+//    draw at random (newest first, above level 0).
 //  - The fuzz targets plan a run that reached a new interleaving at once
 //    (fuzz_one, executor.h: fuzz_plans). Their custom mutator (mutate_input
 //    with a PlanQueue) plans for an input when its SiteObserver ran it for
@@ -73,6 +74,7 @@ inline constexpr int kPlannedPercent = 50;
 struct Planned {
   int tier = 0;
   Program program;
+  int site = kOpBoundary;  // the site of the moment it adds to the program
 };
 
 // Return: the candidates for `p`, whose run went where `sites` says,
@@ -109,10 +111,17 @@ class PlanQueue {
   // input's own plans; 1: follow-ups; kPlanChainLevels or more: 0).
   void add(std::vector<Planned> candidates, int chain = 0);
   // Moves the next candidate into `out`: from the deepest chain level that
-  // has one, newest first; at level 0 the tiers take turns (an input's
-  // planned switches, the first step of every depth-3 chain, would
-  // otherwise wait behind every other input's interrupts); above it, the
-  // highest tier first. Return: false when none is queued.
+  // has one; above level 0 the highest tier first; at level 0 the tiers
+  // take turns (an input's planned switches, the first step of every
+  // depth-3 chain, would otherwise wait behind every other input's
+  // interrupts). Within a tier the sites take turns: the queue holds about
+  // twenty times what the fuzzer runs, and a moment at a site few inputs
+  // reach (a nolock trim parking pages: 9 inputs of 982 in a page_smp
+  // corpus) would otherwise wait behind the lock sites every input hits.
+  // Within a site, newest first above level 0 (a follow-up belongs to the
+  // switch that just ran), a draw at level 0 (newest first would follow
+  // whatever was new last, plans of plans, and not come back to a base).
+  // Return: false when none is queued.
   bool take(Program& out);
   std::size_t size() const;
 
@@ -128,7 +137,14 @@ class PlanQueue {
  private:
   bool is_written(const std::uint8_t* data, std::size_t size) const;
 
-  std::array<std::array<std::deque<Program>, kPlanTiers>, kPlanChainLevels> queues_;
+  // One tier of one level: a list per site of the moment the candidates
+  // add; take() serves the sites in turn.
+  struct TierQueue {
+    std::array<std::deque<Program>, kInjectionSites> by_site;
+    std::size_t size = 0;
+    int next_site = 0;
+  };
+  std::array<std::array<TierQueue, kPlanTiers>, kPlanChainLevels> queues_;
   int next_tier_ = 0;                     // level 0's turn
   Rng rng_{0x706c616e};                   // level 0's draw
   int taken_chain_ = -1;                  // the chain level and tier of the last take()

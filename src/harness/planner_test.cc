@@ -3,7 +3,7 @@
 // another CPU meets that lock held, and over the program with that
 // switch, the interrupts that complete the interleaving (where the other CPU
 // waits for the lock); the executor marks where a CPU resumed inside a
-// section; the queue serves chains first, the tiers in turn, newest first; the fuzz
+// section; the queue serves follow-ups first, then the tiers in turn; the fuzz
 // targets' mutator feeds the queue from the observer, and fuzz_one feeds it
 // from a run that reached a new interleaving.
 #include "harness/planner.h"
@@ -223,7 +223,7 @@ switch on=0 site=StockEdit level=task nth=2 cpu=1
   EXPECT_TRUE(extra) << "the pending drain request is a state of its own";
 }
 
-TEST(PlannerTest, TheQueueServesChainsFirstTiersInTurnNewestFirstAndKeepsItsDepth) {
+TEST(PlannerTest, TheQueueServesChainsFirstTiersInTurnAndKeepsItsDepth) {
   auto tagged = [](int tier, int tag) {
     Planned c;
     c.tier = tier;
@@ -236,13 +236,20 @@ TEST(PlannerTest, TheQueueServesChainsFirstTiersInTurnNewestFirstAndKeepsItsDept
   q.add({tagged(0, 4), tagged(1, 5)});
   Program out;
   std::vector<int> order;
-  while (q.take(out)) order.push_back(out.fault.seed);
-  // The inputs' own plans: the tiers take turns (0, 1, 2, ...), a turn that
-  // finds its tier empty passes to the next, newest first in each.
-  EXPECT_EQ(order, (std::vector<int>{4, 5, 3, 2, 1}));
+  auto tier_of_tag = [](int tag) { return tag == 4 || tag == 6 ? 0 : tag == 2 || tag == 5 || tag == 9 || tag == 10 ? 1 : 2; };
+  std::vector<int> tiers;
+  while (q.take(out)) {
+    order.push_back(out.fault.seed);
+    tiers.push_back(tier_of_tag(out.fault.seed));
+  }
+  // The inputs' own plans: the tiers take turns (0, 1, 2, 3, ...), a turn
+  // that finds its tier empty passes to the next; within a tier, a draw.
+  EXPECT_EQ(tiers, (std::vector<int>{0, 1, 2, 1, 2}));
+  std::sort(order.begin(), order.end());
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5}));
 
-  // A chain's next level goes first, whatever its tier; the deepest first.
-  // A run below the last level plans like an unplanned input.
+  // A chain's next level goes first, whatever its tier, highest tier
+  // first. A level beyond the last is level 0.
   q.add({tagged(0, 6), tagged(2, 7)});
   q.add({tagged(2, 8)}, 1);
   q.add({tagged(1, 9)}, kPlanChainLevels - 1);
@@ -255,6 +262,36 @@ TEST(PlannerTest, TheQueueServesChainsFirstTiersInTurnNewestFirstAndKeepsItsDept
   for (std::size_t i = 0; i < kPlanQueueDepth + 10; ++i) many.push_back(tagged(1, static_cast<int>(i % 200)));
   q.add(std::move(many));
   EXPECT_EQ(q.size(), kPlanQueueDepth);
+
+  // Within a tier the sites of the moments take turns: one candidate at a
+  // site few inputs reach is served within two takes, not after the
+  // hundred at a site every input hits; a full tier drops from its longest
+  // site list.
+  PlanQueue r;
+  std::vector<Planned> common;
+  for (int i = 0; i < 100; ++i) {
+    common.push_back(tagged(2, i));
+    common.back().site = site_of("ZoneLocked");
+  }
+  r.add(std::move(common));
+  Planned rare = tagged(2, 150);
+  rare.site = site_of("DeferredPush");
+  r.add({rare});
+  bool served = false;
+  for (int i = 0; i < 2 && r.take(out); ++i) served |= out.fault.seed == 150;
+  EXPECT_TRUE(served);
+  std::vector<Planned> more;
+  for (std::size_t i = 0; i < kPlanQueueDepth; ++i) {
+    more.push_back(tagged(2, 1));
+    more.back().site = site_of("ZoneLocked");
+  }
+  rare.program.fault.seed = 151;
+  r.add({rare});
+  r.add(std::move(more));
+  EXPECT_EQ(r.size(), kPlanQueueDepth);
+  served = false;
+  for (int i = 0; i < 2 && r.take(out); ++i) served |= out.fault.seed == 151;
+  EXPECT_TRUE(served) << "the rare site's candidate was dropped";
 }
 
 // The queue knows the chain level and tier of the candidate written last,
