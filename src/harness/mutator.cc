@@ -247,6 +247,45 @@ bool mirror_ops(const TargetSpec& t, Program& p, int from, int to, Rng& rng) {
   return true;
 }
 
+// A drain request reaches a section only from another CPU, and only for
+// what that section holds: a limit over the cgroup its stock caches, a pcp.
+bool request_ops(const TargetSpec& t, Program& p, int from, int to, int site, Rng& rng) {
+  const int ncpus = static_cast<int>(p.cpus.size());
+  if (from < 0 || from >= ncpus || to < 0 || to == from || to > ncpus || to >= t.max_cpus) return false;
+  const std::uint8_t held = site_effect(site).takes;
+  const Site s = static_cast<Site>(site);
+  const bool stock = held == kHeldStock || s == Site::kStockEdit || s == Site::kChargeWalk;
+  const bool pcp = held == kHeldPcp || s == Site::kPcpListEdit || s == Site::kPcpRefill || s == Site::kPcpBulkFree ||
+                   s == Site::kPcpDrainServe || s == Site::kPcpPark;
+  std::vector<Op> ops;
+  if (stock) {
+    if (!op_allowed(t, Ctx::kTask, K::kMemcgSetMax) || !op_allowed(t, Ctx::kTask, K::kMemcgCharge)) return false;
+    int charged[kMaxOps], n = 0;
+    for (const Op& op : p.cpus[static_cast<std::size_t>(from)])
+      if (op.kind == K::kMemcgCharge && kCgroupParent[op.order] >= 0) charged[n++] = op.order;
+    if (n == 0) return false;
+    // The limit goes on the top of the cgroup's subtree below the root: it
+    // covers the stock whichever cgroup of that subtree it caches when the
+    // request comes.
+    int cgroup = charged[rng.below(static_cast<std::uint32_t>(n))];
+    int limited = cgroup;
+    while (kCgroupParent[limited] > 0) limited = kCgroupParent[limited];
+    ops.push_back(normalize_op(Op{K::kMemcgSetMax, Path::kSpinning, static_cast<std::uint8_t>(limited), 1, 0}, Ctx::kTask));
+    Op charge{K::kMemcgCharge, Path::kSpinning, static_cast<std::uint8_t>(cgroup), kMaxChargePages, 0};
+    const std::uint8_t empty = static_cast<std::uint8_t>(~filled_slots(p));
+    charge.slot = static_cast<std::uint8_t>(empty != 0 ? pick_bit(empty, rng) : rng.below(kSlots));
+    ops.push_back(normalize_op(charge, Ctx::kTask));
+  } else if (pcp) {
+    if (!op_allowed(t, Ctx::kTask, K::kDrainAll)) return false;
+    ops.push_back(normalize_op(Op{K::kDrainAll, Path::kSpinning, 0, 0, 0}, Ctx::kTask));
+  } else {
+    return false;
+  }
+  if (to == ncpus) p.cpus.emplace_back();
+  p.cpus[static_cast<std::size_t>(to)] = std::move(ops);
+  return true;
+}
+
 namespace {
 
 // A new op for a list in `ctx`: an echo of the program's ops (echo_op,

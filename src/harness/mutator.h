@@ -169,6 +169,16 @@ bool echo_op(const TargetSpec& target, Ctx ctx, const Program& p, int cpu, Rng& 
 // CPU beyond the target's).
 bool mirror_ops(const TargetSpec& target, Program& p, int from, int to, Rng& rng);
 
+// CPU `to` (as for mirror_ops) gets, in place of its own, ops that ask CPU
+// `from` to give back what it holds at `site`: where `from` is inside its
+// memcg stock, a limit on the top (below the root) of the subtree of a
+// cgroup one of its charges names, and a spinning charge of that cgroup
+// over it (the charge meets the limit and posts a drain request to every
+// stock in the subtree); where it is inside its pcp, drain_all (a drain request to every
+// CPU). Return: false for a site of another kind, when the target has no
+// such ops, or when `from` charges no cgroup that can be limited.
+bool request_ops(const TargetSpec& target, Program& p, int from, int to, int site, Rng& rng);
+
 // Applies one structural mutation to `p` (valid for `target`; still valid
 // after). `bytes` may be nullptr: the byte-level kinds are then skipped.
 // `sites`, when given, is the site map of `p` (or of the program it was

@@ -356,5 +356,74 @@ TEST(MutatorTest, MirroredOpsTouchTheSameThingsWithSlotsOfTheirOwn) {
   EXPECT_TRUE(p.cpus[1].empty()) << "a refusal changes nothing";
 }
 
+// Ops that ask a section for a drain, by the section's kind: a limit over
+// the subtree of a cgroup the stock's CPU charges and a charge over it; a
+// drain_all for a pcp; nothing for a section no request reaches, for a
+// target without the ops, or for a CPU that charges only the root.
+TEST(MutatorTest, RequestOpsAskTheSectionForADrain) {
+  auto site = [](const char* name) {
+    for (int s = 0; s < kInjectionSites; ++s)
+      if (std::string(injection_site_name(s)) == name) return s;
+    return -1;
+  };
+  const TargetSpec& memcg = *target_spec("memcg_ops");
+  Program base;
+  base.cpus[0] = {normalize_op(Op{OpKind::kMemcgCharge, Path::kSpinning, 2, 1, 0}, Ctx::kTask)};  // A/B
+  int limits[kCgroups] = {};
+  for (std::uint64_t seed = 0; seed < 100; ++seed) {
+    Program p = base;
+    Rng rng(seed);
+    ASSERT_TRUE(request_ops(memcg, p, 0, 1, site("StockEdit"), rng));
+    ASSERT_EQ(validate(memcg, p), "");
+    ASSERT_EQ(p.cpus[1].size(), 2u);
+    EXPECT_EQ(p.cpus[1][0].kind, OpKind::kMemcgSetMax);
+    EXPECT_EQ(kMemcgLimits[p.cpus[1][0].arg], 1u);
+    ++limits[p.cpus[1][0].order];
+    EXPECT_EQ(p.cpus[1][1].kind, OpKind::kMemcgCharge);
+    EXPECT_EQ(p.cpus[1][1].path, Path::kSpinning);
+    EXPECT_EQ(p.cpus[1][1].order, 2) << "the charge names the stock's cgroup";
+    EXPECT_GT(p.cpus[1][1].arg, 1) << "over the limit";
+    EXPECT_NE(p.cpus[1][1].slot, 0) << "a slot of its own";
+  }
+  EXPECT_EQ(limits[1], 100) << "the top of A/B's subtree below the root: A";
+
+  struct Row {
+    const char* target;
+    const char* site;
+    int cgroup;  // of cpu 0's charge
+    bool asks;
+    OpKind first;
+  } rows[] = {
+      {"memcg_ops", "StockLocked", 3, true, OpKind::kMemcgSetMax},
+      {"memcg_ops", "ChargeWalk", 1, true, OpKind::kMemcgSetMax},
+      {"memcg_ops", "StockEdit", 0, false, {}},   // the root has no limit
+      {"memcg_ops", "ZoneLocked", 1, false, {}},  // no request reaches zone.lock
+      {"page_smp", "PcpLocked", 1, true, OpKind::kDrainAll},
+      {"page_smp", "PcpRefill", 1, true, OpKind::kDrainAll},
+      {"page_smp", "StockEdit", 1, false, {}},    // page_smp has no memcg ops
+      {"lock_ops", "PcpLocked", 1, false, {}},    // nor drain_all
+      {"page_smp", "DeferredPush", 1, false, {}},
+  };
+  for (const Row& r : rows) {
+    const TargetSpec& t = *target_spec(r.target);
+    Program p;
+    p.cpus[0] = {normalize_op(Op{OpKind::kMemcgCharge, Path::kSpinning, static_cast<std::uint8_t>(r.cgroup), 1, 0},
+                              Ctx::kTask)};
+    if (!op_allowed(t, Ctx::kTask, OpKind::kMemcgCharge))
+      p.cpus[0] = {normalize_op(Op{OpKind::kAllocPages, Path::kSpinning, 0, 0, 0}, Ctx::kTask)};
+    p.cpus.emplace_back();
+    Rng rng(3);
+    Program before = p;
+    bool asked = request_ops(t, p, 0, 1, site(r.site), rng);
+    EXPECT_EQ(asked, r.asks) << r.target << " " << r.site;
+    if (asked) {
+      EXPECT_EQ(p.cpus[1][0].kind, r.first) << r.target << " " << r.site;
+      EXPECT_EQ(validate(t, p), "");
+    } else {
+      EXPECT_TRUE(p == before) << "a refusal changes nothing";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace anyctx::harness

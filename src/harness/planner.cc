@@ -140,7 +140,8 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
 
   // Tier 1: a switch where a CPU has just taken a lock or is mid-update.
   // Tier 2: the same switch to a copy of that CPU's ops on another CPU (a
-  // new one when the target allows), which then meets the section open.
+  // new one when the target allows), which then meets the section open, and
+  // to ops there that ask that section for a drain.
   if (ncpus > 1 || t.max_cpus > 1) {
     if (!p.pct.on() && static_cast<int>(p.anchored.size()) < kMaxAnchoredSwitches) {
       std::vector<AnchoredSwitch> switches, contended;
@@ -171,15 +172,20 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
         c.program.anchored.push_back(a);
         out.push_back(std::move(c));
       }
-      keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]), rng, rank);
+      // Each moment twice: a copy of the CPU's ops on the other CPU, and,
+      // where the section is one a drain request reaches, a request.
+      keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]) / 2, rng, rank);
       for (AnchoredSwitch a : contended) {
-        Planned c{2, p, a.site};
         int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
         if (to < ncpus && to >= a.on) ++to;
-        if (!mirror_ops(t, c.program, a.on, to, rng)) continue;
         a.cpu = static_cast<std::uint8_t>(to);
-        c.program.anchored.push_back(a);
-        out.push_back(std::move(c));
+        for (int ask = 0; ask < 2; ++ask) {
+          Planned c{2, p, a.site};
+          if (ask ? !request_ops(t, c.program, a.on, to, a.site, rng) : !mirror_ops(t, c.program, a.on, to, rng))
+            continue;
+          c.program.anchored.push_back(a);
+          out.push_back(std::move(c));
+        }
       }
     }
   }

@@ -23,9 +23,11 @@
 //     to each other CPU that has ops.
 //   tier 2 (contention): the same switch to a copy of the switching CPU's
 //     ops on another CPU (mirror_ops: a new CPU when the target allows one),
-//     which meets the section open: the base a depth-3 interleaving needs,
-//     two CPUs on one structure, which a program with one CPU, or two that
-//     touch different things, does not have.
+//     which meets the section open, and, where the section is a memcg stock
+//     or a pcp, to ops there that ask it for a drain (request_ops), 24 at
+//     most (12 moments): the base a depth-3 interleaving needs, two CPUs on one
+//     structure, which a program with one CPU, or two that touch different
+//     things, does not have.
 //   tier 3 (depth 2, one CPU): an interrupt where its CPU holds a lock or is
 //     inside an update.
 //
@@ -64,7 +66,7 @@
 namespace anyctx::harness {
 
 inline constexpr int kPlanTiers = 4;
-inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 12, 12};
+inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 24, 12};
 inline constexpr std::size_t kPlanQueueDepth = 1024;
 
 // Percent of custom-mutator calls that emit a planned candidate while one
@@ -90,7 +92,7 @@ std::vector<Planned> plan(const TargetSpec& target, const Program& p, const Site
 // a push half done) is seldom an interleaving flag of its own, and the
 // flags a switch sets were mostly set before by a switch on another input.
 // Return: empty when `p` has no anchored switch.
-inline constexpr std::size_t kFollowUps = 12;
+inline constexpr std::size_t kFollowUps = 4;
 std::vector<Planned> plan_followup(const TargetSpec& target, const Program& p, const SiteMap& sites,
                                    std::uint64_t seed);
 

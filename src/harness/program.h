@@ -34,6 +34,9 @@ inline constexpr int kMaxInjectionOps = 8;
 inline constexpr int kMaxSwitches = 16;
 inline constexpr int kSlots = 8;
 inline constexpr int kCgroups = 4;  // root and three children (see executor)
+// The parent of each cgroup (the executor's tree: root, A, A/B, C); -1 for
+// the root.
+inline constexpr int kCgroupParent[kCgroups] = {-1, 0, 1, 0};
 inline constexpr int kLocks = 3;    // spinlock A, spinlock B, per-CPU local trylock L
 
 // The pseudo-site "before an op starts", after the real sites.
