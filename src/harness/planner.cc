@@ -26,6 +26,9 @@ struct Moment {
   int rank = 0;  // which go first when there are more than a tier takes
 };
 
+// Planned injections name one of the first eight hits of their site.
+constexpr int kMaxInjectionNth = 8;
+
 // Whether the interrupted frame itself is at a sharp moment: spinning on a
 // lock, holding one, or inside an update.
 bool sharp(int site) { return site == static_cast<int>(Site::kSpinWait) || site_inside_update(site); }
@@ -96,6 +99,14 @@ bool add_echo_injection(const TargetSpec& t, Program& p, const Moment& m, Ctx ki
 // Injections at each moment: an NMI, and an IRQ at task level (an IRQ
 // cannot land inside an IRQ). Injection nths go up to 8. When there are
 // more than the tier takes, lower ranks go first.
+// Return: how many injections plan_injections() can place at `moments`.
+std::size_t injection_points(const std::vector<Moment>& moments) {
+  std::size_t n = 0;
+  for (const Moment& m : moments)
+    if (m.nth <= kMaxInjectionNth) n += m.level == Ctx::kTask ? 2 : 1;
+  return n;
+}
+
 void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Moment>& moments, int tier,
                      std::size_t room, Rng& rng, std::vector<Planned>& out) {
   struct Point {
@@ -104,7 +115,7 @@ void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Mo
   };
   std::vector<Point> points;
   for (const Moment& m : moments) {
-    if (m.nth > 8) continue;
+    if (m.nth > kMaxInjectionNth) continue;
     points.push_back({m, Ctx::kNmi});
     if (m.level == Ctx::kTask) points.push_back({m, Ctx::kIrq});
   }
@@ -210,15 +221,22 @@ std::vector<Planned> plan_followup(const TargetSpec& t, const Program& p, const 
   if (p.anchored.empty()) return out;
   Rng rng(seed ^ 0x666f6c6cull);
   const AnchoredSwitch& a = p.anchored.back();
-  std::vector<Moment> moments;
+  // Half where the switched CPU resumed inside its section (sharp moments
+  // first), half where the CPU it ran met that section open (waiting for
+  // its lock first, then other sharp moments); one side's unused room goes
+  // to the other.
+  std::vector<Moment> resumed, met;
   for (int site = 0; site < kInjectionSites; ++site)
     for (int l = 0; l < 2; ++l) {
       first_and_last(sites.resumed_inside[a.on][site][l], sites.hits[a.on][site][l], a.on, site, static_cast<Ctx>(l),
-                     rank_of(site, true), moments);
+                     sharp(site) ? 0 : 1, resumed);
       first_and_last(sites.held_elsewhere[a.cpu][site][l], sites.hits[a.cpu][site][l], a.cpu, site,
-                     static_cast<Ctx>(l), rank_of(site, false), moments);
+                     static_cast<Ctx>(l), site == static_cast<int>(Site::kSpinWait) ? 0 : sharp(site) ? 1 : 2, met);
     }
-  plan_injections(t, p, moments, 0, kFollowUps, rng, out);
+  const std::size_t met_points = injection_points(met);
+  const std::size_t room = std::max(kFollowUps / 2, kFollowUps - std::min(met_points, kFollowUps));
+  plan_injections(t, p, resumed, 0, room, rng, out);
+  plan_injections(t, p, met, 0, kFollowUps - out.size(), rng, out);
   return out;
 }
 

@@ -86,7 +86,8 @@ std::vector<Planned> plan(const TargetSpec& target, const Program& p, const Site
 // The interrupts that complete the switch a tier-1 or tier-2 candidate
 // added (p.anchored.back()): an NMI, and an IRQ at task level, where the
 // switched CPU resumed inside its section and where the CPU it switched to
-// met that section open, at most kFollowUps, those on the resumed CPU first.
+// met that section open (waiting for its lock first), at most kFollowUps,
+// half of them on each side while both have moments.
 // Planned for every such candidate the fuzzer runs, new interleaving or
 // not: what makes the third event matter (a request pending in the section,
 // a push half done) is seldom an interleaving flag of its own, and the

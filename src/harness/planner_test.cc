@@ -39,6 +39,14 @@ cpu 1
   kmalloc spinning size=96 slot=1
 )";
 
+// One CPU allocates from a cache and frees.
+constexpr const char* kOneCpuOneCache = R"(# anyctx program v2
+target slab_ops
+cpu 0
+  kmalloc spinning size=96 slot=0
+  kfree spinning slot=0
+)";
+
 int site_of(const char* name) {
   for (int s = 0; s < kInjectionSites; ++s)
     if (std::string(injection_site_name(s)) == name) return s;
@@ -138,12 +146,7 @@ TEST(PlannerTest, ASwitchIsPlannedThenTheInterruptsThatCompleteIt) {
 // its pcp, switches to a drain_all).
 TEST(PlannerTest, OneCpuIsPlannedIntoTwoThatContend) {
   const TargetSpec& t = *target_spec("slab_ops");
-  Program base = parse_or_fail(R"(# anyctx program v2
-target slab_ops
-cpu 0
-  kmalloc spinning size=96 slot=0
-  kfree spinning slot=0
-)");
+  Program base = parse_or_fail(kOneCpuOneCache);
   RunStats stats = run_program(t, base);
   const int list_locked = site_of("SlabListLocked"), spin_wait = site_of("SpinWait");
   int contended = 0, waiting = 0;
@@ -388,12 +391,7 @@ TEST(PlannerTest, FuzzOnePlansARunThatReachedANewInterleaving) {
   Program out;
   while (q->take(out)) {
   }
-  std::vector<std::uint8_t> one_cpu = encode(t, parse_or_fail(R"(# anyctx program v2
-target slab_ops
-cpu 0
-  kmalloc spinning size=96 slot=0
-  kfree spinning slot=0
-)"));
+  std::vector<std::uint8_t> one_cpu = encode(t, parse_or_fail(kOneCpuOneCache));
   fuzz_site_map(t, one_cpu.data(), one_cpu.size(), nullptr);  // what the custom mutator does
   feedback::forget_interleavings();
   auto run = [&](const std::vector<std::uint8_t>& input) {
