@@ -96,9 +96,6 @@ bool add_echo_injection(const TargetSpec& t, Program& p, const Moment& m, Ctx ki
   return true;
 }
 
-// Injections at each moment: an NMI, and an IRQ at task level (an IRQ
-// cannot land inside an IRQ). Injection nths go up to 8. When there are
-// more than the tier takes, lower ranks go first.
 // Return: how many injections plan_injections() can place at `moments`.
 std::size_t injection_points(const std::vector<Moment>& moments) {
   std::size_t n = 0;
@@ -107,6 +104,8 @@ std::size_t injection_points(const std::vector<Moment>& moments) {
   return n;
 }
 
+// Injections at each moment: an NMI, and an IRQ at task level (an IRQ
+// cannot land inside an IRQ), at most `room`, lower ranks first.
 void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Moment>& moments, int tier,
                      std::size_t room, Rng& rng, std::vector<Planned>& out) {
   struct Point {
