@@ -14,16 +14,13 @@
 #include "anyctx/page/page_alloc.h"
 #include "harness/feedback.h"
 #include "harness/interleave.h"
+#include "harness/test_helpers.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
 namespace {
 
-Program parse_or_fail(const char* text) {
-  ParseResult r = parse(text, *target_spec("all"));
-  EXPECT_TRUE(r.ok()) << r.error;
-  return r.program;
-}
+using test::parse_or_fail;
 
 class ExecutorTest : public ::testing::Test {
  protected:

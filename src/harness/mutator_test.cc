@@ -13,6 +13,7 @@
 
 #include "harness/executor.h"
 #include "harness/interleave.h"
+#include "harness/test_helpers.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
@@ -361,11 +362,7 @@ TEST(MutatorTest, MirroredOpsTouchTheSameThingsWithSlotsOfTheirOwn) {
 // drain_all for a pcp; nothing for a section no request reaches, for a
 // target without the ops, or for a CPU that charges only the root.
 TEST(MutatorTest, RequestOpsAskTheSectionForADrain) {
-  auto site = [](const char* name) {
-    for (int s = 0; s < kInjectionSites; ++s)
-      if (std::string(injection_site_name(s)) == name) return s;
-    return -1;
-  };
+  using test::site_of;
   const TargetSpec& memcg = *target_spec("memcg_ops");
   Program base;
   base.cpus[0] = {normalize_op(Op{OpKind::kMemcgCharge, Path::kSpinning, 2, 1, 0}, Ctx::kTask)};  // A/B
@@ -373,7 +370,7 @@ TEST(MutatorTest, RequestOpsAskTheSectionForADrain) {
   for (std::uint64_t seed = 0; seed < 100; ++seed) {
     Program p = base;
     Rng rng(seed);
-    ASSERT_TRUE(request_ops(memcg, p, 0, 1, site("StockEdit"), rng));
+    ASSERT_TRUE(request_ops(memcg, p, 0, 1, site_of("StockEdit"), rng));
     ASSERT_EQ(validate(memcg, p), "");
     ASSERT_EQ(p.cpus[1].size(), 2u);
     EXPECT_EQ(p.cpus[1][0].kind, OpKind::kMemcgSetMax);
@@ -414,7 +411,7 @@ TEST(MutatorTest, RequestOpsAskTheSectionForADrain) {
     p.cpus.emplace_back();
     Rng rng(3);
     Program before = p;
-    bool asked = request_ops(t, p, 0, 1, site(r.site), rng);
+    bool asked = request_ops(t, p, 0, 1, site_of(r.site), rng);
     EXPECT_EQ(asked, r.asks) << r.target << " " << r.site;
     if (asked) {
       EXPECT_EQ(p.cpus[1][0].kind, r.first) << r.target << " " << r.site;

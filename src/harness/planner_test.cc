@@ -18,16 +18,14 @@
 #include "harness/executor.h"
 #include "harness/feedback.h"
 #include "harness/mutator.h"
+#include "harness/test_helpers.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
 namespace {
 
-Program parse_or_fail(const char* text) {
-  ParseResult r = parse(text, *target_spec("all"));
-  EXPECT_TRUE(r.ok()) << r.error;
-  return r.program;
-}
+using test::parse_or_fail;
+using test::site_of;
 
 // Two CPUs allocate from the same cache; each first kmalloc takes list_lock
 // to find a slab.
@@ -46,13 +44,6 @@ cpu 0
   kmalloc spinning size=96 slot=0
   kfree spinning slot=0
 )";
-
-int site_of(const char* name) {
-  for (int s = 0; s < kInjectionSites; ++s)
-    if (std::string(injection_site_name(s)) == name) return s;
-  ADD_FAILURE() << "no site " << name;
-  return kOpBoundary;
-}
 
 TEST(PlannerTest, CandidatesAreValidAndAFunctionOfTheirArguments) {
   const char* names[] = {"page_ops", "page_smp", "slab_ops", "memcg_ops", "lock_ops"};

@@ -8,16 +8,13 @@
 #include "harness/executor.h"
 #include "harness/explore.h"
 #include "harness/minimize.h"
+#include "harness/test_helpers.h"
 #include "harness/text.h"
 
 namespace anyctx::harness {
 namespace {
 
-Program parse_or_fail(const std::string& text) {
-  ParseResult r = parse(text, *target_spec("all"));
-  EXPECT_TRUE(r.ok()) << r.error << "\n" << text;
-  return r.program;
-}
+using test::parse_or_fail;
 
 TEST(StepKind, DropsTheNumbers) {
   EXPECT_EQ(step_kind_of("[program cpu 1 (anyctx cpu 2): task op 3 alloc_pages > nmi injection 0 op 1 free_pages; "
