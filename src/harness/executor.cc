@@ -1423,9 +1423,9 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
   g_last_sites = stats.sites;
   // A run that reached a new interleaving is planned over now, not when the
   // fuzzer first picks it from its corpus (which may take minutes). A
-  // planned switch that ran is followed at once by the interrupts that only
-  // it makes possible (plan_followup, new interleaving or not), before every
-  // other plan (planner.h, chain levels).
+  // planned switch that ran is followed within a few runs by the
+  // interrupts that only it makes possible (plan_followup, new interleaving
+  // or not; planner.h, chain levels).
   if (PlanQueue* plans = fuzz_plans(); plans != nullptr && g_mutator_asked) {
     const int chain = plans->chain_of(data, size), tier = plans->tier_of(data, size);
     if (tier == 1 || tier == 2) plans->add(plan_followup(target, program, stats.sites, g_last_input), chain + 1);

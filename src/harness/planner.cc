@@ -255,7 +255,9 @@ void PlanQueue::add(std::vector<Planned> candidates, int chain) {
 }
 
 bool PlanQueue::take(Program& out) {
-  for (int chain = kPlanChainLevels - 1; chain >= 0; --chain)
+  static_assert(kPlanChainLevels == 2, "the levels take turns: follow-ups, then the inputs' own plans");
+  for (int k = 0; k < kPlanChainLevels; ++k) {
+    const int chain = follow_up_turn_ ? 1 - k : k;
     for (int i = 0; i < kPlanTiers; ++i) {
       int tier = chain == 0 ? (next_tier_ + i) % kPlanTiers : i;
       TierQueue& q = queues_[static_cast<std::size_t>(chain)][static_cast<std::size_t>(tier)];
@@ -271,8 +273,10 @@ bool PlanQueue::take(Program& out) {
       if (chain == 0) next_tier_ = (tier + 1) % kPlanTiers;
       taken_chain_ = chain;
       taken_tier_ = tier;
+      follow_up_turn_ = chain == 0;
       return true;
     }
+  }
   return false;
 }
 

@@ -224,7 +224,7 @@ switch on=0 site=StockEdit level=task nth=2 cpu=1
   EXPECT_TRUE(extra) << "the pending drain request is a state of its own";
 }
 
-TEST(PlannerTest, TheQueueServesChainsFirstTiersInTurnAndKeepsItsDepth) {
+TEST(PlannerTest, TheQueueServesLevelsAndTiersInTurnAndKeepsItsDepth) {
   auto tagged = [](int tier, int tag) {
     Planned c;
     c.tier = tier;
@@ -249,15 +249,16 @@ TEST(PlannerTest, TheQueueServesChainsFirstTiersInTurnAndKeepsItsDepth) {
   std::sort(order.begin(), order.end());
   EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5}));
 
-  // A chain's next level goes first, whatever its tier, highest tier
-  // first. A level beyond the last is level 0.
+  // The follow-ups (level 1, highest tier first) and the inputs' own plans
+  // take turns, either alone when the other is empty; after a level-0
+  // take, the follow-ups' turn. A level beyond the last is level 0.
   q.add({tagged(0, 6), tagged(2, 7)});
   q.add({tagged(2, 8)}, 1);
   q.add({tagged(1, 9)}, kPlanChainLevels - 1);
   q.add({tagged(1, 10)}, kPlanChainLevels);
   order.clear();
   while (q.take(out)) order.push_back(out.fault.seed);
-  EXPECT_EQ(order, (std::vector<int>{9, 8, 6, 10, 7}));
+  EXPECT_EQ(order, (std::vector<int>{9, 6, 8, 10, 7}));
 
   std::vector<Planned> many;
   for (std::size_t i = 0; i < kPlanQueueDepth + 10; ++i) many.push_back(tagged(1, static_cast<int>(i % 200)));
@@ -403,8 +404,8 @@ TEST(PlannerTest, FuzzOnePlansARunThatReachedANewInterleaving) {
   EXPECT_EQ(run(input), 0u) << "the same interleaving again is not planned again";
 
   // A planned switch that ran is followed up, new interleaving or not
-  // (this one is not new any more), and its follow-ups come before the
-  // plans of an input no plan made, even newer ones.
+  // (this one is not new any more), and after that level-0 take the next
+  // turn is the follow-ups', before a newer plan of an input no plan made.
   q->add({Planned{1, switched}});
   ASSERT_TRUE(q->take(out));
   q->wrote(input.data(), input.size());
