@@ -25,15 +25,15 @@
 //     ops on another CPU (mirror_ops: a new CPU when the target allows one),
 //     which meets the section open, and, where the section is a memcg stock
 //     or a pcp, to ops there that ask it for a drain (request_ops), 24 at
-//     most (12 moments): the base a depth-3 interleaving needs, two CPUs on one
-//     structure, which a program with one CPU, or two that touch different
-//     things, does not have.
+//     most (12 moments): the base a depth-3 interleaving needs, two CPUs on
+//     one structure, which a program with one CPU, or two that touch
+//     different things, does not have.
 //   tier 3 (depth 2, one CPU): an interrupt where its CPU holds a lock or is
 //     inside an update.
 //
 // A candidate that reaches something new joins the corpus and is planned at
-// once; a switch planned at tier 1 or 2 that ran is followed at once by the
-// interrupts at the moments it opened (plan_followup: a chain).
+// once; a switch planned at tier 1 or 2 that ran is followed, within a few
+// runs, by the interrupts at the moments it opened (plan_followup: a chain).
 //
 // Contract:
 //  - plan() is a pure function of its arguments: the same program, map and
