@@ -219,10 +219,18 @@ bool echo_op(const TargetSpec& t, Ctx ctx, const Program& p, int cpu, Rng& rng, 
 
 // Two CPUs contend only when both reach the same structure while one is
 // inside it; a copy of one CPU's ops is the shortest way to make that so.
+// Return: whether `from` is a CPU of `p` and `to` another one, or the next
+// new one the target allows (mirror_ops, request_ops).
+namespace {
+bool other_cpu_allowed(const TargetSpec& t, const Program& p, int from, int to) {
+  const int ncpus = static_cast<int>(p.cpus.size());
+  return from >= 0 && from < ncpus && to >= 0 && to != from && to <= ncpus && to < t.max_cpus;
+}
+}  // namespace
+
 bool mirror_ops(const TargetSpec& t, Program& p, int from, int to, Rng& rng) {
   const int ncpus = static_cast<int>(p.cpus.size());
-  if (from < 0 || from >= ncpus || to < 0 || to == from || to > ncpus || to >= t.max_cpus) return false;
-  if (p.cpus[static_cast<std::size_t>(from)].empty()) return false;
+  if (!other_cpu_allowed(t, p, from, to) || p.cpus[static_cast<std::size_t>(from)].empty()) return false;
   if (to == ncpus) p.cpus.emplace_back();
   std::vector<Op>& dst = p.cpus[static_cast<std::size_t>(to)];
   dst.clear();
@@ -251,7 +259,7 @@ bool mirror_ops(const TargetSpec& t, Program& p, int from, int to, Rng& rng) {
 // what that section holds: a limit over the cgroup its stock caches, a pcp.
 bool request_ops(const TargetSpec& t, Program& p, int from, int to, int site, Rng& rng) {
   const int ncpus = static_cast<int>(p.cpus.size());
-  if (from < 0 || from >= ncpus || to < 0 || to == from || to > ncpus || to >= t.max_cpus) return false;
+  if (!other_cpu_allowed(t, p, from, to)) return false;
   const std::uint8_t held = site_effect(site).takes;
   const Site s = static_cast<Site>(site);
   const bool stock = held == kHeldStock || s == Site::kStockEdit || s == Site::kChargeWalk;

@@ -152,50 +152,48 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
   // Tier 2: the same switch to a copy of that CPU's ops on another CPU (a
   // new one when the target allows), which then meets the section open, and
   // to ops there that ask that section for a drain.
-  if (ncpus > 1 || t.max_cpus > 1) {
-    if (!p.pct.on() && static_cast<int>(p.anchored.size()) < kMaxAnchoredSwitches) {
-      std::vector<AnchoredSwitch> switches, contended;
-      for (int on = 0; on < ncpus; ++on) {
-        if (p.cpus[on].empty()) continue;
-        for (int site = 0; site < kSiteCount; ++site) {
-          SiteEffect e = site_effect(site);
-          if (e.takes == 0 && !e.mid_update) continue;
-          for (int l = 0; l < 3; ++l) {
-            int n = std::min(hits(on, site, l), kMaxAnchorNth);
-            for (int nth = 1; nth <= n; nth = nth < kSwitchNths || nth == n ? nth + 1 : n) {
-              AnchoredSwitch a{static_cast<std::uint8_t>(on), static_cast<std::uint16_t>(site), static_cast<Ctx>(l),
-                               static_cast<std::uint8_t>(nth), 0};
-              for (int to = 0; to < ncpus; ++to)
-                if (to != on && !p.cpus[to].empty()) {
-                  a.cpu = static_cast<std::uint8_t>(to);
-                  switches.push_back(a);
-                }
-              contended.push_back(a);  // .cpu: the copy's, chosen below
-            }
+  if ((ncpus > 1 || t.max_cpus > 1) && !p.pct.on() && static_cast<int>(p.anchored.size()) < kMaxAnchoredSwitches) {
+    std::vector<AnchoredSwitch> switches, contended;
+    for (int on = 0; on < ncpus; ++on) {
+      if (p.cpus[on].empty()) continue;
+      for (int site = 0; site < kSiteCount; ++site) {
+        SiteEffect e = site_effect(site);
+        if (e.takes == 0 && !e.mid_update) continue;
+        for (int l = 0; l < 3; ++l) {
+          int n = std::min(hits(on, site, l), kMaxAnchorNth);
+          for (int nth = 1; nth <= n; nth = nth < kSwitchNths || nth == n ? nth + 1 : n) {
+            AnchoredSwitch a{static_cast<std::uint8_t>(on), static_cast<std::uint16_t>(site), static_cast<Ctx>(l),
+                             static_cast<std::uint8_t>(nth), 0};
+            for (int to = 0; to < ncpus; ++to)
+              if (to != on && !p.cpus[to].empty()) {
+                a.cpu = static_cast<std::uint8_t>(to);
+                switches.push_back(a);
+              }
+            contended.push_back(a);  // .cpu: the copy's, chosen below
           }
         }
       }
-      auto rank = [](const AnchoredSwitch& a) { return switch_rank(a.site); };
-      keep_ranked(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng, rank);
-      for (const AnchoredSwitch& a : switches) {
-        Planned c{1, p, a.site};
+    }
+    auto rank = [](const AnchoredSwitch& a) { return switch_rank(a.site); };
+    keep_ranked(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng, rank);
+    for (const AnchoredSwitch& a : switches) {
+      Planned c{1, p, a.site};
+      c.program.anchored.push_back(a);
+      out.push_back(std::move(c));
+    }
+    // Each moment twice: a copy of the CPU's ops on the other CPU, and,
+    // where the section is one a drain request reaches, a request.
+    keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]) / 2, rng, rank);
+    for (AnchoredSwitch a : contended) {
+      int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
+      if (to < ncpus && to >= a.on) ++to;
+      a.cpu = static_cast<std::uint8_t>(to);
+      for (int ask = 0; ask < 2; ++ask) {
+        Planned c{2, p, a.site};
+        if (ask ? !request_ops(t, c.program, a.on, to, a.site, rng) : !mirror_ops(t, c.program, a.on, to, rng))
+          continue;
         c.program.anchored.push_back(a);
         out.push_back(std::move(c));
-      }
-      // Each moment twice: a copy of the CPU's ops on the other CPU, and,
-      // where the section is one a drain request reaches, a request.
-      keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]) / 2, rng, rank);
-      for (AnchoredSwitch a : contended) {
-        int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
-        if (to < ncpus && to >= a.on) ++to;
-        a.cpu = static_cast<std::uint8_t>(to);
-        for (int ask = 0; ask < 2; ++ask) {
-          Planned c{2, p, a.site};
-          if (ask ? !request_ops(t, c.program, a.on, to, a.site, rng) : !mirror_ops(t, c.program, a.on, to, rng))
-            continue;
-          c.program.anchored.push_back(a);
-          out.push_back(std::move(c));
-        }
       }
     }
   }
