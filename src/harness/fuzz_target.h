@@ -14,8 +14,8 @@
 // driver never calls these; AFL++ loads the same mutator as a custom
 // mutator library (fuzz/afl_mutator.cc). With the planner (fuzz_plans()):
 // a run that reached a new interleaving, and a corpus input picked for the
-// first time, have their moments planned (planner.h), and half the calls
-// run a planned candidate while any is queued. ANYCTX_MUTATOR=bytes in the
+// first time, have their moments planned (planner.h), and a quarter of the
+// calls run a planned candidate while any is queued. ANYCTX_MUTATOR=bytes in the
 // environment turns the custom mutator into plain LLVMFuzzerMutate
 // (libFuzzer as it is without one), and ANYCTX_MUTATOR=unplanned into the
 // structural mutator without the planner, for comparisons

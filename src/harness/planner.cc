@@ -198,14 +198,18 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
     }
   }
 
-  // Tier 3: an interrupt inside a lock or an update on its own CPU.
+  // Tier 3: an interrupt inside a lock or an update on its own CPU, at any
+  // hit an injection can name: which op's edit an interrupt meets decides
+  // what it finds there (an object the earlier ops left allocated for it to
+  // free, or none yet).
   {
     std::vector<Moment> moments;
     for (int c = 0; c < ncpus; ++c)
       for (int site = 0; site < kSiteCount; ++site) {
         if (!site_inside_update(site)) continue;
         for (int l = 0; l < 2; ++l)
-          if (hits(c, site, l) != 0) moments.push_back({c, site, static_cast<Ctx>(l), 1, rank_of(site, false)});
+          for (int nth = 1; nth <= std::min(hits(c, site, l), kMaxInjectionNth); ++nth)
+            moments.push_back({c, site, static_cast<Ctx>(l), nth, rank_of(site, false)});
       }
     plan_injections(t, p, moments, 3, kPlanPerInput[3], rng, out);
   }

@@ -29,7 +29,7 @@
 //     one structure, which a program with one CPU, or two that touch
 //     different things, does not have.
 //   tier 3 (depth 2, one CPU): an interrupt where its CPU holds a lock or is
-//     inside an update.
+//     inside an update, at any of the first eight hits of the site.
 //
 // A candidate that reaches something new joins the corpus and is planned at
 // once; a switch planned at tier 1 or 2 that ran is followed, within a few
@@ -71,8 +71,12 @@ inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 24, 12};
 inline constexpr std::size_t kPlanQueueDepth = 1024;
 
 // Percent of custom-mutator calls that emit a planned candidate while one
-// is queued.
-inline constexpr int kPlannedPercent = 50;
+// is queued. At 50, the random mutations of one-CPU programs that find a
+// one-CPU interrupt bug ran too seldom: `kfree-nolock-no-defer`, seeds-free,
+// 20 s of fuzz_slab_ops, was found with 0 libFuzzer seeds of 8; at 25, with
+// 4 of 6, while `deferred-take-not-atomic` (depth 2, two CPUs; 40 s of
+// fuzz_page_smp) was found with 3 seeds of 4 at either share.
+inline constexpr int kPlannedPercent = 25;
 
 struct Planned {
   int tier = 0;
