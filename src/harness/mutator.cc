@@ -32,6 +32,7 @@ constexpr std::uint8_t kWeights[] = {
     4,   // byte_mutate_op_args
     4,   // move_op_to_cpu
     3,   // mirror_ops
+    2,   // remote_frees
     4,   // move_op_into_injection
     3,   // move_op_out_of_injection
     6,   // add_injection
@@ -290,6 +291,36 @@ bool request_ops(const TargetSpec& t, Program& p, int from, int to, int site, Rn
     return false;
   }
   if (to == ncpus) p.cpus.emplace_back();
+  p.cpus[static_cast<std::size_t>(to)] = std::move(ops);
+  return true;
+}
+
+bool remote_free_ops(const TargetSpec& t, Program& p, int from, int to, Rng& rng) {
+  if (!other_cpu_allowed(t, p, from, to)) return false;
+  // The kind of what each slot is filled with (the first producer's).
+  OpKind filled[kSlots];
+  bool any[kSlots] = {};
+  auto scan = [&](const std::vector<Op>& ops) {
+    for (const Op& op : ops)
+      if (produces_slot(op.kind) && !any[op.slot]) {
+        any[op.slot] = true;
+        filled[op.slot] = op.kind;
+      }
+  };
+  for (const auto& ops : p.cpus) scan(ops);
+  for (const Injection& inj : p.injections) scan(inj.ops);
+  std::vector<Op> ops;
+  for (int s = 0; s < kSlots; ++s) {
+    if (!any[s]) continue;
+    const OpKind release = filled[s] == K::kAllocPages ? K::kFreePages
+                           : filled[s] == K::kKmalloc  ? K::kKfree
+                                                       : K::kMemcgUncharge;
+    if (!op_allowed(t, Ctx::kTask, release)) continue;
+    Op op{release, rng.chance(50) ? Path::kNolock : Path::kSpinning, 0, 0, static_cast<std::uint8_t>(s)};
+    ops.push_back(normalize_op(op, Ctx::kTask));
+  }
+  if (ops.empty()) return false;
+  if (to == static_cast<int>(p.cpus.size())) p.cpus.emplace_back();
   p.cpus[static_cast<std::size_t>(to)] = std::move(ops);
   return true;
 }
@@ -655,12 +686,23 @@ struct Mutator {
   // A copy of a busy CPU's ops on another CPU, or on a new one.
   bool mirror() {
     int from = pick_busy_cpu(p, rng, -1);
-    if (from < 0) return false;
+    return from >= 0 && mirror_ops(t, p, from, other_cpu(from), rng);
+  }
+
+  // Another CPU, or a new one, that frees what the program holds.
+  bool remote_frees() {
+    int from = pick_busy_cpu(p, rng, -1);
+    return from >= 0 && remote_free_ops(t, p, from, other_cpu(from), rng);
+  }
+
+  // A CPU other than `from`: a new one 30 % of the time while the target
+  // allows one (always when `from` is the only one).
+  int other_cpu(int from) {
     int to = ncpus() < t.max_cpus && (ncpus() == 1 || rng.chance(30))
                  ? ncpus()
                  : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus() - 1)));
     if (to < ncpus() && to >= from) ++to;
-    return mirror_ops(t, p, from, to, rng);
+    return to;
   }
 
   Injection new_injection(Ctx kind, int cpu) {
@@ -1003,6 +1045,7 @@ struct Mutator {
       case Mutation::kByteMutateOpArgs: return byte_mutate_op_args();
       case Mutation::kMoveOpToCpu: return move_op_to_cpu();
       case Mutation::kMirrorOps: return mirror();
+      case Mutation::kRemoteFrees: return remote_frees();
       case Mutation::kMoveOpIntoInjection: return move_op_into_injection();
       case Mutation::kMoveOpOutOfInjection: return move_op_out_of_injection();
       case Mutation::kAddInjection: return add_injection();
@@ -1092,6 +1135,9 @@ bool mutation_applies(const TargetSpec& t, Mutation m, bool have_byte_mutator) {
   bool smp = t.max_cpus >= 2;
   switch (m) {
     case Mutation::kByteMutateOpArgs: case Mutation::kByteMutateEncoding: return have_byte_mutator;
+    case Mutation::kRemoteFrees:
+      return smp && (op_allowed(t, Ctx::kTask, K::kFreePages) || op_allowed(t, Ctx::kTask, K::kKfree) ||
+                     op_allowed(t, Ctx::kTask, K::kMemcgUncharge));
     case Mutation::kMoveOpToCpu: case Mutation::kMirrorOps: case Mutation::kAddAnchoredSwitch: case Mutation::kRetargetAnchoredSwitch:
     case Mutation::kDeleteAnchoredSwitch: case Mutation::kAddEventSwitch: case Mutation::kMoveEventSwitch:
     case Mutation::kDeleteEventSwitch: case Mutation::kTogglePct: case Mutation::kChangePct:

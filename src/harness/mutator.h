@@ -70,6 +70,7 @@ using ByteMutator = std::size_t (*)(std::uint8_t* data, std::size_t size, std::s
   X(kByteMutateOpArgs, "byte_mutate_op_args")       /* the ByteMutator on an op's fields */        \
   X(kMoveOpToCpu, "move_op_to_cpu")                                                                \
   X(kMirrorOps, "mirror_ops")                       /* another CPU runs a copy of a CPU's ops */   \
+  X(kRemoteFrees, "remote_frees")                   /* another CPU frees every slot filled */      \
   X(kMoveOpIntoInjection, "move_op_into_injection") /* only where the context allows the op */     \
   X(kMoveOpOutOfInjection, "move_op_out_of_injection")                                             \
   X(kAddInjection, "add_injection")                                                                \
@@ -178,6 +179,16 @@ bool mirror_ops(const TargetSpec& target, Program& p, int from, int to, Rng& rng
 // CPU). Return: false for a site of another kind, when the target has no
 // such ops, or when `from` charges no cgroup that can be limited.
 bool request_ops(const TargetSpec& target, Program& p, int from, int to, int site, Rng& rng);
+
+// CPU `to` (as for mirror_ops) gets, in place of its own, a free of every
+// slot the program fills (free_pages, kfree or memcg_uncharge, after the
+// op that fills it), half of them nolock: switched to while CPU `from` is
+// inside a section, it frees from another CPU what is live at that moment
+// (a remote free into the slab, the deferred stack or the stock `from` is
+// in the middle of editing; a nolock free of a page that misses the pcp
+// pushes while `from` holds zone.lock); a slot that is empty then is
+// skipped. Return: false when no op fills a slot or `to` is not allowed.
+bool remote_free_ops(const TargetSpec& target, Program& p, int from, int to, Rng& rng);
 
 // Applies one structural mutation to `p` (valid for `target`; still valid
 // after). `bytes` may be nullptr: the byte-level kinds are then skipped.

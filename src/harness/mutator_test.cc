@@ -357,6 +357,55 @@ TEST(MutatorTest, MirroredOpsTouchTheSameThingsWithSlotsOfTheirOwn) {
   EXPECT_TRUE(p.cpus[1].empty()) << "a refusal changes nothing";
 }
 
+// The remote frees: one release per slot the program fills, of the kind
+// that fills it (wherever: another CPU, an injection), in slot order, half
+// of them nolock; a target without the release skips it.
+TEST(MutatorTest, RemoteFreesReleaseEverySlotTheProgramFills) {
+  const TargetSpec& t = *target_spec("memcg_ops");
+  Program base;
+  base.cpus[0] = {normalize_op(Op{OpKind::kMemcgCharge, Path::kSpinning, 1, 2, 3}, Ctx::kTask),
+                  normalize_op(Op{OpKind::kKmalloc, Path::kNolock, 2, 0, 5}, Ctx::kTask),
+                  normalize_op(Op{OpKind::kKfree, Path::kSpinning, 0, 0, 5}, Ctx::kTask)};
+  Injection inj;
+  inj.kind = Ctx::kNmi;
+  inj.ops = {normalize_op(Op{OpKind::kAllocPages, Path::kNolock, 1, 0, 1}, Ctx::kNmi)};
+  base.injections.push_back(inj);
+  ASSERT_EQ(validate(t, base), "");
+  int nolock = 0, paths = 0;
+  for (std::uint64_t seed = 0; seed < 200; ++seed) {
+    Program p = base;
+    Rng rng(seed);
+    ASSERT_TRUE(remote_free_ops(t, p, 0, 1, rng));
+    ASSERT_EQ(validate(t, p), "");
+    ASSERT_TRUE(p.cpus[0] == base.cpus[0]) << "the original stays";
+    const std::vector<Op>& frees = p.cpus[1];
+    ASSERT_EQ(frees.size(), 3u);
+    EXPECT_EQ(frees[0].kind, OpKind::kFreePages);
+    EXPECT_EQ(frees[0].slot, 1) << "a page an NMI allocated";
+    EXPECT_EQ(frees[1].kind, OpKind::kMemcgUncharge);
+    EXPECT_EQ(frees[1].slot, 3);
+    EXPECT_EQ(frees[2].kind, OpKind::kKfree);
+    EXPECT_EQ(frees[2].slot, 5);
+    for (const Op& op : frees)
+      if (op_has_path(op.kind)) {
+        ++paths;
+        nolock += op.path == Path::kNolock;
+      }
+  }
+  EXPECT_GT(nolock * 100, paths * 35);
+  EXPECT_LT(nolock * 100, paths * 65);
+
+  Program p = base;
+  Rng rng(1);
+  EXPECT_FALSE(remote_free_ops(t, p, 0, 0, rng)) << "onto itself";
+  EXPECT_FALSE(remote_free_ops(t, p, 0, 2, rng)) << "memcg_ops has two CPUs";
+  EXPECT_FALSE(remote_free_ops(*target_spec("page_ops"), p, 0, 1, rng)) << "page_ops has one CPU";
+  Program nothing;
+  nothing.cpus[0] = {normalize_op(Op{OpKind::kDrainAll, Path::kSpinning, 0, 0, 0}, Ctx::kTask)};
+  EXPECT_FALSE(remote_free_ops(t, nothing, 0, 1, rng)) << "nothing filled, nothing to free";
+  EXPECT_EQ(nothing.cpus.size(), 1u) << "a refusal changes nothing";
+}
+
 // Ops that ask a section for a drain, by the section's kind: a limit over
 // the subtree of a cgroup the stock's CPU charges and a charge over it; a
 // drain_all for a pcp; nothing for a section no request reaches, for a

@@ -17,6 +17,10 @@ namespace {
 // matters is often the second or third.
 constexpr int kSwitchNths = 4;
 
+// What the other CPU of a tier-2 switch runs: a copy of the switching CPU's
+// ops, a free of everything live, or a drain request.
+constexpr int kContendedEdits = 3;
+
 // A moment of the run: the nth hit of a site on a CPU at a level.
 struct Moment {
   int cpu = 0;
@@ -181,17 +185,20 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
       c.program.anchored.push_back(a);
       out.push_back(std::move(c));
     }
-    // Each moment twice: a copy of the CPU's ops on the other CPU, and,
-    // where the section is one a drain request reaches, a request.
-    keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]) / 2, rng, rank);
+    // Each moment three times: a copy of the CPU's ops on the other CPU;
+    // a free there of everything live (remote frees into the section);
+    // and, where the section is one a drain request reaches, a request.
+    keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]) / kContendedEdits, rng, rank);
     for (AnchoredSwitch a : contended) {
       int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
       if (to < ncpus && to >= a.on) ++to;
       a.cpu = static_cast<std::uint8_t>(to);
-      for (int ask = 0; ask < 2; ++ask) {
+      for (int edit = 0; edit < kContendedEdits; ++edit) {
         Planned c{2, p, a.site};
-        if (ask ? !request_ops(t, c.program, a.on, to, a.site, rng) : !mirror_ops(t, c.program, a.on, to, rng))
-          continue;
+        const bool made = edit == 0   ? mirror_ops(t, c.program, a.on, to, rng)
+                          : edit == 1 ? remote_free_ops(t, c.program, a.on, to, rng)
+                                      : request_ops(t, c.program, a.on, to, a.site, rng);
+        if (!made) continue;
         c.program.anchored.push_back(a);
         out.push_back(std::move(c));
       }

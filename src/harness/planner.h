@@ -23,11 +23,12 @@
 //     to each other CPU that has ops.
 //   tier 2 (contention): the same switch to a copy of the switching CPU's
 //     ops on another CPU (mirror_ops: a new CPU when the target allows one),
-//     which meets the section open, and, where the section is a memcg stock
-//     or a pcp, to ops there that ask it for a drain (request_ops), 24 at
-//     most (12 moments): the base a depth-3 interleaving needs, two CPUs on
-//     one structure, which a program with one CPU, or two that touch
-//     different things, does not have.
+//     which meets the section open; to a free there of everything live
+//     (remote_free_ops: a remote free into the section); and, where the
+//     section is a memcg stock or a pcp, to ops there that ask it for a
+//     drain (request_ops), 36 at most (12 moments): the base a depth-3
+//     interleaving needs, two CPUs on one structure, which a program with
+//     one CPU, or two that touch different things, does not have.
 //   tier 3 (depth 2, one CPU): an interrupt where its CPU holds a lock or is
 //     inside an update, at any of the first eight hits of the site.
 //
@@ -67,7 +68,7 @@
 namespace anyctx::harness {
 
 inline constexpr int kPlanTiers = 4;
-inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 24, 12};
+inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 36, 12};
 inline constexpr std::size_t kPlanQueueDepth = 1024;
 
 // Percent of custom-mutator calls that emit a planned candidate while one

@@ -144,7 +144,7 @@ TEST(PlannerTest, OneCpuIsPlannedIntoTwoThatContend) {
   std::vector<Planned> candidates;
   for (std::uint64_t seed = 0; seed < 8; ++seed)  // each keeps kPlanPerInput[2] of the moments
     for (Planned& c : plan(t, base, stats.sites, seed)) candidates.push_back(std::move(c));
-  int requests = 0;
+  int requests = 0, remote_frees = 0;
   for (const Planned& c : candidates) {
     if (c.tier != 2) continue;
     ASSERT_EQ(c.program.cpus.size(), 2u);
@@ -155,6 +155,11 @@ TEST(PlannerTest, OneCpuIsPlannedIntoTwoThatContend) {
       ++requests;  // request_ops: cpu 0 is inside its pcp
       continue;
     }
+    if (c.program.cpus[1].size() == 1 && c.program.cpus[1][0].kind == OpKind::kKfree) {
+      EXPECT_EQ(c.program.cpus[1][0].slot, 0) << "remote_free_ops: the object cpu 0 allocated";
+      ++remote_frees;
+      continue;
+    }
     ASSERT_EQ(c.program.cpus[1].size(), base.cpus[0].size()) << "cpu 1 runs a copy of cpu 0's ops";
     EXPECT_EQ(c.program.cpus[1][0].order, base.cpus[0][0].order) << "of the same cache";
     if (a.site != list_locked || c.program.cpus[1][0].path != Path::kSpinning) continue;
@@ -162,8 +167,47 @@ TEST(PlannerTest, OneCpuIsPlannedIntoTwoThatContend) {
     waiting += run_program(t, c.program).sites.held_elsewhere[1][spin_wait][0] != 0;
   }
   EXPECT_GT(requests, 0) << "no drain asked of cpu 0's pcp section";
+  EXPECT_GT(remote_frees, 0) << "no free of cpu 0's object from the other CPU";
   ASSERT_GT(contended, 0) << "no copy switched to where cpu 0 has just taken list_lock";
   EXPECT_EQ(waiting, contended) << "the copy's kmalloc waits for cpu 0's list_lock";
+}
+
+// An NMI on CPU 0 pushes a page on the deferred stack (its task holds
+// zone.lock in a pcp refill); among the contention tier's candidates, the
+// switch there to a CPU that frees the order-4 page CPU 0 still holds,
+// nolock: that free finds zone.lock held too and pushes while the NMI's
+// push is half done (the race of the `deferred-push-single-pusher`
+// mutant; its own CAS retry makes it harmless here).
+TEST(PlannerTest, ARemoteFreePushesWhileAnNmiIsInsideItsPush) {
+  const TargetSpec& t = *target_spec("page_smp");
+  Program base = parse_or_fail(R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=4 slot=2
+  alloc_pages spinning order=0 slot=1
+  drain_local
+  alloc_pages spinning order=0 slot=0
+cpu 1
+inject nmi cpu=0 site=PcpRefill level=task nth=6
+  free_pages nolock slot=1
+)");
+  RunStats stats = run_program(t, base);
+  const int push = site_of("DeferredPush");
+  ASSERT_EQ(stats.sites.hits[0][push][static_cast<int>(Ctx::kNmi)], 1u) << "the NMI pushes";
+  int met = 0;
+  for (std::uint64_t seed = 0; seed < 16 && met == 0; ++seed)
+    for (const Planned& c : plan(t, base, stats.sites, seed)) {
+      if (c.tier != 2 || c.site != push) continue;
+      const std::vector<Op>& other = c.program.cpus.back();
+      const bool frees_big_page_nolock = std::any_of(other.begin(), other.end(), [](const Op& op) {
+        return op.kind == OpKind::kFreePages && op.slot == 2 && op.path == Path::kNolock;
+      });
+      if (!frees_big_page_nolock) continue;
+      RunStats r = run_program(t, c.program);
+      const int to = static_cast<int>(c.program.cpus.size()) - 1;
+      met += r.sites.held_elsewhere[to][push][0] != 0;
+    }
+  EXPECT_GT(met, 0) << "no remote free pushed while cpu 0's NMI was inside its push";
 }
 
 // CPU 0 is switched out while it holds zone.lock and gets the turn back
