@@ -70,6 +70,16 @@ void stat_add(int cache, int stat, std::uint64_t delta = 1) {
   slot.store(slot.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
 }
 
+// Return: `p`, hidden from the optimiser, so that it stays one register:
+// left visible, the fast paths fold the per-CPU base and the cache offset
+// into every access to the CpuSlab, keep both live, and run out of
+// caller-saved registers (three pushes and pops on kmalloc).
+template <class T>
+ANYCTX_ALWAYS_INLINE T* one_register(T* p) {
+  asm("" : "+r"(p));
+  return p;
+}
+
 // One writer (the holder of the CPU slab lock): no RMW.
 ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
   counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -744,22 +754,33 @@ ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
   if (release != nullptr) release_slabs(release, kGfpKernel);
 }
 
-// The fast free: `obj` (an object of `s`, validated but not yet prepared)
-// onto the CPU freelist of `cs` when `s` is the CPU slab, no frame below
-// this one holds its lock and `obj` is not already free (the slow path then
-// frees again and reports). Return: whether it was freed.
-ANYCTX_ALWAYS_INLINE bool cpu_free_fast(CpuSlab& cs, Slab* s, std::uintptr_t obj) {
+// The fast free of `p` on `cpu` (current_cpu(), maybe kNoCpu): onto the
+// CPU freelist when p is an object of a live slab (the checks of
+// free_prepare, without reporting), that slab is the CPU slab, no frame
+// below this one holds its lock and p is not on top of the CPU freelist
+// (with kSlabExactFree: its allocation bit is set). Anything else returns
+// false untouched: the slow path frees again and reports. One cache load,
+// one CpuSlab pointer, and an early out per test. Return: whether it was
+// freed.
+ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
+  if (ANYCTX_UNLIKELY(cpu == kNoCpu)) return false;
+  Slab* s = slab_of(p);  // nullptr for nullptr
+  if (ANYCTX_UNLIKELY(s == nullptr)) return false;
+  const KmemCache& c = *one_register(s->cache);
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  if (ANYCTX_UNLIKELY(((obj - reinterpret_cast<std::uintptr_t>(s->base)) & c.object_mask) != 0)) return false;
+  CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[c.index]);
   if (ANYCTX_UNLIKELY(!cpu_trylock(cs))) return false;
-  if (ANYCTX_LIKELY(cs.slab == s && obj != cs.free.head &&
-                    (!kSlabExactFree || mark_free(s, object_index(s, obj))))) {
-    ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
-    freelist_push(*s->cache, cs.free, obj, Site::kSlabFreelistEdit);
-    count_one(cs.frees);
+  if (ANYCTX_UNLIKELY(cs.slab != s) || ANYCTX_UNLIKELY(obj == cs.free.head) ||
+      (kSlabExactFree && ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj))))) {
     cpu_unlock(cs);
-    return true;
+    return false;
   }
+  ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), c.size);
+  freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+  count_one(cs.frees);
   cpu_unlock(cs);
-  return false;
+  return true;
 }
 
 // The slow frees' CPU slab attempt, after free_prepare(): onto the CPU
@@ -956,9 +977,9 @@ void* kmalloc(std::size_t size, Gfp gfp) {
   // no registers.
   if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && !gfp.has(kGfpZero))) {
     CpuSlabs& mine = g_cpu_slabs.on(cpu);
-    CpuSlab& cs = mine.caches[idx];
+    CpuSlab& cs = *one_register(&mine.caches[idx]);
     if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 && cpu_trylock(cs))) {
-      const KmemCache& c = g_caches[idx];
+      const KmemCache& c = *one_register(&g_caches[idx]);
       std::uintptr_t obj = cpu_pop_fast(c, cs);
       cpu_unlock(cs);
       if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, false);
@@ -972,9 +993,9 @@ void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   int cpu = current_cpu();
   int idx = size_index(size, gfp);
   if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~kGfpAccount).empty())) {  // kGfpZero: as in kmalloc
-    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[idx];
+    CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
     if (ANYCTX_LIKELY(cpu_trylock(cs))) {
-      const KmemCache& c = g_caches[idx];
+      const KmemCache& c = *one_register(&g_caches[idx]);
       std::uintptr_t obj = cpu_pop_fast(c, cs);
       cpu_unlock(cs);
       if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, false);
@@ -988,25 +1009,15 @@ void kfree(const void* p) {
     if (ANYCTX_UNLIKELY(in_nmi() && p != nullptr)) report_context("kfree() in NMI context: use kfree_nolock()");
   }
   int cpu = current_cpu();
-  Slab* s = slab_of(p);  // nullptr for nullptr
-  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj))) {
-    CpuSlabs& mine = g_cpu_slabs.on(cpu);
-    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 &&
-                      cpu_free_fast(mine.caches[s->cache->index], s, obj)))
-      return;
-  }
+  if (ANYCTX_LIKELY((cpu == kNoCpu || g_cpu_slabs.on(cpu).deferred.load(std::memory_order_relaxed) == 0) &&
+                    free_fast(p, cpu)))
+    return;
   kfree_slow(p);
 }
 
 void kfree_nolock(const void* p) {
   NolockScope nolock("kfree_nolock");
-  int cpu = current_cpu();
-  Slab* s = slab_of(p);  // nullptr for nullptr
-  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj) &&
-                    cpu_free_fast(g_cpu_slabs.on(cpu).caches[s->cache->index], s, obj)))
-    return;
+  if (ANYCTX_LIKELY(free_fast(p, current_cpu()))) return;
   kfree_nolock_slow(p);
 }
 
