@@ -664,9 +664,11 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
 }
 
 // Everything kmalloc's fast path does not do: kGfpZero, not a CPU, too
-// large, the deferred list to drain first, the CPU slab held by the frame
-// this call interrupted (alloc_around_cpu_slab), an empty CPU freelist
-// (alloc_slow).
+// large, the CPU slab held by the frame this call interrupted
+// (alloc_around_cpu_slab), an empty CPU freelist (alloc_slow). It frees
+// this CPU's deferred objects first (the fast paths never look: the IRQ
+// their first push raised frees them once the pushing frame is done; here
+// they may refill the CPU freelist before a new slab is taken).
 ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
   int cpu = require_cpu("kmalloc");
   int idx = size_index(size, gfp);
@@ -797,9 +799,9 @@ bool cpu_free_prepared(const char* entry, CpuSlab& cs, Slab* s, std::uintptr_t o
   return in_cpu_slab;
 }
 
-// Everything kfree's fast path does not do: nullptr, not a CPU, the deferred
-// list to drain first, bad input, an object outside the CPU slab (counted,
-// into its slab under list_lock).
+// Everything kfree's fast path does not do: nullptr, not a CPU, bad input,
+// an object outside the CPU slab (counted, into its slab under list_lock).
+// Frees this CPU's deferred objects first, as kmalloc_slow does.
 ANYCTX_COLD void kfree_slow(const void* p) {
   if (p == nullptr) return;
   int cpu = require_cpu("kfree");
@@ -976,9 +978,8 @@ void* kmalloc(std::size_t size, Gfp gfp) {
   // path without calls (other than the tail call to the slow path) saves
   // no registers.
   if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && !gfp.has(kGfpZero))) {
-    CpuSlabs& mine = g_cpu_slabs.on(cpu);
-    CpuSlab& cs = *one_register(&mine.caches[idx]);
-    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 && cpu_trylock(cs))) {
+    CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
+    if (ANYCTX_LIKELY(cpu_trylock(cs))) {
       const KmemCache& c = *one_register(&g_caches[idx]);
       std::uintptr_t obj = cpu_pop_fast(c, cs);
       cpu_unlock(cs);
@@ -1008,10 +1009,7 @@ void kfree(const void* p) {
   if constexpr (kDebug) {
     if (ANYCTX_UNLIKELY(in_nmi() && p != nullptr)) report_context("kfree() in NMI context: use kfree_nolock()");
   }
-  int cpu = current_cpu();
-  if (ANYCTX_LIKELY((cpu == kNoCpu || g_cpu_slabs.on(cpu).deferred.load(std::memory_order_relaxed) == 0) &&
-                    free_fast(p, cpu)))
-    return;
+  if (ANYCTX_LIKELY(free_fast(p, current_cpu()))) return;
   kfree_slow(p);
 }
 

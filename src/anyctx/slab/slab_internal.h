@@ -35,8 +35,10 @@
 //  - Deferred lists: lock-free stacks through the first word of the objects.
 //    Pushes go to the pushing CPU's own list; the push that finds it empty
 //    raises an IRQ on that CPU, whose exit drains it once the pushing frame
-//    (and a frame it interrupted with IRQs masked) is done. Any CPU may
-//    take a whole list (slab_drain_all); it is one exchange.
+//    (and a frame it interrupted with IRQs masked) is done. The fast paths
+//    never read the list (that IRQ is what bounds the wait); the slow paths
+//    of kmalloc and kfree drain it first. Any CPU may take a whole list
+//    (slab_drain_all); it is one exchange.
 #pragma once
 
 #include <atomic>

@@ -230,22 +230,33 @@ TEST_F(SlabTest, KfreeNolockWithTheListLockBusyDefersAndItsIrqDrains) {
   expect_all_returned();
 }
 
-TEST_F(SlabTest, TheNextSpinningCallDrainsTheDeferredList) {
+// The fast paths never read the deferred list: the IRQ its first push
+// raised frees it once the pushing frame (here: the masked section) is
+// done. A kmalloc or kfree that leaves its fast path frees it first.
+TEST_F(SlabTest, SlowPathsDrainTheDeferredListFastPathsLeaveItToItsIrq) {
   init_slab();
   std::vector<void*> rest;
   void* a = object_outside_cpu_slab(rest);
   int idx = kmalloc_cache_index(64, kGfpKernel);
-  IrqFlags masked = irq_save();  // keeps the raised IRQ pending
+  void* warm = kmalloc(16, kGfpKernel);  // kmalloc-16 has a CPU slab now: the next kmalloc(16) is a fast one
+  IrqFlags masked = irq_save();          // keeps the raised IRQ pending
   testing::kfree_nolock_list_locked(idx, {a});
   EXPECT_EQ(slab_deferred_pending(), 1u);
   void* p = kmalloc(16, kGfpAtomic);
-  EXPECT_EQ(slab_deferred_pending(), 0u) << "kmalloc drains first";
-  void* b = take_one(rest);
-  testing::kfree_nolock_list_locked(idx, {b});
+  kfree(warm);
+  EXPECT_EQ(slab_deferred_pending(), 1u) << "the fast paths leave the list to its IRQ";
+  void* z = kmalloc(16, kGfpAtomic | kGfpZero);
+  EXPECT_EQ(slab_deferred_pending(), 0u) << "kmalloc's slow path drains first";
+  testing::kfree_nolock_list_locked(idx, {take_one(rest)});
   EXPECT_EQ(slab_deferred_pending(), 1u);
-  kfree(p);
-  EXPECT_EQ(slab_deferred_pending(), 0u) << "kfree drains first";
+  kfree(take_one(rest));  // in a full slab, not the CPU slab: the slow path
+  EXPECT_EQ(slab_deferred_pending(), 0u) << "kfree's slow path drains first";
+  testing::kfree_nolock_list_locked(idx, {take_one(rest)});
+  EXPECT_EQ(slab_deferred_pending(), 1u);
   irq_restore(masked);
+  EXPECT_EQ(slab_deferred_pending(), 0u) << "the raised IRQ ran at the unmask";
+  kfree(p);
+  kfree(z);
   for (void* q : rest) kfree(q);
   expect_all_returned();
 }
