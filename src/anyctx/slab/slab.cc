@@ -266,15 +266,17 @@ std::uintptr_t cpu_pop(CpuSlab& cs) {
   return obj;
 }
 
-// kmalloc's pop (the CPU lock held), counted, for cache `c` of the CPU slab.
+// kmalloc's pop (the CPU lock held), counted. The checks of slab_pop, with
+// the cache's constants and the slab's base read from `cs` (copies).
 // Return: the object, or 0 when the list is empty or anything is wrong with
 // it (the slow path pops again and reports).
-ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(const KmemCache& c, CpuSlab& cs) {
+ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
   std::uintptr_t obj = cs.free.head;
   if (ANYCTX_UNLIKELY(obj == 0)) return 0;
-  std::uintptr_t next = decode_link(c.secret, load_link_word(obj), obj);
+  std::uintptr_t next = decode_link(cs.secret, load_link_word(obj), obj);
   site(Site::kSlabFreelistEdit);
-  if (ANYCTX_UNLIKELY(!link_ok(c, cs.slab, cs.free, next))) return 0;
+  bool last = cs.free.count == 1;
+  if (ANYCTX_UNLIKELY(next == 0 ? !last : last || ((next - cs.base) & cs.object_mask) != 0)) return 0;
   if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
   cs.free.head = next;
   --cs.free.count;
@@ -383,6 +385,8 @@ Slab* new_slab(KmemCache& c, Gfp gfp) {
   s->cache = &c;
   s->base = static_cast<char*>(page_address(page));
   s->objects = c.objects;
+  s->cache_index = static_cast<std::uint8_t>(c.index);
+  s->object_mask = c.object_mask;
   // Address order, the first object on top. The block is unpoisoned here.
   std::uintptr_t base = reinterpret_cast<std::uintptr_t>(s->base);
   std::uintptr_t next = 0;
@@ -426,7 +430,7 @@ std::size_t release_slabs(Slab* chain, Gfp gfp) {
 // Makes `s` the CPU slab of `cs`: its freelist becomes the CPU freelist.
 void freeze(CpuSlab& cs, Slab* s, int cpu) {
   s->cpu = static_cast<std::int16_t>(cpu);
-  cs.slab = s;
+  set_cpu_slab(cs, s);
   cs.free = s->free;
   s->free = Freelist{};
 }
@@ -487,7 +491,7 @@ void deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty, Slab*& releas
       freelist_push(c, s->free, obj, Site::kSlabListEdit);
   }
   cs.free = Freelist{};
-  cs.slab = nullptr;
+  set_cpu_slab(cs, nullptr);
   unfreeze_locked(c, s, empty, release);
 }
 
@@ -564,7 +568,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
     } else {
       if (s != nullptr) {  // full: on no list until a free makes it partial
         s->cpu = kNoCpu;
-        cs.slab = nullptr;
+        set_cpu_slab(cs, nullptr);
       }
       while (Slab* p = c.partial) {
         partial_remove(c, p);
@@ -579,7 +583,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
     // remote frees still keep it off the lists.
     cs.slab->next = cs.retired;
     cs.retired = cs.slab;
-    cs.slab = nullptr;
+    set_cpu_slab(cs, nullptr);
   }
 
   if (cs.free.head == 0) {
@@ -761,25 +765,28 @@ ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
 // free_prepare, without reporting), that slab is the CPU slab, no frame
 // below this one holds its lock and p is not on top of the CPU freelist
 // (with kSlabExactFree: its allocation bit is set). Anything else returns
-// false untouched: the slow path frees again and reports. One cache load,
-// one CpuSlab pointer, and an early out per test. Return: whether it was
-// freed.
+// false untouched: the slow path frees again and reports. It reads no
+// KmemCache (the slab's and the CpuSlab's copies of its constants), keeps
+// the CpuSlab in one register and has an early out per test. Return:
+// whether it was freed.
 ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
   if (ANYCTX_UNLIKELY(cpu == kNoCpu)) return false;
   Slab* s = slab_of(p);  // nullptr for nullptr
   if (ANYCTX_UNLIKELY(s == nullptr)) return false;
-  const KmemCache& c = *one_register(s->cache);
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
-  if (ANYCTX_UNLIKELY(((obj - reinterpret_cast<std::uintptr_t>(s->base)) & c.object_mask) != 0)) return false;
-  CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[c.index]);
+  if (ANYCTX_UNLIKELY(((obj - reinterpret_cast<std::uintptr_t>(s->base)) & s->object_mask) != 0)) return false;
+  CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[s->cache_index]);
   if (ANYCTX_UNLIKELY(!cpu_trylock(cs))) return false;
   if (ANYCTX_UNLIKELY(cs.slab != s) || ANYCTX_UNLIKELY(obj == cs.free.head) ||
       (kSlabExactFree && ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj))))) {
     cpu_unlock(cs);
     return false;
   }
-  ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), c.size);
-  freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+  ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
+  store_link_word(obj, encode_link(cs.secret, cs.free.head, obj));
+  site(Site::kSlabFreelistEdit);
+  cs.free.head = obj;
+  ++cs.free.count;
   count_one(cs.frees);
   cpu_unlock(cs);
   return true;
@@ -980,10 +987,9 @@ void* kmalloc(std::size_t size, Gfp gfp) {
   if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && !gfp.has(kGfpZero))) {
     CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
     if (ANYCTX_LIKELY(cpu_trylock(cs))) {
-      const KmemCache& c = *one_register(&g_caches[idx]);
-      std::uintptr_t obj = cpu_pop_fast(c, cs);
+      std::uintptr_t obj = cpu_pop_fast(cs);
       cpu_unlock(cs);
-      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, false);
+      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(g_caches[idx], obj, size, false);
     }
   }
   return kmalloc_slow(size, gfp);
@@ -996,10 +1002,9 @@ void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~kGfpAccount).empty())) {  // kGfpZero: as in kmalloc
     CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
     if (ANYCTX_LIKELY(cpu_trylock(cs))) {
-      const KmemCache& c = *one_register(&g_caches[idx]);
-      std::uintptr_t obj = cpu_pop_fast(c, cs);
+      std::uintptr_t obj = cpu_pop_fast(cs);
       cpu_unlock(cs);
-      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, false);
+      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(g_caches[idx], obj, size, false);
     }
   }
   return kmalloc_nolock_slow(size, gfp);
@@ -1083,7 +1088,7 @@ std::uintptr_t random_word() {
 void reset_state() {
   g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
     for (CpuSlab& cs : cpu.caches) {
-      cs.slab = nullptr;
+      set_cpu_slab(cs, nullptr);
       cs.retired = nullptr;
       cs.free = Freelist{};
       cs.allocs.store(0);
@@ -1135,6 +1140,12 @@ std::string_view slab_init() {
     c.nr_partial = 0;
     std::snprintf(c.name, sizeof c.name, "kmalloc-%s%u", accounted ? "cg-" : "", c.size);
   }
+  g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
+    for (int i = 0; i < kKmallocCaches; ++i) {
+      cpu.caches[i].secret = g_caches[i].secret;
+      cpu.caches[i].object_mask = g_caches[i].object_mask;
+    }
+  });
   if (!irq_exit_callback_add(slab_irq_exit) || !cpu_offline_callback_add(slab_cpu_offline) ||
       !reclaim_register(slab_drain_all)) {
     irq_exit_callback_remove(slab_irq_exit);

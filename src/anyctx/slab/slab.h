@@ -164,7 +164,9 @@ std::uint64_t slab_deferred_pending();
 // slab's freelist, the CPU freelist of the CPU owning its slab, or a
 // deferred list) exactly once and no allocated object is on any; list
 // lengths match their counts; the partial lists hold exactly the slabs that
-// are neither a CPU's nor full; deferred lists hold what the counters say.
+// are neither a CPU's nor full; deferred lists hold what the counters say;
+// the copies of a cache's constants and of a slab's base that the fast
+// paths read (in each slab and CPU slab) equal the originals.
 // Context: task, quiesced (no slab call in flight on any CPU).
 // Return: ok, or the first violation naming the cache and slab.
 InvariantResult slab_check_invariants();

@@ -602,6 +602,24 @@ TEST_F(SlabTest, InvariantCheckNamesACorruptedCounterListAndLostObject) {
   cs.free.count += 1;
   expect_slab_invariants();
 
+  // The copies the fast paths read instead of the cache and the slab.
+  cs.base += 64;
+  r = slab_check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.what.find("CPU freelist: its copy of the slab's base differs from the slab's"), std::string::npos) << r.what;
+  cs.base -= 64;
+  cs.object_mask ^= 8;
+  r = slab_check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.what.find("its copies of the cache's secret and object mask differ"), std::string::npos) << r.what;
+  cs.object_mask ^= 8;
+  cs.slab->cache_index ^= 1;
+  r = slab_check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.what.find("its copies of the cache's index and object mask differ"), std::string::npos) << r.what;
+  cs.slab->cache_index ^= 1;
+  expect_slab_invariants();
+
   for (void* p : objs) kfree(p);
   expect_all_returned();
 }
