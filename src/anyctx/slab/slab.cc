@@ -275,8 +275,15 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
   if (ANYCTX_UNLIKELY(obj == 0)) return 0;
   std::uintptr_t next = decode_link(cs.secret, load_link_word(obj), obj);
   site(Site::kSlabFreelistEdit);
-  bool last = cs.free.count == 1;
-  if (ANYCTX_UNLIKELY(next == 0 ? !last : last || ((next - cs.base) & cs.object_mask) != 0)) return 0;
+  // link_ok() with the common case first: more follow and `next` is an
+  // object of the slab (next == 0 fails that test too: 0 - base, for any
+  // base in the address space, has bits set above the largest block).
+  std::uint32_t count = cs.free.count;
+  if (ANYCTX_LIKELY(count > 1)) {
+    if (ANYCTX_UNLIKELY(((next - cs.base) & cs.object_mask) != 0)) return 0;
+  } else if (ANYCTX_UNLIKELY(count != 1 || next != 0)) {
+    return 0;
+  }
   if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
   cs.free.head = next;
   --cs.free.count;
@@ -979,12 +986,13 @@ void* kmalloc(std::size_t size, Gfp gfp) {
     if (ANYCTX_UNLIKELY(allows_direct_reclaim(gfp) && !in_task()))
       report_context("kmalloc() with kGfpDirectReclaim in irq context: reclaim runs only in task context (use kGfpAtomic)");
   }
-  int cpu = current_cpu();
-  int idx = size_index(size, gfp);
   // kGfpZero goes to the slow path too: its memset is a call, and a fast
   // path without calls (other than the tail call to the slow path) saves
   // no registers.
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && !gfp.has(kGfpZero))) {
+  if (ANYCTX_UNLIKELY(gfp.has(kGfpZero))) return kmalloc_slow(size, gfp);
+  int cpu = current_cpu();
+  int idx = size_index(size, gfp);
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
     CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
     if (ANYCTX_LIKELY(cpu_trylock(cs))) {
       std::uintptr_t obj = cpu_pop_fast(cs);
@@ -997,9 +1005,11 @@ void* kmalloc(std::size_t size, Gfp gfp) {
 
 void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
+  // kGfpZero (as in kmalloc) and a bad gfp go to the slow path.
+  if (ANYCTX_UNLIKELY(!(gfp & ~kGfpAccount).empty())) return kmalloc_nolock_slow(size, gfp);
   int cpu = current_cpu();
   int idx = size_index(size, gfp);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~kGfpAccount).empty())) {  // kGfpZero: as in kmalloc
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
     CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
     if (ANYCTX_LIKELY(cpu_trylock(cs))) {
       std::uintptr_t obj = cpu_pop_fast(cs);
