@@ -37,13 +37,13 @@
 //    that finds the list empty raises an IRQ on this CPU: it runs once the
 //    current frame is done (at once in task context with IRQs on; when IRQs
 //    are unmasked; after the NMI or IRQ handler returns), and its exit frees
-//    the list. The kmalloc/kfree fast paths do not look at the list (a
-//    kmalloc or kfree inside the pushing frame, or inside the IRQ-masked
-//    section it runs in, leaves it to that IRQ); their slow paths (a
-//    CPU freelist to refill, an object outside the CPU slab, bad input) free
-//    it first. A CPU also frees its deferred objects at slab_drain_*() and
-//    when it goes offline; the shrinker and slab_drain_all() take every
-//    CPU's. A thread that is not a CPU has no
+//    the list. The kmalloc/kfree fast paths do not look at the list (one
+//    on the fast path inside the pushing frame, or inside the IRQ-masked
+//    section that frame runs in, leaves it to that IRQ); their slow paths
+//    (kGfpZero, a CPU freelist to refill, an object outside the CPU slab,
+//    bad input) free it first. A CPU also frees its deferred objects at
+//    slab_drain_*() and when it goes offline; the shrinker and
+//    slab_drain_all() take every CPU's. A thread that is not a CPU has no
 //    per-CPU list: when list_lock is busy it pushes on one shared deferred
 //    list that spinning slow paths, drains and the shrinker empty. Never
 //    spins, never loses an object, and on a CPU never strands one.
