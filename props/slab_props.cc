@@ -5,8 +5,9 @@
 // fits, or the next class when kmalloc_nolock found its CPU lock held by
 // the frame it interrupted), the objects in use per cache, and how many
 // kfree_nolock calls may still sit on deferred lists: none after a
-// spinning kmalloc/kfree on the task (they drain first), after an IRQ
-// returns (IRQ exit drains), or after slab_drain_*. None is certainly
+// spinning kmalloc/kfree on the task (the IRQ a deferral raises has run by
+// then; their slow paths drain first), after an IRQ returns (IRQ exit
+// drains), or after slab_drain_*. None is certainly
 // deferred: a kfree_nolock that cannot use the CPU slab (an NMI's, while
 // the task holds that cache's CPU lock) frees into the slab under list_lock,
 // and defers only when list_lock is busy, which no step here holds across
@@ -144,7 +145,8 @@ struct SlabModel {
     int cache = class_of(size) + (account ? kClasses : 0);
     Prediction p;
     if (mode == Mode::kSpinning) {
-      // kmalloc drains this CPU's deferred objects first.
+      // Nothing is deferred at a task op boundary: the IRQ each deferral
+      // raised has run (and kmalloc's slow path drains first).
       pending_min = pending_bound = 0;
     }
     if (cache == held && broken != Breakage::kNoNextClass) {
@@ -166,7 +168,7 @@ struct SlabModel {
     --in_use[cache];
     live.erase(live.begin() + (o - live.data()));
     if (mode == Mode::kSpinning) {
-      pending_min = pending_bound = 0;  // kfree drains first
+      pending_min = pending_bound = 0;  // as in alloc(): the IRQ has run; kfree's slow path drains first
     } else {
       ++nolock_emptied[cache];
       ++pending_bound;
@@ -541,7 +543,7 @@ class NmiInCpuSlab : public SlabCmd {
 
   bool simulate_all(SlabModel& m, std::vector<Prediction>* nmi_out, Prediction* task_out) const {
     // The hook must see the task op's own CPU lock first: nothing may be
-    // deferred (kmalloc and kfree would drain it, taking CPU locks, before).
+    // deferred (their slow paths would drain it, taking CPU locks, before).
     if (task_.mode != Mode::kSpinning || m.pending_bound != 0) return false;
     Prediction p;
     if (task_.kind == Step::kAlloc) {
@@ -634,7 +636,7 @@ class NmiInCpuSlab : public SlabCmd {
 // kSlabDeferredPush (between reading a deferred list's head and the CAS of
 // the task's kfree_nolock: the NMI's own deferred pushes make that CAS fail
 // and retry) or at kSlabDeferredDrain (between objects of the drain a
-// spinning kmalloc/kfree starts with). Whether the task reaches the site
+// spinning kmalloc/kfree slow path starts with). Whether the task reaches the site
 // depends on which slab its object is in (the model does not know), so
 // when the site is not reached the NMI runs right after the task op: the
 // model's predictions are the same either way (nothing is held).

@@ -70,6 +70,16 @@ void stat_add(int cache, int stat, std::uint64_t delta = 1) {
   slot.store(slot.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
 }
 
+// Return: `p`, hidden from the optimiser, so that it stays one register:
+// left visible, the fast paths fold the per-CPU base and the cache offset
+// into every access to the CpuSlab, keep both live, and run out of
+// caller-saved registers (three pushes and pops on kmalloc).
+template <class T>
+ANYCTX_ALWAYS_INLINE T* one_register(T* p) {
+  asm("" : "+r"(p));
+  return p;
+}
+
 // One writer (the holder of the CPU slab lock): no RMW.
 ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
   counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -256,15 +266,24 @@ std::uintptr_t cpu_pop(CpuSlab& cs) {
   return obj;
 }
 
-// kmalloc's pop (the CPU lock held), counted, for cache `c` of the CPU slab.
+// kmalloc's pop (the CPU lock held), counted. The checks of slab_pop, with
+// the cache's constants and the slab's base read from `cs` (copies).
 // Return: the object, or 0 when the list is empty or anything is wrong with
 // it (the slow path pops again and reports).
-ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(const KmemCache& c, CpuSlab& cs) {
+ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
   std::uintptr_t obj = cs.free.head;
   if (ANYCTX_UNLIKELY(obj == 0)) return 0;
-  std::uintptr_t next = decode_link(c.secret, load_link_word(obj), obj);
+  std::uintptr_t next = decode_link(cs.secret, load_link_word(obj), obj);
   site(Site::kSlabFreelistEdit);
-  if (ANYCTX_UNLIKELY(!link_ok(c, cs.slab, cs.free, next))) return 0;
+  // link_ok() with the common case first: more follow and `next` is an
+  // object of the slab (next == 0 fails that test too: 0 - base, for any
+  // base in the address space, has bits set above the largest block).
+  std::uint32_t count = cs.free.count;
+  if (ANYCTX_LIKELY(count > 1)) {
+    if (ANYCTX_UNLIKELY(((next - cs.base) & cs.object_mask) != 0)) return 0;
+  } else if (ANYCTX_UNLIKELY(count != 1 || next != 0)) {
+    return 0;
+  }
   if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
   cs.free.head = next;
   --cs.free.count;
@@ -373,6 +392,8 @@ Slab* new_slab(KmemCache& c, Gfp gfp) {
   s->cache = &c;
   s->base = static_cast<char*>(page_address(page));
   s->objects = c.objects;
+  s->cache_index = static_cast<std::uint8_t>(c.index);
+  s->object_mask = c.object_mask;
   // Address order, the first object on top. The block is unpoisoned here.
   std::uintptr_t base = reinterpret_cast<std::uintptr_t>(s->base);
   std::uintptr_t next = 0;
@@ -416,7 +437,7 @@ std::size_t release_slabs(Slab* chain, Gfp gfp) {
 // Makes `s` the CPU slab of `cs`: its freelist becomes the CPU freelist.
 void freeze(CpuSlab& cs, Slab* s, int cpu) {
   s->cpu = static_cast<std::int16_t>(cpu);
-  cs.slab = s;
+  set_cpu_slab(cs, s);
   cs.free = s->free;
   s->free = Freelist{};
 }
@@ -477,7 +498,7 @@ void deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty, Slab*& releas
       freelist_push(c, s->free, obj, Site::kSlabListEdit);
   }
   cs.free = Freelist{};
-  cs.slab = nullptr;
+  set_cpu_slab(cs, nullptr);
   unfreeze_locked(c, s, empty, release);
 }
 
@@ -554,7 +575,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
     } else {
       if (s != nullptr) {  // full: on no list until a free makes it partial
         s->cpu = kNoCpu;
-        cs.slab = nullptr;
+        set_cpu_slab(cs, nullptr);
       }
       while (Slab* p = c.partial) {
         partial_remove(c, p);
@@ -569,7 +590,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
     // remote frees still keep it off the lists.
     cs.slab->next = cs.retired;
     cs.retired = cs.slab;
-    cs.slab = nullptr;
+    set_cpu_slab(cs, nullptr);
   }
 
   if (cs.free.head == 0) {
@@ -636,13 +657,17 @@ ANYCTX_COLD std::uintptr_t alloc_around_cpu_slab(KmemCache& c, Gfp gfp) ANYCTX_N
   return obj;
 }
 
-ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, std::size_t size, Gfp gfp) {
+// Hands out `obj`, just allocated from `c` for `size` bytes: opens it,
+// clears the encoded link (it stays ours) or the whole object with
+// `zero`, poisons the bytes past `size`. The fast paths pass false: a
+// memset call would make them save registers.
+ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, std::size_t size, bool zero) {
   void* p = reinterpret_cast<void*>(obj);
   ANYCTX_SLAB_UNPOISON(p, c.size);
-  if (gfp.has(kGfpZero)) {
+  if (zero) {
     std::memset(p, 0, c.size);
   } else {
-    std::memset(p, 0, sizeof(std::uintptr_t));  // the encoded link stays ours
+    std::memset(p, 0, sizeof(std::uintptr_t));
   }
   if (size == 0) size = 1;
   ANYCTX_SLAB_POISON(static_cast<char*>(p) + size, c.size - size);
@@ -650,9 +675,11 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
 }
 
 // Everything kmalloc's fast path does not do: kGfpZero, not a CPU, too
-// large, the deferred list to drain first, the CPU slab held by the frame
-// this call interrupted (alloc_around_cpu_slab), an empty CPU freelist
-// (alloc_slow).
+// large, the CPU slab held by the frame this call interrupted
+// (alloc_around_cpu_slab), an empty CPU freelist (alloc_slow). It frees
+// this CPU's deferred objects first (the fast paths never look: the IRQ
+// their first push raised frees them once the pushing frame is done; here
+// they may refill the CPU freelist before a new slab is taken).
 ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
   int cpu = require_cpu("kmalloc");
   int idx = size_index(size, gfp);
@@ -672,7 +699,7 @@ ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
     stat_add(idx, kSlabStatAllocFailed);
     return nullptr;
   }
-  return finish_alloc(c, obj, size, gfp);
+  return finish_alloc(c, obj, size, gfp.has(kGfpZero));
 }
 
 // Everything kmalloc_nolock's fast path does not do: kGfpZero, a bad gfp,
@@ -704,7 +731,7 @@ ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
     stat_add(idx, kSlabStatAllocFailed);
     return nullptr;
   }
-  return finish_alloc(c, obj, size, gfp);
+  return finish_alloc(c, obj, size, gfp.has(kGfpZero));
 }
 
 // --- free --------------------------------------------------------------------
@@ -740,22 +767,36 @@ ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
   if (release != nullptr) release_slabs(release, kGfpKernel);
 }
 
-// The fast free: `obj` (an object of `s`, validated but not yet prepared)
-// onto the CPU freelist of `cs` when `s` is the CPU slab, no frame below
-// this one holds its lock and `obj` is not already free (the slow path then
-// frees again and reports). Return: whether it was freed.
-ANYCTX_ALWAYS_INLINE bool cpu_free_fast(CpuSlab& cs, Slab* s, std::uintptr_t obj) {
+// The fast free of `p` on `cpu` (current_cpu(), maybe kNoCpu): onto the
+// CPU freelist when p is an object of a live slab (the checks of
+// free_prepare, without reporting), that slab is the CPU slab, no frame
+// below this one holds its lock and p is not on top of the CPU freelist
+// (with kSlabExactFree: its allocation bit is set). Anything else returns
+// false untouched: the slow path frees again and reports. It reads no
+// KmemCache (the slab's and the CpuSlab's copies of its constants), keeps
+// the CpuSlab in one register and has an early out per test. Return:
+// whether it was freed.
+ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
+  if (ANYCTX_UNLIKELY(cpu == kNoCpu)) return false;
+  Slab* s = slab_of(p);  // nullptr for nullptr
+  if (ANYCTX_UNLIKELY(s == nullptr)) return false;
+  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
+  if (ANYCTX_UNLIKELY(((obj - reinterpret_cast<std::uintptr_t>(s->base)) & s->object_mask) != 0)) return false;
+  CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[s->cache_index]);
   if (ANYCTX_UNLIKELY(!cpu_trylock(cs))) return false;
-  if (ANYCTX_LIKELY(cs.slab == s && obj != cs.free.head &&
-                    (!kSlabExactFree || mark_free(s, object_index(s, obj))))) {
-    ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
-    freelist_push(*s->cache, cs.free, obj, Site::kSlabFreelistEdit);
-    count_one(cs.frees);
+  if (ANYCTX_UNLIKELY(cs.slab != s) || ANYCTX_UNLIKELY(obj == cs.free.head) ||
+      (kSlabExactFree && ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj))))) {
     cpu_unlock(cs);
-    return true;
+    return false;
   }
+  ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
+  store_link_word(obj, encode_link(cs.secret, cs.free.head, obj));
+  site(Site::kSlabFreelistEdit);
+  cs.free.head = obj;
+  ++cs.free.count;
+  count_one(cs.frees);
   cpu_unlock(cs);
-  return false;
+  return true;
 }
 
 // The slow frees' CPU slab attempt, after free_prepare(): onto the CPU
@@ -772,9 +813,9 @@ bool cpu_free_prepared(const char* entry, CpuSlab& cs, Slab* s, std::uintptr_t o
   return in_cpu_slab;
 }
 
-// Everything kfree's fast path does not do: nullptr, not a CPU, the deferred
-// list to drain first, bad input, an object outside the CPU slab (counted,
-// into its slab under list_lock).
+// Everything kfree's fast path does not do: nullptr, not a CPU, bad input,
+// an object outside the CPU slab (counted, into its slab under list_lock).
+// Frees this CPU's deferred objects first, as kmalloc_slow does.
 ANYCTX_COLD void kfree_slow(const void* p) {
   if (p == nullptr) return;
   int cpu = require_cpu("kfree");
@@ -945,19 +986,18 @@ void* kmalloc(std::size_t size, Gfp gfp) {
     if (ANYCTX_UNLIKELY(allows_direct_reclaim(gfp) && !in_task()))
       report_context("kmalloc() with kGfpDirectReclaim in irq context: reclaim runs only in task context (use kGfpAtomic)");
   }
-  int cpu = current_cpu();
-  int idx = size_index(size, gfp);
   // kGfpZero goes to the slow path too: its memset is a call, and a fast
   // path without calls (other than the tail call to the slow path) saves
   // no registers.
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && !gfp.has(kGfpZero))) {
-    CpuSlabs& mine = g_cpu_slabs.on(cpu);
-    CpuSlab& cs = mine.caches[idx];
-    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 && cpu_trylock(cs))) {
-      const KmemCache& c = g_caches[idx];
-      std::uintptr_t obj = cpu_pop_fast(c, cs);
+  if (ANYCTX_UNLIKELY(gfp.has(kGfpZero))) return kmalloc_slow(size, gfp);
+  int cpu = current_cpu();
+  int idx = size_index(size, gfp);
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
+    CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
+    if (ANYCTX_LIKELY(cpu_trylock(cs))) {
+      std::uintptr_t obj = cpu_pop_fast(cs);
       cpu_unlock(cs);
-      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, gfp);
+      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(g_caches[idx], obj, size, false);
     }
   }
   return kmalloc_slow(size, gfp);
@@ -965,15 +1005,16 @@ void* kmalloc(std::size_t size, Gfp gfp) {
 
 void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
+  // kGfpZero (as in kmalloc) and a bad gfp go to the slow path.
+  if (ANYCTX_UNLIKELY(!(gfp & ~kGfpAccount).empty())) return kmalloc_nolock_slow(size, gfp);
   int cpu = current_cpu();
   int idx = size_index(size, gfp);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0 && (gfp & ~kGfpAccount).empty())) {  // kGfpZero: as in kmalloc
-    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[idx];
+  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
+    CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
     if (ANYCTX_LIKELY(cpu_trylock(cs))) {
-      const KmemCache& c = g_caches[idx];
-      std::uintptr_t obj = cpu_pop_fast(c, cs);
+      std::uintptr_t obj = cpu_pop_fast(cs);
       cpu_unlock(cs);
-      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(c, obj, size, gfp);
+      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(g_caches[idx], obj, size, false);
     }
   }
   return kmalloc_nolock_slow(size, gfp);
@@ -983,26 +1024,13 @@ void kfree(const void* p) {
   if constexpr (kDebug) {
     if (ANYCTX_UNLIKELY(in_nmi() && p != nullptr)) report_context("kfree() in NMI context: use kfree_nolock()");
   }
-  int cpu = current_cpu();
-  Slab* s = slab_of(p);  // nullptr for nullptr
-  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj))) {
-    CpuSlabs& mine = g_cpu_slabs.on(cpu);
-    if (ANYCTX_LIKELY(mine.deferred.load(std::memory_order_relaxed) == 0 &&
-                      cpu_free_fast(mine.caches[s->cache->index], s, obj)))
-      return;
-  }
+  if (ANYCTX_LIKELY(free_fast(p, current_cpu()))) return;
   kfree_slow(p);
 }
 
 void kfree_nolock(const void* p) {
   NolockScope nolock("kfree_nolock");
-  int cpu = current_cpu();
-  Slab* s = slab_of(p);  // nullptr for nullptr
-  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && s != nullptr && is_object_of(s, obj) &&
-                    cpu_free_fast(g_cpu_slabs.on(cpu).caches[s->cache->index], s, obj)))
-    return;
+  if (ANYCTX_LIKELY(free_fast(p, current_cpu()))) return;
   kfree_nolock_slow(p);
 }
 
@@ -1070,7 +1098,7 @@ std::uintptr_t random_word() {
 void reset_state() {
   g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
     for (CpuSlab& cs : cpu.caches) {
-      cs.slab = nullptr;
+      set_cpu_slab(cs, nullptr);
       cs.retired = nullptr;
       cs.free = Freelist{};
       cs.allocs.store(0);
@@ -1122,6 +1150,12 @@ std::string_view slab_init() {
     c.nr_partial = 0;
     std::snprintf(c.name, sizeof c.name, "kmalloc-%s%u", accounted ? "cg-" : "", c.size);
   }
+  g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
+    for (int i = 0; i < kKmallocCaches; ++i) {
+      cpu.caches[i].secret = g_caches[i].secret;
+      cpu.caches[i].object_mask = g_caches[i].object_mask;
+    }
+  });
   if (!irq_exit_callback_add(slab_irq_exit) || !cpu_offline_callback_add(slab_cpu_offline) ||
       !reclaim_register(slab_drain_all)) {
     irq_exit_callback_remove(slab_irq_exit);

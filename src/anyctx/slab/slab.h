@@ -37,8 +37,12 @@
 //    that finds the list empty raises an IRQ on this CPU: it runs once the
 //    current frame is done (at once in task context with IRQs on; when IRQs
 //    are unmasked; after the NMI or IRQ handler returns), and its exit frees
-//    the list. A CPU also frees its deferred objects at its next
-//    kmalloc/kfree, at slab_drain_*(), when it goes offline; the shrinker and
+//    the list. The kmalloc/kfree fast paths do not look at the list (one
+//    on the fast path inside the pushing frame, or inside the IRQ-masked
+//    section that frame runs in, leaves it to that IRQ); their slow paths
+//    (kGfpZero, a CPU freelist to refill, an object outside the CPU slab,
+//    bad input) free it first. A CPU also frees its deferred objects at
+//    slab_drain_*() and when it goes offline; the shrinker and
 //    slab_drain_all() take every CPU's. A thread that is not a CPU has no
 //    per-CPU list: when list_lock is busy it pushes on one shared deferred
 //    list that spinning slow paths, drains and the shrinker empty. Never
@@ -160,7 +164,9 @@ std::uint64_t slab_deferred_pending();
 // slab's freelist, the CPU freelist of the CPU owning its slab, or a
 // deferred list) exactly once and no allocated object is on any; list
 // lengths match their counts; the partial lists hold exactly the slabs that
-// are neither a CPU's nor full; deferred lists hold what the counters say.
+// are neither a CPU's nor full; deferred lists hold what the counters say;
+// the copies of a cache's constants and of a slab's base that the fast
+// paths read (in each slab and CPU slab) equal the originals.
 // Context: task, quiesced (no slab call in flight on any CPU).
 // Return: ok, or the first violation naming the cache and slab.
 InvariantResult slab_check_invariants();

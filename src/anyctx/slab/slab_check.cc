@@ -233,6 +233,10 @@ class SlabChecker {
         if (r->cpu != cpu || r->on_partial || r == cs.slab)
           return fail(slab_str(r) + ": on cpu " + std::to_string(cpu) + "'s retired chain but not frozen there alone");
       }
+      if (cs.secret != c.secret || cs.object_mask != c.object_mask)
+        return fail(str(list) + ": its copies of the cache's secret and object mask differ from the cache's");
+      if (cs.base != (cs.slab != nullptr ? reinterpret_cast<std::uintptr_t>(cs.slab->base) : 0))
+        return fail(str(list) + ": its copy of the slab's base differs from the slab's");
       if (cs.slab == nullptr) {
         if (cs.free.head != 0 || cs.free.count != 0) return fail(str(list) + " is not empty but cpu has no slab");
         continue;
@@ -255,6 +259,8 @@ class SlabChecker {
         for (unsigned w = 0; w < kSlabBitmapWords; ++w) in_use += std::popcount(s->allocated[w].load());
       }
       if (s->objects != c.objects) return fail(slab_str(s) + ": object count differs from the cache's");
+      if (s->cache_index != c.index || s->object_mask != c.object_mask)
+        return fail(slab_str(s) + ": its copies of the cache's index and object mask differ from the cache's");
       if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s && !retired_on(s, s->cpu))
         return fail(slab_str(s) + ": says it is cpu " + std::to_string(s->cpu) + "'s slab, which it is not");
       if (s->corrupted) continue;  // reported when it happened; its objects are leaked

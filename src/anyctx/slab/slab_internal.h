@@ -35,8 +35,10 @@
 //  - Deferred lists: lock-free stacks through the first word of the objects.
 //    Pushes go to the pushing CPU's own list; the push that finds it empty
 //    raises an IRQ on that CPU, whose exit drains it once the pushing frame
-//    (and a frame it interrupted with IRQs masked) is done. Any CPU may
-//    take a whole list (slab_drain_all); it is one exchange.
+//    (and a frame it interrupted with IRQs masked) is done. The fast paths
+//    never read the list (that IRQ is what bounds the wait); the slow paths
+//    of kmalloc and kfree drain it first. Any CPU may take a whole list
+//    (slab_drain_all); it is one exchange.
 #pragma once
 
 #include <atomic>
@@ -93,6 +95,11 @@ struct alignas(64) Slab {
   std::uint16_t objects = 0;
   std::uint8_t on_partial = 0;
   std::uint8_t corrupted = 0;  // a freelist of it was abandoned (leak policy)
+  // Copies of its cache's index and object_mask (set by new_slab, checked
+  // by slab_check_invariants), so that kfree's fast path reads no
+  // KmemCache: its line also holds list_lock, written by every CPU.
+  std::uint8_t cache_index = 0;
+  std::uintptr_t object_mask = 0;
   alignas(64) std::atomic<std::uint64_t> allocated[kSlabBitmapWords]{};
 };
 static_assert(sizeof(Slab) == 128);
@@ -114,18 +121,37 @@ struct KmemCache {
   std::size_t nr_partial = 0;
 };
 
-struct CpuSlab {
+// Two cache lines: the first holds everything a fast path writes and the
+// slab's base; the second the cache's constants the fast paths read (copies,
+// so that they read no KmemCache: its line also holds list_lock, written by
+// every CPU) and the retired chain.
+struct alignas(kCacheLine) CpuSlab {
   LocalTryLock lock{"slab.cpu_lock"};
   Slab* slab = nullptr;  // this CPU's slab of the cache, frozen
   Freelist free;         // objects of `slab` only
-  // Former CPU slabs, still frozen, chained through Slab::next: retired by
-  // kmalloc_nolock when list_lock was busy, unfrozen at the next list_lock.
-  Slab* retired = nullptr;
+  // slab->base, or 0 without a slab (set with `slab`, by set_cpu_slab): the
+  // pop's link check without a load through `slab`.
+  std::uintptr_t base = 0;
   // Objects popped from and pushed onto `free` by kmalloc / kfree: the fast
   // paths' share of kSlabStatAllocs and kSlabStatFrees.
   std::atomic<std::uint64_t> allocs{0};
   std::atomic<std::uint64_t> frees{0};
+  // The cache's secret and object_mask (set by slab_init; checked by
+  // slab_check_invariants).
+  alignas(kCacheLine) std::uintptr_t secret = 0;
+  std::uintptr_t object_mask = 0;
+  // Former CPU slabs, still frozen, chained through Slab::next: retired by
+  // kmalloc_nolock when list_lock was busy, unfrozen at the next list_lock.
+  Slab* retired = nullptr;
 };
+// (Debug builds' locks carry the validator's state: larger, laid out anyhow.)
+static_assert(kDebug || (sizeof(CpuSlab) == 2 * kCacheLine && offsetof(CpuSlab, frees) < kCacheLine));
+
+// Makes `s` (or nullptr) the CPU slab of `cs`, keeping cs.base in step.
+inline void set_cpu_slab(CpuSlab& cs, Slab* s) {
+  cs.slab = s;
+  cs.base = s != nullptr ? reinterpret_cast<std::uintptr_t>(s->base) : 0;
+}
 
 struct CpuSlabs {
   CpuSlab caches[kKmallocCaches];

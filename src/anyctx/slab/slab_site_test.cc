@@ -57,16 +57,16 @@ void nmi_at_target_site(Site site) {
 
 // Reaches every slab site in task context: new slabs, CPU freelist pushes
 // and pops, frees into full slabs under list_lock, nolock frees that defer,
-// the drain at the next spinning call, partial slabs becoming CPU slabs
-// again, the drains.
+// the drain at the start of a spinning slow path, partial slabs becoming
+// CPU slabs again, the drains.
 void slab_workload(std::vector<void*>& live) {
   std::vector<void*> a;
   for (int i = 0; i < 200; ++i) a.push_back(kmalloc(64, kGfpKernel));
   for (int i = 0; i < 90; i += 2) kfree(a[i]);
   for (int i = 1; i < 90; i += 2) kfree_nolock(a[i]);
-  IrqFlags masked = irq_save();  // the deferrals' IRQ waits: the next kmalloc drains
+  IrqFlags masked = irq_save();  // the deferrals' IRQ waits: kmalloc's slow path (kGfpZero) drains
   for (int i = 90; i < 100; ++i) testing::kfree_nolock_list_locked(kmalloc_cache_index(64, kGfpKernel), {a[i]});
-  void* x = kmalloc(64, kGfpAtomic);
+  void* x = kmalloc(64, kGfpAtomic | kGfpZero);
   irq_restore(masked);
   std::vector<void*> b;
   for (int i = 0; i < 150; ++i) b.push_back(kmalloc(64, kGfpKernel | kGfpZero));

@@ -230,22 +230,33 @@ TEST_F(SlabTest, KfreeNolockWithTheListLockBusyDefersAndItsIrqDrains) {
   expect_all_returned();
 }
 
-TEST_F(SlabTest, TheNextSpinningCallDrainsTheDeferredList) {
+// The fast paths never read the deferred list: the IRQ its first push
+// raised frees it once the pushing frame (here: the masked section) is
+// done. A kmalloc or kfree that leaves its fast path frees it first.
+TEST_F(SlabTest, SlowPathsDrainTheDeferredListFastPathsLeaveItToItsIrq) {
   init_slab();
   std::vector<void*> rest;
   void* a = object_outside_cpu_slab(rest);
   int idx = kmalloc_cache_index(64, kGfpKernel);
-  IrqFlags masked = irq_save();  // keeps the raised IRQ pending
+  void* warm = kmalloc(16, kGfpKernel);  // kmalloc-16 has a CPU slab now: the next kmalloc(16) is a fast one
+  IrqFlags masked = irq_save();          // keeps the raised IRQ pending
   testing::kfree_nolock_list_locked(idx, {a});
   EXPECT_EQ(slab_deferred_pending(), 1u);
   void* p = kmalloc(16, kGfpAtomic);
-  EXPECT_EQ(slab_deferred_pending(), 0u) << "kmalloc drains first";
-  void* b = take_one(rest);
-  testing::kfree_nolock_list_locked(idx, {b});
+  kfree(warm);
+  EXPECT_EQ(slab_deferred_pending(), 1u) << "the fast paths leave the list to its IRQ";
+  void* z = kmalloc(16, kGfpAtomic | kGfpZero);
+  EXPECT_EQ(slab_deferred_pending(), 0u) << "kmalloc's slow path drains first";
+  testing::kfree_nolock_list_locked(idx, {take_one(rest)});
   EXPECT_EQ(slab_deferred_pending(), 1u);
-  kfree(p);
-  EXPECT_EQ(slab_deferred_pending(), 0u) << "kfree drains first";
+  kfree(take_one(rest));  // in a full slab, not the CPU slab: the slow path
+  EXPECT_EQ(slab_deferred_pending(), 0u) << "kfree's slow path drains first";
+  testing::kfree_nolock_list_locked(idx, {take_one(rest)});
+  EXPECT_EQ(slab_deferred_pending(), 1u);
   irq_restore(masked);
+  EXPECT_EQ(slab_deferred_pending(), 0u) << "the raised IRQ ran at the unmask";
+  kfree(p);
+  kfree(z);
   for (void* q : rest) kfree(q);
   expect_all_returned();
 }
@@ -589,6 +600,24 @@ TEST_F(SlabTest, InvariantCheckNamesACorruptedCounterListAndLostObject) {
   EXPECT_NE(r.what.find(": object 10 is free but on no freelist or deferred list (lost)"), std::string::npos) << r.what;
   cs.free.head = head;
   cs.free.count += 1;
+  expect_slab_invariants();
+
+  // The copies the fast paths read instead of the cache and the slab.
+  cs.base += 64;
+  r = slab_check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.what.find("CPU freelist: its copy of the slab's base differs from the slab's"), std::string::npos) << r.what;
+  cs.base -= 64;
+  cs.object_mask ^= 8;
+  r = slab_check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.what.find("its copies of the cache's secret and object mask differ"), std::string::npos) << r.what;
+  cs.object_mask ^= 8;
+  cs.slab->cache_index ^= 1;
+  r = slab_check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.what.find("its copies of the cache's index and object mask differ"), std::string::npos) << r.what;
+  cs.slab->cache_index ^= 1;
   expect_slab_invariants();
 
   for (void* p : objs) kfree(p);
