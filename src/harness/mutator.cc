@@ -269,21 +269,31 @@ bool request_ops(const TargetSpec& t, Program& p, int from, int to, int site, Rn
   std::vector<Op> ops;
   if (stock) {
     if (!op_allowed(t, Ctx::kTask, K::kMemcgSetMax) || !op_allowed(t, Ctx::kTask, K::kMemcgCharge)) return false;
-    int charged[kMaxOps], n = 0;
-    for (const Op& op : p.cpus[static_cast<std::size_t>(from)])
-      if (op.kind == K::kMemcgCharge && kCgroupParent[op.order] >= 0) charged[n++] = op.order;
-    if (n == 0) return false;
-    // The limit goes on the top of the cgroup's subtree below the root: it
-    // covers the stock whichever cgroup of that subtree it caches when the
-    // request comes.
-    int cgroup = charged[rng.below(static_cast<std::uint32_t>(n))];
-    int limited = cgroup;
-    while (kCgroupParent[limited] > 0) limited = kCgroupParent[limited];
-    ops.push_back(normalize_op(Op{K::kMemcgSetMax, Path::kSpinning, static_cast<std::uint8_t>(limited), 1, 0}, Ctx::kTask));
-    Op charge{K::kMemcgCharge, Path::kSpinning, static_cast<std::uint8_t>(cgroup), kMaxChargePages, 0};
-    const std::uint8_t empty = static_cast<std::uint8_t>(~filled_slots(p));
-    charge.slot = static_cast<std::uint8_t>(empty != 0 ? pick_bit(empty, rng) : rng.below(kSlots));
-    ops.push_back(normalize_op(charge, Ctx::kTask));
+    // A limit on the top (below the root) of each subtree `from` charges,
+    // with a charge over it: the stock caches whichever cgroup `from`
+    // charged last before `site`, and one of the charges meets the limit
+    // over it and posts the request (one subtree drawn at random missed
+    // half the time: busy-stock-drain's base charges two).
+    int charged[kCgroups][kMaxOps], n[kCgroups] = {}, tops[kCgroups], ntops = 0;
+    for (const Op& op : p.cpus[static_cast<std::size_t>(from)]) {
+      if (op.kind != K::kMemcgCharge || kCgroupParent[op.order] < 0) continue;
+      int top = op.order;
+      while (kCgroupParent[top] > 0) top = kCgroupParent[top];
+      if (n[top] == 0) tops[ntops++] = top;
+      charged[top][n[top]++] = op.order;
+    }
+    if (ntops == 0) return false;
+    std::uint8_t empty = static_cast<std::uint8_t>(~filled_slots(p));
+    for (int i = 0; i < ntops; ++i) {
+      const int top = tops[i];
+      ops.push_back(normalize_op(Op{K::kMemcgSetMax, Path::kSpinning, static_cast<std::uint8_t>(top), 1, 0}, Ctx::kTask));
+      Op charge{K::kMemcgCharge, Path::kSpinning,
+                static_cast<std::uint8_t>(charged[top][rng.below(static_cast<std::uint32_t>(n[top]))]), kMaxChargePages,
+                0};
+      charge.slot = static_cast<std::uint8_t>(empty != 0 ? pick_bit(empty, rng) : rng.below(kSlots));
+      empty = static_cast<std::uint8_t>(empty & ~(1u << charge.slot));
+      ops.push_back(normalize_op(charge, Ctx::kTask));
+    }
   } else if (pcp) {
     if (!op_allowed(t, Ctx::kTask, K::kDrainAll)) return false;
     ops.push_back(normalize_op(Op{K::kDrainAll, Path::kSpinning, 0, 0, 0}, Ctx::kTask));

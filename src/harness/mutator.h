@@ -172,12 +172,14 @@ bool mirror_ops(const TargetSpec& target, Program& p, int from, int to, Rng& rng
 
 // CPU `to` (as for mirror_ops) gets, in place of its own, ops that ask CPU
 // `from` to give back what it holds at `site`: where `from` is inside its
-// memcg stock, a limit on the top (below the root) of the subtree of a
-// cgroup one of its charges names, and a spinning charge of that cgroup
-// over it (the charge meets the limit and posts a drain request to every
-// stock in the subtree); where it is inside its pcp, drain_all (a drain request to every
-// CPU). Return: false for a site of another kind, when the target has no
-// such ops, or when `from` charges no cgroup that can be limited.
+// memcg stock, for each subtree (below the root) that its charges name, a
+// limit on the subtree's top and a spinning charge over it of a cgroup
+// `from` charges there (the charge meets the limit and posts a drain
+// request to every stock that caches a cgroup of the subtree, whichever
+// `from` caches then); where it is inside its pcp, drain_all (a drain
+// request to every CPU). Return: false for a site of another kind, when
+// the target has no such ops, or when `from` charges no cgroup that can be
+// limited.
 bool request_ops(const TargetSpec& target, Program& p, int from, int to, int site, Rng& rng);
 
 // CPU `to` (as for mirror_ops) gets, in place of its own, a free of every

@@ -433,6 +433,27 @@ TEST(MutatorTest, RequestOpsAskTheSectionForADrain) {
   }
   EXPECT_EQ(limits[1], 100) << "the top of A/B's subtree below the root: A";
 
+  // A CPU that charges two subtrees caches either when the request comes:
+  // each gets its limit and a charge over it, in slots of their own.
+  Program two = base;
+  two.cpus[0].push_back(normalize_op(Op{OpKind::kMemcgCharge, Path::kSpinning, 3, 1, 1}, Ctx::kTask));  // C
+  two.cpus[0].push_back(normalize_op(Op{OpKind::kMemcgCharge, Path::kSpinning, 1, 1, 2}, Ctx::kTask));  // A
+  for (std::uint64_t seed = 0; seed < 100; ++seed) {
+    Program p = two;
+    Rng rng(seed);
+    ASSERT_TRUE(request_ops(memcg, p, 0, 1, site_of("ChargeWalk"), rng));
+    ASSERT_EQ(validate(memcg, p), "");
+    ASSERT_EQ(p.cpus[1].size(), 4u) << "two subtrees: A's and C's";
+    EXPECT_EQ(p.cpus[1][0].kind, OpKind::kMemcgSetMax);
+    EXPECT_EQ(p.cpus[1][0].order, 1) << "A first: cpu 0 charged its subtree first";
+    EXPECT_TRUE(p.cpus[1][1].order == 1 || p.cpus[1][1].order == 2) << "a cgroup cpu 0 charges under A";
+    EXPECT_EQ(p.cpus[1][2].kind, OpKind::kMemcgSetMax);
+    EXPECT_EQ(p.cpus[1][2].order, 3);
+    EXPECT_EQ(p.cpus[1][3].order, 3);
+    EXPECT_NE(p.cpus[1][1].slot, p.cpus[1][3].slot);
+    for (int i : {1, 3}) EXPECT_GT(p.cpus[1][i].slot, 2) << "not a slot cpu 0 fills";
+  }
+
   struct Row {
     const char* target;
     const char* site;
