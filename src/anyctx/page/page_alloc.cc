@@ -1081,7 +1081,9 @@ ANYCTX_ALWAYS_INLINE bool free_pages_take(const char* entry, Page* page, unsigne
     static_assert(sizeof(Page) == 64);
     in_place = order <= kMaxOrder && std::rotr(off, 6) < g_arena.pages;
   }
-  if (ANYCTX_LIKELY(in_place && state_of(page) == PageState::kAllocated && order_of(page) == order)) {
+  // The order compared as the byte it is stored in (in_place bounds it).
+  if (ANYCTX_LIKELY(in_place && state_of(page) == PageState::kAllocated &&
+                    page->order.load(std::memory_order_relaxed) == static_cast<std::uint8_t>(order))) {
     if constexpr (kExactDoubleFree) {
       std::int32_t one = 1;
       if (ANYCTX_LIKELY(page->refcount.compare_exchange_strong(one, 0, std::memory_order_acq_rel))) return true;
