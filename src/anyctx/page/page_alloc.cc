@@ -825,6 +825,13 @@ ANYCTX_COLD void pcp_trim_locked(Pcp& pcp, Gfp gfp) {
   pcp_free_bulk_locked(pcp, pages, gfp, &moved);
 }
 
+// A free took the pcp above `high`: trim it, release it, serve a request.
+// Every free path (free_block, the fast path of free_pages_common) ends here.
+ANYCTX_COLD void pcp_trim_unlock_slow(Pcp& pcp, Gfp gfp) {
+  pcp_trim_locked(pcp, gfp);
+  pcp_unlock(pcp, gfp);
+}
+
 // A block whose last reference is gone goes back: to this CPU's pcp when
 // free (trimmed above `high`), else through free_block_slow().
 ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp, int cpu) {
@@ -836,7 +843,8 @@ ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp, int cp
       pcp.lists[order].push(page);
       ANYCTX_SITE(kPcpListEdit);
       pcp_count_add(pcp, static_cast<long>(block_pages(order)));
-      if (ANYCTX_UNLIKELY(pcp.count.load(std::memory_order_relaxed) > pcp.high)) pcp_trim_locked(pcp, gfp);
+      if (ANYCTX_UNLIKELY(pcp.count.load(std::memory_order_relaxed) > pcp.high))
+        return pcp_trim_unlock_slow(pcp, gfp);
       pcp_unlock(pcp, gfp);
       return;
     }
@@ -1110,12 +1118,6 @@ ANYCTX_COLD void free_taken_slow(Page* page, unsigned order, Gfp gfp, int path) 
 ANYCTX_COLD void free_pages_slow(const char* entry, Page* page, unsigned order, Gfp gfp, int path) {
   if (!free_pages_take(entry, page, order)) return;
   free_taken_slow(page, order, gfp, path);
-}
-
-// The free went above `high`: trim, release the pcp, serve a request.
-ANYCTX_COLD void pcp_trim_unlock_slow(Pcp& pcp, Gfp gfp) {
-  pcp_trim_locked(pcp, gfp);
-  pcp_unlock(pcp, gfp);
 }
 
 // The shared free: the common case (a CPU in task context, order <= 3, no
