@@ -1270,11 +1270,10 @@ Page* alloc_pages(Gfp gfp, unsigned order) {
                               << " context: reclaim runs only in task context (use kGfpAtomic)")
           .fatal();
   }
-  // The common case first, one test each: a spinning gfp that every
-  // spinning composite is (kswapd bit set; a gfp with the direct bit alone
-  // spins too and takes the slow path), neither zeroed nor accounted, order
-  // <= 3, a CPU in task context (the statistics' slot is known), no fault
-  // plan.
+  // The common case first, one test each: the kswapd bit set (every
+  // spinning composite has it; a gfp with the direct bit alone spins too and
+  // takes the slow path), neither zeroed nor accounted, order <= 3, a CPU
+  // in task context (the statistics' slot is known), no fault plan.
   if (ANYCTX_LIKELY((gfp & (kGfpAccount | kGfpZero | kGfpKswapdReclaim)) == kGfpKswapdReclaim &&
                     order <= kPcpMaxOrder && cpu != kNoCpu && in_task() &&
                     !detail::g_fault_plan_active.load(std::memory_order_relaxed))) {

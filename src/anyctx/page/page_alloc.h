@@ -48,8 +48,8 @@
 //    builds check that the descriptor is one of the arena's, allocated, of
 //    the freed order, with one reference, and trust that such a head is
 //    aligned to its order (every block the allocator hands out is): a
-//    misaligned free is reported there through the frame it names (a tail,
-//    or the head of a block of another order), not by its address.
+//    misaligned free is still reported there, as misaligned, because the
+//    frame it names is a tail or heads a block of another order.
 //  - ASan builds poison free frames and unpoison them on allocation.
 #pragma once
 
