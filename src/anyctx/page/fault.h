@@ -55,10 +55,7 @@ void fault_plan_clear();
 FaultStats fault_plan_stats();
 
 namespace detail {
-// Hidden: the library is static, so the flag lives in the same module as its
-// readers, and the allocation fast paths test it with one RIP-relative load
-// instead of a load of its address first.
-extern std::atomic<bool> g_fault_plan_active __attribute__((visibility("hidden")));
+extern std::atomic<bool> g_fault_plan_active;
 bool fault_should_fail_slow(unsigned order, FaultPath path);
 }  // namespace detail
 
