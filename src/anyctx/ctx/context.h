@@ -32,18 +32,19 @@ const char* context_name(ContextLevel level);
 inline int current_cpu() { return detail::this_thread().cpu; }
 
 inline bool in_nmi() {
-  return detail::this_thread().nmi_depth.load(std::memory_order_relaxed) != 0;
+  return detail::this_thread().depths.load(std::memory_order_relaxed) >= detail::kNmiDepthOne;
 }
 inline bool in_irq() {
-  return detail::this_thread().irq_depth.load(std::memory_order_relaxed) != 0;
+  return (detail::this_thread().depths.load(std::memory_order_relaxed) & (detail::kNmiDepthOne - 1)) != 0;
 }
-inline bool in_task() { return !in_nmi() && !in_irq(); }
+inline bool in_task() { return detail::this_thread().depths.load(std::memory_order_relaxed) == 0; }
 inline bool irqs_disabled() {
   return detail::this_thread().irqs_masked.load(std::memory_order_relaxed);
 }
 inline ContextLevel context_level() {
-  if (in_nmi()) return ContextLevel::kNmi;
-  if (in_irq()) return ContextLevel::kIrq;
+  std::uint16_t depths = detail::this_thread().depths.load(std::memory_order_relaxed);
+  if (depths >= detail::kNmiDepthOne) return ContextLevel::kNmi;
+  if (depths != 0) return ContextLevel::kIrq;
   return ContextLevel::kTask;
 }
 

@@ -32,9 +32,12 @@ struct sigaction g_old_irq, g_old_nmi;  // guarded by g_install_mu
 using detail::barrier_against_interrupts;
 using detail::ThreadState;
 
-void depth_add(std::atomic<std::uint8_t>& depth, int delta) {
-  depth.store(static_cast<std::uint8_t>(depth.load(std::memory_order_relaxed) + delta),
-              std::memory_order_relaxed);
+// One depth of `depths` (detail::kIrqDepthOne or kNmiDepthOne, signed).
+// Load and store: a handler that interrupts between them returns the word
+// as it found it (strict nesting).
+void depth_add(std::atomic<std::uint16_t>& depths, int delta) {
+  depths.store(static_cast<std::uint16_t>(depths.load(std::memory_order_relaxed) + delta),
+               std::memory_order_relaxed);
 }
 
 void call_handler(InterruptKind kind) {
@@ -48,13 +51,13 @@ void run_irqs_then_unmask(ThreadState& t) {
   do {
     t.irqs_masked.store(true, std::memory_order_relaxed);
     t.irq_pending.store(false, std::memory_order_relaxed);
-    depth_add(t.irq_depth, +1);
+    depth_add(t.depths, +detail::kIrqDepthOne);
     barrier_against_interrupts();
     call_handler(InterruptKind::kIrq);
     for (auto& fn : g_irq_exit_fns)
       if (IrqExitFn f = fn.load(std::memory_order_acquire)) f();
     barrier_against_interrupts();
-    depth_add(t.irq_depth, -1);
+    depth_add(t.depths, -detail::kIrqDepthOne);
     t.irqs_masked.store(false, std::memory_order_relaxed);
     barrier_against_interrupts();
   } while (t.irq_pending.load(std::memory_order_relaxed));
@@ -227,14 +230,14 @@ NmiScope::NmiScope() {
   ThreadState& t = detail::this_thread();
   was_masked_ = t.irqs_masked.load(std::memory_order_relaxed);
   t.irqs_masked.store(true, std::memory_order_relaxed);
-  depth_add(t.nmi_depth, +1);
+  depth_add(t.depths, +detail::kNmiDepthOne);
   barrier_against_interrupts();
 }
 
 NmiScope::~NmiScope() {
   ThreadState& t = detail::this_thread();
   barrier_against_interrupts();
-  depth_add(t.nmi_depth, -1);
+  depth_add(t.depths, -detail::kNmiDepthOne);
   if (was_masked_) return;
   t.irqs_masked.store(false, std::memory_order_relaxed);
   barrier_against_interrupts();

@@ -20,13 +20,18 @@ namespace anyctx::detail {
 
 struct ThreadState {
   int cpu = kNoCpu;                           // logical CPU id or kNoCpu
-  std::atomic<std::uint8_t> irq_depth{0};     // inside an IRQ-class handler
-  std::atomic<std::uint8_t> nmi_depth{0};     // inside an NMI-class handler
+  // Handler nesting, one word so that in_task() is one load: IRQ-class
+  // handlers count in the low byte (kIrqDepthOne), NMI-class ones in the
+  // high byte (kNmiDepthOne).
+  std::atomic<std::uint16_t> depths{0};
   std::atomic<bool> irqs_masked{false};       // soft mask (irq_save)
   std::atomic<bool> irq_pending{false};       // an IRQ arrived while masked
   std::atomic<std::uint16_t> irq_save_depth{0};  // nesting of irq_save()
   std::atomic<std::uint16_t> preempt_count{0};   // local-lock sections (debug)
 };
+
+inline constexpr int kIrqDepthOne = 1;
+inline constexpr int kNmiDepthOne = 1 << 8;
 
 extern thread_local constinit ThreadState t_state;
 

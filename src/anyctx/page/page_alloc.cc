@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include <bit>
 #include <chrono>
 #include <cstring>
 #include <new>
@@ -230,6 +231,23 @@ std::uint64_t stat_sum(int stat, int ctx) {
 }
 
 std::uint64_t stat_sum(int stat) { return stat_sum(stat, 0) + stat_sum(stat, 1) + stat_sum(stat, 2); }
+
+// Return: `p`, hidden from the optimiser, so that it stays one register
+// (the slab's trick): left visible, the fast paths fold the per-CPU base
+// and the CPU's offset into every access to the Pcp, keep both live and
+// run out of caller-saved registers.
+template <class T>
+ANYCTX_ALWAYS_INLINE T* one_register(T* p) {
+  asm("" : "+r"(p));
+  return p;
+}
+
+// One writer per slot (see StatSlots): no RMW.
+ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+constexpr int kTaskSlot = static_cast<int>(ContextLevel::kTask);
 
 PageState state_of(const Page* p) { return p->state.load(std::memory_order_relaxed); }
 unsigned order_of(const Page* p) { return p->order.load(std::memory_order_relaxed); }
@@ -807,6 +825,13 @@ ANYCTX_COLD void pcp_trim_locked(Pcp& pcp, Gfp gfp) {
   pcp_free_bulk_locked(pcp, pages, gfp, &moved);
 }
 
+// A free took the pcp above `high`: trim it, release it, serve a request.
+// Every free path (free_block, the fast path of free_pages_common) ends here.
+ANYCTX_COLD void pcp_trim_unlock_slow(Pcp& pcp, Gfp gfp) {
+  pcp_trim_locked(pcp, gfp);
+  pcp_unlock(pcp, gfp);
+}
+
 // A block whose last reference is gone goes back: to this CPU's pcp when
 // free (trimmed above `high`), else through free_block_slow().
 ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp, int cpu) {
@@ -818,7 +843,8 @@ ANYCTX_ALWAYS_INLINE void free_block(Page* page, unsigned order, Gfp gfp, int cp
       pcp.lists[order].push(page);
       ANYCTX_SITE(kPcpListEdit);
       pcp_count_add(pcp, static_cast<long>(block_pages(order)));
-      if (ANYCTX_UNLIKELY(pcp.count.load(std::memory_order_relaxed) > pcp.high)) pcp_trim_locked(pcp, gfp);
+      if (ANYCTX_UNLIKELY(pcp.count.load(std::memory_order_relaxed) > pcp.high))
+        return pcp_trim_unlock_slow(pcp, gfp);
       pcp_unlock(pcp, gfp);
       return;
     }
@@ -883,7 +909,8 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order, Caller at) {
 }
 
 // The common alloc_pages(): a block from this CPU's list of `order`, which
-// has one and is not held. The caller serves a drain request that came
+// has one and is not held, counted in the task slot of the spinning path
+// (the caller made sure of both). The caller serves a drain request that came
 // meanwhile (pcp_serve_request_then) once it has prepared the block, so the
 // fast path makes no call. Return: nullptr for anything else (an empty list
 // or a pcp held by an interrupted frame), which the slow path handles.
@@ -895,6 +922,7 @@ ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order) {
     list.pop();
     ANYCTX_SITE(kPcpListEdit);
     pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
+    count_one(pcp.stats.v[kTaskSlot][kStatAllocOk + 0]);
   }
   pcp_release(pcp);
   return page;
@@ -904,7 +932,9 @@ ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order) {
 // finished its work first. Return: `page`.
 ANYCTX_COLD Page* pcp_serve_request_then(Pcp& pcp, Gfp gfp, Page* page) {
   pcp_serve_request(pcp, gfp);
-  return page;
+  // Hidden: a caller that knows `page` comes back keeps it in a callee-saved
+  // register across a call instead of making a tail call.
+  return one_register(page);
 }
 
 Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, Caller at);
@@ -912,6 +942,7 @@ Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, Caller at);
 // Everything alloc_pages() does but the pcp hit: accounting, zeroing, fault
 // plans, refills, the buddy lists, reclaim.
 ANYCTX_COLD Page* alloc_pages_slow(Gfp gfp, unsigned order, int cpu) {
+  if (ANYCTX_UNLIKELY(cpu == kNoCpu)) require_cpu("alloc_pages");  // reports
   Caller at{cpu, static_cast<int>(context_level())};
   if (gfp.has(kGfpAccount)) return alloc_pages_accounted_slow(gfp, order, at);
   return alloc_pages_core(gfp, order, at);
@@ -1039,14 +1070,28 @@ ANYCTX_COLD bool free_pages_bad(const char* entry, Page* page, unsigned order) {
 // sanitizer builds with a compare-exchange, so that two CPUs freeing one
 // block at once are reported exactly (a block freed twice in sequence is
 // kAllocated no more, and that is checked in every build).
+// Alignment to the order: checked builds test it; release builds test that
+// `page` is a descriptor of the arena (the rotate sends an offset that is
+// not a multiple of sizeof(Page) above the bound) and trust that a head in
+// state kAllocated with `order` is aligned to it (every block the buddy
+// lists hand out is; check_invariants() checks it). A misaligned free in
+// release is still reported when the frame is a tail or heads a block of
+// another order, which it is unless descriptors were corrupted.
 // Return: true when the block is now the caller's to free.
 ANYCTX_ALWAYS_INLINE bool free_pages_take(const char* entry, Page* page, unsigned order) {
   std::uintptr_t off = reinterpret_cast<std::uintptr_t>(page) - reinterpret_cast<std::uintptr_t>(g_arena.descs);
-  // In the arena, on a descriptor, aligned to the order: one mask.
-  bool ok = order <= kMaxOrder && off < g_arena.pages * sizeof(Page) &&
-            (off & ((sizeof(Page) << order) - 1)) == 0 && state_of(page) == PageState::kAllocated &&
-            order_of(page) == order;
-  if (ANYCTX_LIKELY(ok)) {
+  bool in_place;
+  if constexpr (kExactDoubleFree) {
+    // In the arena, on a descriptor, aligned to the order: one mask.
+    in_place = order <= kMaxOrder && off < g_arena.pages * sizeof(Page) &&
+               (off & ((sizeof(Page) << order) - 1)) == 0;
+  } else {
+    static_assert(sizeof(Page) == 64);
+    in_place = order <= kMaxOrder && std::rotr(off, 6) < g_arena.pages;
+  }
+  // The order compared as the byte it is stored in (in_place bounds it).
+  if (ANYCTX_LIKELY(in_place && state_of(page) == PageState::kAllocated &&
+                    page->order.load(std::memory_order_relaxed) == static_cast<std::uint8_t>(order))) {
     if constexpr (kExactDoubleFree) {
       std::int32_t one = 1;
       if (ANYCTX_LIKELY(page->refcount.compare_exchange_strong(one, 0, std::memory_order_acq_rel))) return true;
@@ -1056,6 +1101,48 @@ ANYCTX_ALWAYS_INLINE bool free_pages_take(const char* entry, Page* page, unsigne
     }
   }
   return free_pages_bad(entry, page, order);
+}
+
+// --- fast paths -------------------------------------------------------------------
+
+// A free whose last reference is taken: uncharge, count and return the
+// block, any context, any CPU or none (the fast path's other cases).
+ANYCTX_COLD void free_taken_slow(Page* page, unsigned order, Gfp gfp, int path) {
+  uncharge_page(page, order);
+  Caller at = this_caller();
+  stat_inc(at, kStatFreed + path);
+  free_block(page, order, gfp, at.cpu);
+}
+
+// Everything free_pages() and free_pages_nolock() do.
+ANYCTX_COLD void free_pages_slow(const char* entry, Page* page, unsigned order, Gfp gfp, int path) {
+  if (!free_pages_take(entry, page, order)) return;
+  free_taken_slow(page, order, gfp, path);
+}
+
+// The shared free: the common case (a CPU in task context, order <= 3, no
+// cgroup, the pcp free and within `high` after the push) inline, without
+// calls but tail calls; the rest in the *_slow functions above. Statistics
+// of the fast path go to the task slot of this CPU, like stat_inc().
+ANYCTX_ALWAYS_INLINE void free_pages_common(const char* entry, Page* page, unsigned order, Gfp gfp, int path) {
+  int cpu = current_cpu();
+  if (ANYCTX_UNLIKELY(order > kPcpMaxOrder || cpu == kNoCpu || !in_task()))
+    return free_pages_slow(entry, page, order, gfp, path);
+  if (ANYCTX_UNLIKELY(!free_pages_take(entry, page, order))) return;
+  if (ANYCTX_UNLIKELY(page->memcg.load(std::memory_order_relaxed) != nullptr))
+    return free_taken_slow(page, order, gfp, path);
+  Pcp& pcp = *one_register(&g_pcp.on(cpu));
+  if (ANYCTX_UNLIKELY(!pcp_trylock(pcp))) return free_taken_slow(page, order, gfp, path);
+  count_one(pcp.stats.v[kTaskSlot][kStatFreed + path]);
+  poison_block(page, order);
+  set_head(page, PageState::kPcp, order);
+  pcp.lists[order].push(page);
+  ANYCTX_SITE(kPcpListEdit);
+  int count = pcp.count.load(std::memory_order_relaxed) + (1 << order);
+  pcp.count.store(count, std::memory_order_relaxed);
+  if (ANYCTX_UNLIKELY(count > pcp.high)) return pcp_trim_unlock_slow(pcp, gfp);
+  pcp_release(pcp);
+  if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed))) return pcp_serve_request(pcp, gfp);
 }
 
 }  // namespace
@@ -1173,8 +1260,9 @@ void page_allocator_shutdown() {
 // --- entry points ---------------------------------------------------------------
 
 Page* alloc_pages(Gfp gfp, unsigned order) {
-  int cpu = require_cpu("alloc_pages");
+  int cpu = current_cpu();  // a thread that is not a CPU: reported by the slow path
   if constexpr (kDebug) {
+    require_cpu("alloc_pages");
     if (in_nmi())
       (Report("context rule") << "alloc_pages() in NMI context: use alloc_pages_nolock()").fatal();
     if (allows_direct_reclaim(gfp) && !in_task())
@@ -1182,12 +1270,15 @@ Page* alloc_pages(Gfp gfp, unsigned order) {
                               << " context: reclaim runs only in task context (use kGfpAtomic)")
           .fatal();
   }
-  if (ANYCTX_LIKELY(order <= kPcpMaxOrder && (gfp & (kGfpAccount | kGfpZero)).empty() &&
+  // The common case first, one test each: the kswapd bit set (every
+  // spinning composite has it; a gfp with the direct bit alone spins too and
+  // takes the slow path), neither zeroed nor accounted, order <= 3, a CPU
+  // in task context (the statistics' slot is known), no fault plan.
+  if (ANYCTX_LIKELY((gfp & (kGfpAccount | kGfpZero | kGfpKswapdReclaim)) == kGfpKswapdReclaim &&
+                    order <= kPcpMaxOrder && cpu != kNoCpu && in_task() &&
                     !detail::g_fault_plan_active.load(std::memory_order_relaxed))) {
-    Pcp& pcp = g_pcp.on(cpu);
+    Pcp& pcp = *one_register(&g_pcp.on(cpu));
     if (Page* page = pcp_alloc_hit(pcp, order); ANYCTX_LIKELY(page != nullptr)) {
-      Caller at{cpu, static_cast<int>(context_level())};
-      stat_inc(at, kStatAllocOk + path_index(gfp));
       prep_new_page(page, order, Gfp{});  // kGfpZero went to the slow path
       if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
         return pcp_serve_request_then(pcp, gfp, page);
@@ -1201,11 +1292,7 @@ void free_pages(Page* page, unsigned order) {
   if constexpr (kDebug) {
     if (in_nmi()) (Report("context rule") << "free_pages() in NMI context: use free_pages_nolock()").fatal();
   }
-  if (!free_pages_take("free_pages", page, order)) return;
-  uncharge_page(page, order);
-  Caller at = this_caller();
-  stat_inc(at, kStatFreed + 0);
-  free_block(page, order, kGfpKernel, at.cpu);
+  free_pages_common("free_pages", page, order, kGfpKernel, 0);
 }
 
 Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
@@ -1220,11 +1307,7 @@ Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
 
 void free_pages_nolock(Page* page, unsigned order) {
   NolockScope nolock("free_pages_nolock");
-  if (!free_pages_take("free_pages_nolock", page, order)) return;
-  uncharge_page(page, order);
-  Caller at = this_caller();
-  stat_inc(at, kStatFreed + 1);
-  free_block(page, order, Gfp{}, at.cpu);
+  free_pages_common("free_pages_nolock", page, order, Gfp{}, 1);
 }
 
 void get_page(Page* page) {

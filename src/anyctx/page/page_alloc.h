@@ -42,7 +42,14 @@
 //  - Misuse (a descriptor outside the arena, a misaligned or wrong-order
 //    free, a double free, a free with references left) is a `bad page`
 //    report naming the pfn, its state and the reason; then, by policy, abort
-//    or count the report and leak the page.
+//    or count the report and leak the page. Debug and sanitizer builds check
+//    every case directly (and take the last reference with a compare-
+//    exchange, so two CPUs freeing one block at once are reported). Release
+//    builds check that the descriptor is one of the arena's, allocated, of
+//    the freed order, with one reference, and trust that such a head is
+//    aligned to its order (every block the allocator hands out is): a
+//    misaligned free is still reported there, as misaligned, because the
+//    frame it names is a tail or heads a block of another order.
 //  - ASan builds poison free frames and unpoison them on allocation.
 #pragma once
 
