@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "anyctx/ctx/cpu.h"
+#include "anyctx/ctx/fastpath.h"
 #include "anyctx/ctx/interrupt.h"
 #include "anyctx/ctx/reclaim.h"
 #include "anyctx/ctx/report.h"
@@ -44,6 +45,9 @@
 
 namespace anyctx {
 namespace {
+
+using detail::count_one;
+using detail::one_register;
 
 // --- lists -----------------------------------------------------------------
 
@@ -232,20 +236,6 @@ std::uint64_t stat_sum(int stat, int ctx) {
 
 std::uint64_t stat_sum(int stat) { return stat_sum(stat, 0) + stat_sum(stat, 1) + stat_sum(stat, 2); }
 
-// Return: `p`, hidden from the optimiser, so that it stays one register
-// (the slab's trick): left visible, the fast paths fold the per-CPU base
-// and the CPU's offset into every access to the Pcp, keep both live and
-// run out of caller-saved registers.
-template <class T>
-ANYCTX_ALWAYS_INLINE T* one_register(T* p) {
-  asm("" : "+r"(p));
-  return p;
-}
-
-// One writer per slot (see StatSlots): no RMW.
-ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
-  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-}
 
 constexpr int kTaskSlot = static_cast<int>(ContextLevel::kTask);
 

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <new>
 
+#include "anyctx/ctx/fastpath.h"
 #include "anyctx/ctx/interrupt.h"
 #include "anyctx/ctx/reclaim.h"
 #include "anyctx/ctx/report.h"
@@ -70,20 +71,6 @@ void stat_add(int cache, int stat, std::uint64_t delta = 1) {
   slot.store(slot.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
 }
 
-// Return: `p`, hidden from the optimiser, so that it stays one register:
-// left visible, the fast paths fold the per-CPU base and the cache offset
-// into every access to the CpuSlab, keep both live, and run out of
-// caller-saved registers (three pushes and pops on kmalloc).
-template <class T>
-ANYCTX_ALWAYS_INLINE T* one_register(T* p) {
-  asm("" : "+r"(p));
-  return p;
-}
-
-// One writer (the holder of the CPU slab lock): no RMW.
-ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {
-  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-}
 
 // The size class of every multiple of 8 bytes up to kKmallocMaxSize, by
 // (size + 7) / 8: one load instead of a bit scan and its corrections.
