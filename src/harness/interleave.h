@@ -55,7 +55,8 @@ constexpr SiteEffect site_effect(int site) {
     case Site::kLocalLockHeld: return {kHeldLocal, 0, false};
     case Site::kLocalLockRelease: return {0, kHeldLocal, false};
     case Site::kZoneListEdit: case Site::kPcpListEdit: case Site::kPcpRefill: case Site::kPcpBulkFree:
-    case Site::kDeferredPush: case Site::kDeferredDrain: case Site::kStockEdit: case Site::kChargeWalk:
+    case Site::kDeferredPush: case Site::kDeferredDrain: case Site::kStockEdit: case Site::kStockDrain:
+    case Site::kChargeWalk:
     case Site::kEventPush: case Site::kSlabFreelistEdit: case Site::kSlabListEdit: case Site::kSlabNewSlab:
     case Site::kSlabDeferredPush: case Site::kSlabDeferredDrain: case Site::kPcpDrainServe: case Site::kPcpPark:
     case Site::kDeferredTake:

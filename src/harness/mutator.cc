@@ -263,7 +263,8 @@ bool request_ops(const TargetSpec& t, Program& p, int from, int to, int site, Rn
   if (!other_cpu_allowed(t, p, from, to)) return false;
   const std::uint8_t held = site_effect(site).takes;
   const Site s = static_cast<Site>(site);
-  const bool stock = held == kHeldStock || s == Site::kStockEdit || s == Site::kChargeWalk;
+  const bool stock =
+      held == kHeldStock || s == Site::kStockEdit || s == Site::kStockDrain || s == Site::kChargeWalk;
   const bool pcp = held == kHeldPcp || s == Site::kPcpListEdit || s == Site::kPcpRefill || s == Site::kPcpBulkFree ||
                    s == Site::kPcpDrainServe || s == Site::kPcpPark;
   std::vector<Op> ops;

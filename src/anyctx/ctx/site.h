@@ -41,7 +41,7 @@
 // The memcg layer's sites (memcg/).
 #define ANYCTX_MEMCG_SITES(X)                                                  \
   X(kStockLocked, "a CPU's memcg stock was just taken (consume, refill, drain)") \
-  X(kStockEdit, "between the updates of a memcg stock's cgroup and pages")     \
+  X(kStockEdit, "a memcg stock switched cgroup, before its pages are stored") \
   X(kStockUnlock, "just before a memcg stock is released")                     \
   X(kChargeWalk, "between levels of a memcg charge, rollback or uncharge")     \
   X(kEventPush, "between reading the memcg pending-event head and the CAS")
@@ -75,10 +75,18 @@
 #define ANYCTX_SLAB_AROUND_SITES(X) \
   X(kSlabAroundCpuSlab, "an IRQ found its CPU slab held by the interrupted frame, before it allocates around it")
 
+// The memcg stock's drain (memcg/): its pages taken, not yet uncharged from
+// the cgroup it caches. A site of its own, not StockEdit: a drain inside a
+// refill that changes the stock's cgroup and the cgroup switch after it are
+// two half-done updates, and one name made the harness count, plan and
+// reward them as one moment (docs/fuzzing.md, One name per half-done update).
+#define ANYCTX_MEMCG_DRAIN_SITES(X) \
+  X(kStockDrain, "a memcg stock's pages were just taken for a drain, before they are uncharged")
+
 // New lists go at the end, so existing ids stay put.
 #define ANYCTX_SITE_LIST(X)                                                                                        \
   ANYCTX_LOCK_SITES(X) ANYCTX_PAGE_SITES(X) ANYCTX_MEMCG_SITES(X) ANYCTX_SLAB_SITES(X) ANYCTX_PCP_REQUEST_SITES(X) \
-  ANYCTX_PARK_SITES(X) ANYCTX_SLAB_AROUND_SITES(X)
+  ANYCTX_PARK_SITES(X) ANYCTX_SLAB_AROUND_SITES(X) ANYCTX_MEMCG_DRAIN_SITES(X)
 
 namespace anyctx {
 

@@ -288,7 +288,7 @@ unsigned drain_stock_locked(Stock& stock) {
   unsigned n = stock.pages.load(std::memory_order_relaxed);
   if (n != 0) {
     stock.pages.store(0, std::memory_order_relaxed);
-    ANYCTX_SITE(kStockEdit);
+    ANYCTX_SITE(kStockDrain);
     counter_uncharge(old, n);
     gstat_add(kGStockDrains, 1);
   }

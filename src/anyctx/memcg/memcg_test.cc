@@ -424,7 +424,8 @@ TEST_P(MemcgSiteTest, NmiAtTheSiteChargesWithoutCorruptingTheStock) {
   EXPECT_EQ(g_run.nmi_ok.load(), 2) << "the NMI's charges go to the counters when the stock is busy";
   EXPECT_EQ(nmi_cg.usage(), 3u);
   EXPECT_EQ(memcg_stats(nmi_cg).stock_hits, 0u);
-  if (site == Site::kStockLocked || site == Site::kStockEdit || site == Site::kStockUnlock) {
+  if (site == Site::kStockLocked || site == Site::kStockEdit || site == Site::kStockDrain ||
+      site == Site::kStockUnlock) {
     EXPECT_GT(memcg_global_stats().stock_busy[2], busy_before) << "the NMI must find the stock held";
   }
   if (site == Site::kEventPush) {
@@ -444,7 +445,7 @@ TEST_P(MemcgSiteTest, NmiAtTheSiteChargesWithoutCorruptingTheStock) {
 }
 
 INSTANTIATE_TEST_SUITE_P(EverySite, MemcgSiteTest,
-                         ::testing::Values(Site::kStockLocked, Site::kStockEdit, Site::kStockUnlock,
+                         ::testing::Values(Site::kStockLocked, Site::kStockEdit, Site::kStockDrain, Site::kStockUnlock,
                                            Site::kChargeWalk, Site::kEventPush),
                          [](const ::testing::TestParamInfo<Site>& info) { return std::string(site_name(info.param)); });
 
