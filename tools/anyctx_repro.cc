@@ -222,7 +222,7 @@ int run_plan(const TargetSpec& target, const Program& program, const RunOptions&
 }
 
 // One line per (CPU, site, level) reached: "cpu 1 SpinWait task hits=3
-// held-elsewhere=1,3 resumed-inside=2".
+// held-elsewhere=1,3 resumed-inside=2 irqs-off=1,2" (irqs-off: task level).
 void print_sites(const Program& program, const SiteMap& sites) {
   for (int c = 0; c < static_cast<int>(program.cpus.size()); ++c)
     for (int site = 0; site < kInjectionSites; ++site)
@@ -236,6 +236,7 @@ void print_sites(const Program& program, const SiteMap& sites) {
         };
         nths(" held-elsewhere=", sites.held_elsewhere[c][site][l]);
         nths(" resumed-inside=", sites.resumed_inside[c][site][l]);
+        if (l == 0) nths(" irqs-off=", sites.irqs_off[c][site]);
         std::printf("\n");
       }
 }

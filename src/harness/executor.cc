@@ -1096,6 +1096,7 @@ void site_event(int site) {
   if (track_held(me, site) && hits <= 32) g.stats.sites.held_elsewhere[me][site][static_cast<int>(level)] |= 1u << (hits - 1);
   if (g.cpus[me].resumed_inside && hits <= 32)
     g.stats.sites.resumed_inside[me][site][static_cast<int>(level)] |= 1u << (hits - 1);
+  if (level == Ctx::kTask && hits <= 32 && irqs_disabled()) g.stats.sites.irqs_off[me][site] |= 1u << (hits - 1);
   trace(static_cast<std::uint64_t>(site) << 4 | static_cast<std::uint64_t>(level), static_cast<std::uint64_t>(me));
   for (std::size_t i = 0; i < g.program->injections.size(); ++i) {
     const Injection& inj = g.program->injections[i];

@@ -100,18 +100,26 @@ bool add_echo_injection(const TargetSpec& t, Program& p, const Moment& m, Ctx ki
   return true;
 }
 
+// Whether an IRQ can land at `m`: at task level, IRQs not masked there. An
+// IRQ injected inside an irqsave section runs at its unmask, the same moment
+// for every hit of the section: planned there, it took the room of the NMIs
+// (which land), several times over.
+bool irq_lands(const SiteMap& sites, const Moment& m) {
+  return m.level == Ctx::kTask && (sites.irqs_off[m.cpu][m.site] >> (m.nth - 1) & 1u) == 0;
+}
+
 // Return: how many injections plan_injections() can place at `moments`.
-std::size_t injection_points(const std::vector<Moment>& moments) {
+std::size_t injection_points(const SiteMap& sites, const std::vector<Moment>& moments) {
   std::size_t n = 0;
   for (const Moment& m : moments)
-    if (m.nth <= kMaxInjectionNth) n += m.level == Ctx::kTask ? 2 : 1;
+    if (m.nth <= kMaxInjectionNth) n += irq_lands(sites, m) ? 2 : 1;
   return n;
 }
 
-// Injections at each moment: an NMI, and an IRQ at task level (an IRQ
-// cannot land inside an IRQ), at most `room`, lower ranks first.
-void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Moment>& moments, int tier,
-                     std::size_t room, Rng& rng, std::vector<Planned>& out) {
+// Injections at each moment: an NMI, and an IRQ where one lands (irq_lands),
+// at most `room`, lower ranks first.
+void plan_injections(const TargetSpec& t, const Program& p, const SiteMap& sites, const std::vector<Moment>& moments,
+                     int tier, std::size_t room, Rng& rng, std::vector<Planned>& out) {
   struct Point {
     Moment at;
     Ctx kind;
@@ -120,7 +128,7 @@ void plan_injections(const TargetSpec& t, const Program& p, const std::vector<Mo
   for (const Moment& m : moments) {
     if (m.nth > kMaxInjectionNth) continue;
     points.push_back({m, Ctx::kNmi});
-    if (m.level == Ctx::kTask) points.push_back({m, Ctx::kIrq});
+    if (irq_lands(sites, m)) points.push_back({m, Ctx::kIrq});
   }
   keep_ranked(points, room, rng, [](const Point& x) { return x.at.rank; });
   for (const Point& at : points) {
@@ -149,7 +157,7 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
           first_and_last(sites.held_elsewhere[c][site][l] & ~resumed, hits(c, site, l), c, site, static_cast<Ctx>(l),
                          rank_of(site, false), moments);
         }
-    plan_injections(t, p, moments, 0, kPlanPerInput[0], rng, out);
+    plan_injections(t, p, sites, moments, 0, kPlanPerInput[0], rng, out);
   }
 
   // Tier 1: a switch where a CPU has just taken a lock or is mid-update.
@@ -218,7 +226,7 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
           for (int nth = 1; nth <= std::min(hits(c, site, l), kMaxInjectionNth); ++nth)
             moments.push_back({c, site, static_cast<Ctx>(l), nth, rank_of(site, false)});
       }
-    plan_injections(t, p, moments, 3, kPlanPerInput[3], rng, out);
+    plan_injections(t, p, sites, moments, 3, kPlanPerInput[3], rng, out);
   }
   return out;
 }
@@ -241,10 +249,10 @@ std::vector<Planned> plan_followup(const TargetSpec& t, const Program& p, const 
       first_and_last(sites.held_elsewhere[a.cpu][site][l], sites.hits[a.cpu][site][l], a.cpu, site,
                      static_cast<Ctx>(l), site == static_cast<int>(Site::kSpinWait) ? 0 : sharp(site) ? 1 : 2, met);
     }
-  const std::size_t met_points = injection_points(met);
+  const std::size_t met_points = injection_points(sites, met);
   const std::size_t room = std::max(kFollowUps / 2, kFollowUps - std::min(met_points, kFollowUps));
-  plan_injections(t, p, resumed, 0, room, rng, out);
-  plan_injections(t, p, met, 0, kFollowUps - out.size(), rng, out);
+  plan_injections(t, p, sites, resumed, 0, room, rng, out);
+  plan_injections(t, p, sites, met, 0, kFollowUps - out.size(), rng, out);
   return out;
 }
 

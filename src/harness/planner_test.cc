@@ -235,6 +235,42 @@ switch on=0 site=ZoneLocked level=task nth=1 cpu=1
   if (stats.sites.hits[0][zone_unlock][0] >= 2) EXPECT_EQ(stats.sites.resumed_inside[0][zone_unlock][0] & 2u, 0u);
 }
 
+// The executor marks the hits that came with IRQs masked (the memcg stock
+// is taken with irqsave; the pcp is a local trylock that leaves them on),
+// and the planner plans no IRQ there, only the NMI: an IRQ injected inside
+// the stock section would run at its unmask, one moment for every hit.
+TEST(PlannerTest, NoIrqIsPlannedWhereIrqsAreMasked) {
+  const TargetSpec& t = *target_spec("memcg_ops");
+  Program p = parse_or_fail(R"(# anyctx program v2
+target memcg_ops
+cpu 0
+  memcg_charge spinning cgroup=2 pages=2 slot=0
+  memcg_charge spinning cgroup=3 pages=2 slot=1
+  alloc_pages spinning order=0 slot=2
+  free_pages spinning slot=2
+)");
+  RunStats stats = run_program(t, p);
+  const int stock_edit = site_of("StockEdit"), stock_drain = site_of("StockDrain"), pcp_locked = site_of("PcpLocked");
+  ASSERT_EQ(stats.sites.hits[0][stock_edit][0], 2) << "two refills switched the stock's cgroup";
+  ASSERT_EQ(stats.sites.hits[0][stock_drain][0], 1) << "the second drained the first's pages";
+  EXPECT_EQ(stats.sites.irqs_off[0][stock_edit], 3u);
+  EXPECT_EQ(stats.sites.irqs_off[0][stock_drain], 1u);
+  ASSERT_GT(stats.sites.hits[0][pcp_locked][0], 0);
+  EXPECT_EQ(stats.sites.irqs_off[0][pcp_locked], 0u) << "the pcp's local trylock leaves IRQs on";
+  int nmis = 0, irqs_inside = 0, irqs_elsewhere = 0;
+  for (std::uint64_t seed = 0; seed < 8; ++seed)
+    for (const Planned& c : plan(t, p, stats.sites, seed)) {
+      if (c.tier != 3) continue;
+      const Injection& inj = c.program.injections.back();
+      const bool masked = (stats.sites.irqs_off[inj.cpu][inj.site] >> (inj.nth - 1) & 1u) != 0;
+      if (inj.kind == Ctx::kNmi) ++nmis;
+      if (inj.kind == Ctx::kIrq) ++(masked ? irqs_inside : irqs_elsewhere);
+    }
+  EXPECT_GT(nmis, 0);
+  EXPECT_GT(irqs_elsewhere, 0) << "IRQs are still planned where they land";
+  EXPECT_EQ(irqs_inside, 0);
+}
+
 // The fuzzer sees the moment a request met a section: CPU 1 charges over a
 // limit while CPU 0 is switched out inside its stock section with the
 // cgroup cached, and asks CPU 0 to drain (an IRQ, pending when CPU 0

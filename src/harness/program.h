@@ -55,6 +55,10 @@ struct SiteMap {
   // (held a lock class) in the middle of which it had been switched out:
   // another CPU ran there, and may have asked something of this one.
   std::uint32_t resumed_inside[kMaxProgramCpus][kInjectionSites][3] = {};
+  // Bit n-1 (n <= 32): the nth hit at task level came with the CPU's IRQs
+  // masked (a section taken with irqsave): an IRQ injected there waits for
+  // the unmask, so every such hit of one section is the same moment for it.
+  std::uint32_t irqs_off[kMaxProgramCpus][kInjectionSites] = {};
 };
 
 // Return: the name of a site or of kOpBoundary ("OpBoundary"), as the text
