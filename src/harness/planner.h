@@ -15,9 +15,10 @@
 //   tier 0 (depth 3): an interrupt where another CPU, switched out, holds a
 //     lock or is inside an update (SiteMap::held_elsewhere), or where this
 //     CPU is back inside a section that another CPU ran in the middle of
-//     (SiteMap::resumed_inside): an NMI, and an IRQ where one can land at
-//     task level, running ops that echo the program's (echo_op: the same
-//     cache, order, cgroup; the interrupted CPU's first).
+//     (SiteMap::resumed_inside): an NMI, and an IRQ where one can land (task
+//     level, IRQs not masked: SiteMap::irqs_off), running ops that echo the
+//     program's (echo_op: the same cache, order, cgroup; the interrupted
+//     CPU's first).
 //   tier 1 (depth 2): a switch anchored where a CPU has just taken a lock or
 //     is inside an update (its first four hits of the site and its last),
 //     to each other CPU that has ops.
