@@ -147,6 +147,37 @@ TEST(StressDiagnosis, NamesAHolderThatRunsOn) {
   EXPECT_NE(d.find("cpu 1 waits on no spinlock (last site ZoneUnlock in task context"), std::string::npos) << d;
 }
 
+// cpu 1 stalled holding the lock cpu 0 spins on, waiting for something that
+// is not a spinlock (a drain request cpu 0 cannot serve). Asked about cpu 1,
+// the report follows cpu 0's wait, whether or not cpu 0 has passed the limit
+// yet.
+TEST(StressDiagnosis, NamesTheLockWhenTheStalledCpuHoldsIt) {
+  int l;
+  for (bool waiter_stalled : {true, false}) {
+    std::vector<StallView> v = {spinning(0, "stress.seam_a", &l, 1), StallView{}};
+    v[0].stalled = waiter_stalled;
+    v[1].worker = 1;
+    v[1].cpu = 1;
+    v[1].stalled = true;
+    v[1].stalled_seconds = 12;
+    v[1].site = "PcpDrainWait";
+    std::string d = diagnose_stall(v, 1);
+    EXPECT_EQ(d.rfind("lock never released: cpu 0 (task) waits on 'stress.seam_a'", 0), 0u) << d;
+    EXPECT_NE(d.find("cpu 1 waits on no spinlock (last site PcpDrainWait in task context"), std::string::npos) << d;
+  }
+  // A CPU that is not stalled and spins on a lock the stalled one does not
+  // hold is not the story.
+  int other;
+  std::vector<StallView> v = {spinning(0, "zone.lock", &other, 2), StallView{}};
+  v[0].stalled = false;
+  v[1].worker = 1;
+  v[1].cpu = 1;
+  v[1].stalled = true;
+  v[1].stalled_seconds = 12;
+  v[1].site = "PcpDrainWait";
+  EXPECT_EQ(diagnose_stall(v, 1).rfind("no progress: cpu 1 (task)", 0), 0u);
+}
+
 TEST(StressDiagnosis, NamesAStallOutsideTheSpinlocks) {
   StallView v;
   v.worker = 0;
