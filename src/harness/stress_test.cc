@@ -94,14 +94,21 @@ TEST_F(StressTest, WatchdogNamesAnAbbaCycle) {
   EXPECT_DEATH(run_stress(o), expected);
 }
 
-StallView spinning(int cpu, const char* lock_name, const void* lock, int owner, const char* level = "task") {
+// A CPU stalled, its last site `site` (outside the spinlocks, unless
+// spinning() makes it spin).
+StallView stalled_at(int cpu, const char* site) {
   StallView v;
   v.worker = cpu;
   v.cpu = cpu;
   v.stalled = true;
   v.stalled_seconds = 12;
+  v.site = site;
+  return v;
+}
+
+StallView spinning(int cpu, const char* lock_name, const void* lock, int owner, const char* level = "task") {
+  StallView v = stalled_at(cpu, "SpinWait");
   v.level = level;
-  v.site = "SpinWait";
   v.lock = lock;
   v.lock_name = lock_name;
   v.lock_owner = owner;
@@ -154,13 +161,8 @@ TEST(StressDiagnosis, NamesAHolderThatRunsOn) {
 TEST(StressDiagnosis, NamesTheLockWhenTheStalledCpuHoldsIt) {
   int l;
   for (bool waiter_stalled : {true, false}) {
-    std::vector<StallView> v = {spinning(0, "stress.seam_a", &l, 1), StallView{}};
+    std::vector<StallView> v = {spinning(0, "stress.seam_a", &l, 1), stalled_at(1, "PcpDrainWait")};
     v[0].stalled = waiter_stalled;
-    v[1].worker = 1;
-    v[1].cpu = 1;
-    v[1].stalled = true;
-    v[1].stalled_seconds = 12;
-    v[1].site = "PcpDrainWait";
     std::string d = diagnose_stall(v, 1);
     EXPECT_EQ(d.rfind("lock never released: cpu 0 (task) waits on 'stress.seam_a'", 0), 0u) << d;
     EXPECT_NE(d.find("cpu 1 waits on no spinlock (last site PcpDrainWait in task context"), std::string::npos) << d;
@@ -168,13 +170,8 @@ TEST(StressDiagnosis, NamesTheLockWhenTheStalledCpuHoldsIt) {
   // A CPU that is not stalled and spins on a lock the stalled one does not
   // hold is not the story.
   int other;
-  std::vector<StallView> v = {spinning(0, "zone.lock", &other, 2), StallView{}};
+  std::vector<StallView> v = {spinning(0, "zone.lock", &other, 2), stalled_at(1, "PcpDrainWait")};
   v[0].stalled = false;
-  v[1].worker = 1;
-  v[1].cpu = 1;
-  v[1].stalled = true;
-  v[1].stalled_seconds = 12;
-  v[1].site = "PcpDrainWait";
   EXPECT_EQ(diagnose_stall(v, 1).rfind("no progress: cpu 1 (task)", 0), 0u);
 }
 
