@@ -143,7 +143,9 @@ struct StallView {
   int lock_owner = kNoCpu;      // Spinlock::owner_cpu() of `lock`
 };
 
-// Return: the text of the watchdog's report about `views[stalled]`, starting
+// Return: the text of the watchdog's report about `views[stalled]` (through
+// a CPU spinning on a lock it holds, or another stalled spinner, when it
+// spins on no lock itself), starting
 // with its kind: "suspected cycle: cpu 0 (task) waits on 'X' held by cpu 1;
 // cpu 1 (task) waits on 'Y' held by cpu 0", "self-deadlock: ...", "lock
 // never released: ...", or "no progress: ...".
