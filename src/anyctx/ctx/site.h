@@ -41,7 +41,7 @@
 // The memcg layer's sites (memcg/).
 #define ANYCTX_MEMCG_SITES(X)                                                  \
   X(kStockLocked, "a CPU's memcg stock was just taken (consume, refill, drain)") \
-  X(kStockEdit, "a memcg stock switched cgroup, before its pages are stored") \
+  X(kStockEdit, "a memcg stock switched cgroup, before its pages are stored")  \
   X(kStockUnlock, "just before a memcg stock is released")                     \
   X(kChargeWalk, "between levels of a memcg charge, rollback or uncharge")     \
   X(kEventPush, "between reading the memcg pending-event head and the CAS")
@@ -79,7 +79,7 @@
 // the cgroup it caches. A site of its own, not StockEdit: a drain inside a
 // refill that changes the stock's cgroup and the cgroup switch after it are
 // two half-done updates, and one name made the harness count, plan and
-// reward them as one moment (docs/fuzzing.md, One name per half-done update).
+// reward them as one moment (docs/mutants.md, Two sharper moments).
 #define ANYCTX_MEMCG_DRAIN_SITES(X) \
   X(kStockDrain, "a memcg stock's pages were just taken for a drain, before they are uncharged")
 
