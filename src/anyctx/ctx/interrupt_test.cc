@@ -18,9 +18,11 @@ std::atomic<int> g_irqs{0};
 std::atomic<int> g_nmis{0};
 std::atomic<int> g_cpu_in_handler{-2};
 
+// Records the CPU before it counts: a test that waits for the count then
+// reads the CPU this handler stored (seq_cst orders the two).
 void counting_handler(InterruptKind kind) {
-  (kind == InterruptKind::kIrq ? g_irqs : g_nmis).fetch_add(1);
   g_cpu_in_handler.store(current_cpu());
+  (kind == InterruptKind::kIrq ? g_irqs : g_nmis).fetch_add(1);
 }
 
 class InterruptTest : public ::testing::Test {
