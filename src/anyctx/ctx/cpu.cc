@@ -1,5 +1,6 @@
 #include "anyctx/ctx/cpu.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -64,6 +65,20 @@ void altstack_attach(CpuSlot& slot, int cpu) {
 
 void altstack_detach(CpuSlot& slot) { sigaltstack(&slot.previous_altstack, nullptr); }
 
+// ThreadSanitizer keeps a signal context per thread and creates it on first
+// use: in the first blocking call the thread makes, or in the handler of the
+// first signal that reaches it. When the two race, one context replaces the
+// other, and a signal pending in the replaced one is never delivered (clang
+// 14's runtime: a drain IRQ lost 1 time in 200 for a thread that went to
+// sleep right after it came online; in a plain program whose new thread
+// polls, 4 signals of 40,000 lost, none of 40,000 when the thread has
+// polled once before it is signalled). One blocking call before the CPU
+// goes online creates it before any other CPU can send this one an
+// interrupt.
+void tsan_signal_context_create() {
+  if constexpr (ANYCTX_TSAN) poll(nullptr, 0, 0);
+}
+
 [[noreturn]] void report_offline_misuse(int cpu, const char* what) {
   (Report("cpu offline") << "CpuScope of cpu " << cpu << " ends " << what).fatal();
 }
@@ -77,6 +92,7 @@ CpuScope::CpuScope() {
                           << "; one CpuScope per thread").fatal();
   }
   interrupts_install();
+  tsan_signal_context_create();
   std::unique_lock<std::mutex> lock(g_registry_mu);
   int id = 0;
   while (id < kMaxCpus && g_online[id].load(std::memory_order_relaxed)) ++id;
