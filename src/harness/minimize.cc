@@ -5,13 +5,6 @@
 
 namespace anyctx::harness {
 
-int total_ops(const Program& p) {
-  int n = 0;
-  for (const auto& ops : p.cpus) n += static_cast<int>(ops.size());
-  for (const Injection& inj : p.injections) n += static_cast<int>(inj.ops.size());
-  return n;
-}
-
 namespace {
 
 class Minimizer {

@@ -42,7 +42,4 @@ Program minimize(const TargetSpec& target, const Program& program,
                  const std::function<bool(const Program&)>& still_fails, const MinimizeOptions& options = {},
                  MinimizeStats* stats = nullptr);
 
-// Return: ops over all CPUs and injections (the size minimize() reduces).
-int total_ops(const Program& program);
-
 }  // namespace anyctx::harness

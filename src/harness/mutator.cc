@@ -1200,7 +1200,16 @@ std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size
                              : nullptr;
   Rng rng(mix_seed(seed, 1));
   if (plans != nullptr) {
-    if (first_seen && sites != nullptr) plans->add(plan(target, original, *sites, rng.next()));
+    if (first_seen && sites != nullptr) {
+      plans->add(plan(target, original, *sites, rng.next()));
+      // Its bare base, run once by the observer when it is new too.
+      if (Program bare = bare_base(original); !(bare == original)) {
+        const std::vector<std::uint8_t> bare_bytes = encode(target, bare);
+        bool bare_first_seen = false;
+        const SiteMap* bare_sites = observe(target, bare_bytes.data(), bare_bytes.size(), &bare_first_seen);
+        if (bare_first_seen && bare_sites != nullptr) plans->add(plan(target, bare, *bare_sites, rng.next()));
+      }
+    }
     if (rng.chance(kPlannedPercent) && plans->take(p)) {
       out = encode(target, p);
       if (std::size_t n = put(out, data, max_size); n != 0) {

@@ -139,6 +139,17 @@ void plan_injections(const TargetSpec& t, const Program& p, const SiteMap& sites
 
 }  // namespace
 
+int plan_noise(const Program& p) {
+  const std::size_t events = p.injections.size() + p.schedule.size() + p.anchored.size();
+  return total_ops(p) + 3 * static_cast<int>(events) + (p.fault.nth != 0 || p.fault.percent != 0 ? 10 : 0);
+}
+
+Program bare_base(const Program& p) {
+  Program bare;
+  bare.cpus = p.cpus;
+  return bare;
+}
+
 std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& sites, std::uint64_t seed) {
   Rng rng(seed ^ 0x706c616eull);
   std::vector<Planned> out;
@@ -282,7 +293,15 @@ bool PlanQueue::take(Program& out) {
       int site = q.next_site;
       while (q.by_site[static_cast<std::size_t>(site)].empty()) site = (site + 1) % kInjectionSites;
       std::deque<Program>& list = q.by_site[static_cast<std::size_t>(site)];
-      if (chain == 0) std::swap(list[rng_.below(static_cast<std::uint32_t>(list.size()))], list.back());
+      if (chain == 0) {
+        std::size_t pick = rng_.below(static_cast<std::uint32_t>(list.size()));
+        int least = plan_noise(list[pick]);
+        for (int d = 1; d < kNoiseDraws; ++d) {
+          const std::size_t i = rng_.below(static_cast<std::uint32_t>(list.size()));
+          if (const int n = plan_noise(list[i]); n < least) pick = i, least = n;
+        }
+        std::swap(list[pick], list.back());
+      }
       out = std::move(list.back());
       list.pop_back();
       --q.size;

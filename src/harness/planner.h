@@ -45,12 +45,13 @@
 //    level (a full one drops the oldest of its longest site list); take()
 //    serves the follow-ups and the inputs' own plans in turn (either alone
 //    when the other has none): at level 0 the tiers in turn, within a tier
-//    the sites of the moments in turn, within a site a draw at random
-//    (newest first, at level 1).
+//    the sites of the moments in turn, within a site the least noisy
+//    (plan_noise) of kNoiseDraws draws (newest first, at level 1).
 //  - The fuzz targets plan a run that reached a new interleaving at once
 //    (fuzz_one, executor.h: fuzz_plans). Their custom mutator (mutate_input
 //    with a PlanQueue) plans for an input when its SiteObserver ran it for
-//    the first time, and emits a planned candidate instead of a random
+//    the first time, and for its bare base (bare_base) when that differs and
+//    is new too, and emits a planned candidate instead of a random
 //    mutation kPlannedPercent of the time while any is queued. AFL++'s
 //    mutator library runs outside the target and has no site map: it does
 //    not plan.
@@ -79,6 +80,26 @@ inline constexpr std::size_t kPlanQueueDepth = 1024;
 // 4 of 6, while `deferred-take-not-atomic` (depth 2, two CPUs; 40 s of
 // fuzz_page_smp) was found with 3 seeds of 4 at either share.
 inline constexpr int kPlannedPercent = 25;
+
+// What a program carries besides its ops' own moments: its ops, 3 for each
+// injection and switch (anchored or by event), 10 for a fault plan. The
+// corpus's programs pile these up (each mutation and each plan adds one,
+// and a noisy program reaches new interleaving features most easily); a
+// candidate built on such a base meets its moment among a dozen others.
+// Return: the noise of `p` (0 for an empty program).
+int plan_noise(const Program& p);
+
+// Level 0 serves the least noisy of this many draws within a site. From the
+// two-charge base of `busy-stock-drain` as the only seed, with bare bases
+// planned as well: found in 8 runs of 8 (1.8–9.6 s) against 5 of 8 with a
+// plain draw (docs/mutants.md, Where the runs go).
+inline constexpr int kNoiseDraws = 8;
+
+// The program's ops alone: `p` without its injections, switches, PCT and
+// fault plan. The mutator plans over it too (beside `p`), so that the
+// candidates of an input that reached a state by a pile of earlier
+// mutations also come on its clean base.
+Program bare_base(const Program& p);
 
 struct Planned {
   int tier = 0;
@@ -133,8 +154,10 @@ class PlanQueue {
   // reach (a nolock trim parking pages: 9 inputs of 982 in a page_smp
   // corpus) would otherwise wait behind the lock sites every input hits.
   // Within a site, newest first above level 0 (a follow-up belongs to the
-  // switch that just ran), a draw at level 0 (newest first would follow
-  // whatever was new last, plans of plans, and not come back to a base).
+  // switch that just ran); at level 0 the least noisy of kNoiseDraws draws
+  // (newest first would follow whatever was new last, plans of plans, and
+  // not come back to a base; a plain draw served the corpus's noisy
+  // programs as often as the clean bases a chain grows from).
   // Return: false when none is queued.
   bool take(Program& out);
   std::size_t size() const;

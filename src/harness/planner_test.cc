@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -376,6 +377,58 @@ TEST(PlannerTest, TheQueueServesLevelsAndTiersInTurnAndKeepsItsDepth) {
   EXPECT_TRUE(served) << "the rare site's candidate was dropped";
 }
 
+// A program's noise: its ops, 3 per injection and switch (anchored or by
+// event), 10 for a fault plan; a bare base keeps the ops and drops the rest.
+TEST(PlannerTest, NoiseCountsWhatAProgramCarriesBesidesItsOps) {
+  Program p = parse_or_fail(R"(# anyctx program v2
+target slab_ops
+fault nth=3 percent=0 contexts=task paths=spinning seed=1
+cpu 0
+  kmalloc spinning size=96 slot=0
+  kfree spinning slot=0
+cpu 1
+  kmalloc spinning size=96 slot=1
+inject nmi cpu=0 site=SlabCpuLocked level=task nth=1
+  kmalloc nolock size=96 slot=2
+switch on=0 site=SlabListLocked level=task nth=1 cpu=1
+)");
+  EXPECT_EQ(plan_noise(Program{}), 0);
+  EXPECT_EQ(plan_noise(p), 4 + 3 * 2 + 10) << "4 ops (one in the NMI), an injection, a switch, a fault plan";
+  Program bare = bare_base(p);
+  EXPECT_EQ(plan_noise(bare), 3);
+  EXPECT_EQ(bare.cpus, p.cpus);
+  EXPECT_TRUE(bare.injections.empty() && bare.anchored.empty() && bare.schedule.empty());
+  EXPECT_EQ(bare.fault, FaultSpec{});
+  EXPECT_EQ(bare_base(bare), bare);
+  Program percent = bare;
+  percent.fault.percent = 5;
+  EXPECT_EQ(plan_noise(percent), 3 + 10) << "a fault plan by percent is one too";
+  Program seed_only = bare;
+  seed_only.fault.seed = 9;
+  EXPECT_EQ(plan_noise(seed_only), 3) << "a seed without nth or percent fails nothing";
+}
+
+// Level 0 serves the least noisy of its draws: of 100 clean and 100 noisy
+// candidates at one site, the first hundred taken are nearly all clean (a
+// plain draw takes about fifty).
+TEST(PlannerTest, LevelZeroServesTheLeastNoisyOfItsDraws) {
+  PlanQueue q;
+  std::vector<Planned> batch;
+  for (int i = 0; i < 200; ++i) {
+    Planned c;
+    c.tier = 1;
+    c.site = site_of("ZoneLocked");
+    c.program.cpus[0].push_back(Op{OpKind::kAllocPages, Path::kSpinning, 0, 0, 0});
+    if (i % 2 == 1) c.program.fault.percent = 5;
+    batch.push_back(std::move(c));
+  }
+  q.add(std::move(batch));
+  Program out;
+  int clean = 0;
+  for (int i = 0; i < 100 && q.take(out); ++i) clean += out.fault.percent == 0;
+  EXPECT_GE(clean, 90);
+}
+
 // The queue knows the chain level and tier of the candidate written last,
 // and only of those bytes.
 TEST(PlannerTest, TheQueueKnowsTheChainAndTierOfTheCandidateWrittenLast) {
@@ -424,6 +477,45 @@ TEST(PlannerTest, TheMutatorPlansForAnInputSeenTheFirstTime) {
     before = q.size();
   }
   EXPECT_GT(planned, 5) << "half the calls write a planned candidate";
+}
+
+// An input that carries injections, switches or a fault plan is planned
+// twice on its first sighting: as it is, and over its bare base, which the
+// observer runs once (and not again for the next input with that base).
+std::vector<Program> g_observed_programs;
+const SiteMap* observe_recording(const TargetSpec& t, const std::uint8_t* data, std::size_t size,
+                                 bool* first_seen) {
+  g_observed_programs.push_back(decode(t, std::span<const std::uint8_t>(data, size)));
+  *first_seen = g_observed_programs.size() == 1 ||
+                !(g_observed_programs.back() == g_observed_programs[g_observed_programs.size() - 2]);
+  return fuzz_site_map(t, data, size, nullptr);
+}
+
+TEST(PlannerTest, TheMutatorAlsoPlansTheBareBaseOfAnInput) {
+  const TargetSpec& t = *target_spec("slab_ops");
+  Program noisy = parse_or_fail(kTwoCpusOneCache);
+  noisy.fault.percent = 3;
+  std::vector<std::uint8_t> input = encode(t, noisy);
+  std::vector<std::uint8_t> buf(input);
+  buf.resize(1024);
+  PlanQueue q;
+  g_observed_programs.clear();
+  mutate_input(t, buf.data(), input.size(), buf.size(), 7, nullptr, nullptr, observe_recording, &q);
+  ASSERT_EQ(g_observed_programs.size(), 2u) << "the input, then its bare base";
+  EXPECT_EQ(g_observed_programs[1], bare_base(noisy));
+  int with_fault = 0, bare = 0;
+  Program out;
+  while (q.take(out)) (out.fault == noisy.fault ? with_fault : bare) += 1;
+  EXPECT_GT(with_fault, 0) << "candidates over the input";
+  EXPECT_GT(bare, 0) << "candidates over its bare base";
+
+  // A bare input has no other base: the observer runs it alone.
+  std::vector<std::uint8_t> bare_input = encode(t, bare_base(noisy));
+  std::vector<std::uint8_t> b(bare_input);
+  b.resize(1024);
+  g_observed_programs.clear();
+  mutate_input(t, b.data(), bare_input.size(), b.size(), 7, nullptr, nullptr, observe_recording, &q);
+  EXPECT_EQ(g_observed_programs.size(), 1u);
 }
 
 // The predicate that starts planning on discovery, row by row: no flag set;

@@ -135,6 +135,13 @@ std::string where(int cpu, int index) {
 
 }  // namespace
 
+int total_ops(const Program& p) {
+  int n = 0;
+  for (const auto& ops : p.cpus) n += static_cast<int>(ops.size());
+  for (const Injection& inj : p.injections) n += static_cast<int>(inj.ops.size());
+  return n;
+}
+
 bool op_has_path(OpKind k) {
   return k == OpKind::kAllocPages || k == OpKind::kFreePages || k == OpKind::kKmalloc || k == OpKind::kKfree ||
          k == OpKind::kMemcgCharge;

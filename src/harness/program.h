@@ -219,6 +219,9 @@ struct TargetSpec {
 // and `all`: every op, for text programs. Return: nullptr for an unknown name.
 const TargetSpec* target_spec(std::string_view name);
 
+// Return: ops over all CPUs and injections (the size minimize() reduces).
+int total_ops(const Program& program);
+
 // Return: whether ops of `kind` take a path (spinning / nolock) / a slot.
 bool op_has_path(OpKind kind);
 bool op_has_slot(OpKind kind);
