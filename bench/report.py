@@ -273,27 +273,46 @@ def render_signal_table(sig):
     return intro + "\n" + "\n".join(lines) + "\n" + "\n".join(details)
 
 
+# Issue 15's pair targets: (row, what, the peers' operation, bound on the
+# ratio to the fastest peer at 1 thread).
+PAIR_TARGETS = (
+    ("page/alloc_pages", "order-0 alloc_pages pair", "malloc(4096)+free", 1.0),
+    ("page/alloc_pages_nolock", "order-0 alloc_pages_nolock pair", "calloc(1,4096)+free", 1.0),
+    ("small/kmalloc/64", "64 B kmalloc pair", "malloc(64)+free", 1.0),
+    ("small/kmalloc_nolock/64", "64 B kmalloc_nolock pair", "malloc(64)+free", 1.25),
+)
+
+
 def targets(rows, lock, peers):
-    """[(target, verdict line)]"""
+    """[(target, verdict line)]: issue 15's (the pairs against the fastest
+    peer at 1 thread, each pair at 2 threads within 10 % of 1 thread, no
+    nullptr in a producer/consumer row, pc/alloc_pages ahead of every peer)
+    and the lock study's."""
     out = []
     def row(aop, t):
         return next((r for r in rows if r["anyctx_op"] == aop and r["threads"] == t), None)
-    for aop, what in (("page/alloc_pages", "order-0 alloc_pages pair <= 1.0x the fastest peer's malloc(4096)+free"),
-                      ("page/alloc_pages_nolock", "order-0 alloc_pages_nolock pair <= 1.0x the fastest peer's calloc(1,4096)+free")):
-        for t in sorted({r["threads"] for r in rows}):
-            r = row(aop, t)
-            if r and r["ratio_best"] is not None:
-                ok = r["ratio_best"] <= 1.0
-                out.append((f"{what} [{t} thr]",
-                            f"{'MET' if ok else 'MISSED'}: {fmt_ns(r['anyctx_ns'])} ns vs {r['best']} "
-                            f"{fmt_ns(r['peer_ns'][r['best']])} ns = {r['ratio_best']:.2f}x"))
-    for t in sorted({r["threads"] for r in rows}):
-        r = row("small/kmalloc_nolock/64", t)
-        if r and r["peer_ns"].get("mimalloc"):
-            x = r["ratio"]["mimalloc"]
-            out.append((f"64 B kmalloc_nolock pair <= 1.5x mimalloc's malloc(64)+free [{t} thr]",
-                        f"{'MET' if x <= 1.5 else 'MISSED'}: {fmt_ns(r['anyctx_ns'])} ns vs "
-                        f"{fmt_ns(r['peer_ns']['mimalloc'])} ns = {x:.2f}x"))
+    verdict = lambda ok: "MET" if ok else "MISSED"
+    for aop, what, peer_op, bound in PAIR_TARGETS:
+        one, two = row(aop, 1), row(aop, 2)
+        if one and one["ratio_best"] is not None:
+            out.append((f"{what} <= {bound:g}x the fastest peer's {peer_op} [1 thr]",
+                        f"{verdict(one['ratio_best'] <= bound)}: {fmt_ns(one['anyctx_ns'])} ns vs {one['best']} "
+                        f"{fmt_ns(one['peer_ns'][one['best']])} ns = {one['ratio_best']:.2f}x"))
+        if one and two:
+            growth = two["anyctx_ns"] / one["anyctx_ns"] - 1
+            out.append((f"{what} at 2 threads within 10 % of 1 thread",
+                        f"{verdict(growth <= 0.10)}: {fmt_ns(two['anyctx_ns'])} ns vs {fmt_ns(one['anyctx_ns'])} ns "
+                        f"= {100 * growth:+.1f} %"))
+    for r in rows:
+        if r["anyctx_op"].startswith("prodcons/"):
+            nul = r["nullptr_fraction"]
+            out.append((f"{short_label(r['anyctx_op'])} returns no nullptr [{r['threads']} thr]",
+                        f"{verdict(nul == 0)}: nullptr {100 * nul:.2f} % of the producer's allocations (median of rounds)"))
+    pc = row("prodcons/alloc_pages", 2)
+    if pc and pc["ratio_best"] is not None:
+        out.append(("pc/alloc_pages ahead of every peer [2 thr]",
+                    f"{verdict(pc['ratio_best'] < 1.0)}: {fmt_ns(pc['anyctx_ns'])} ns vs {pc['best']} "
+                    f"{fmt_ns(pc['peer_ns'][pc['best']])} ns = {pc['ratio_best']:.2f}x"))
     for v, name in (("branch_first", "option (b)"), ("spinlock", "option (a)")):
         for think in sorted({k for (_, k, _) in lock}, key=shape_key):
             d = lock.get((v, think, 2), {})
