@@ -505,7 +505,10 @@ TEST(PlannerTest, TheMutatorAlsoPlansTheBareBaseOfAnInput) {
   EXPECT_EQ(g_observed_programs[1], bare_base(noisy));
   int with_fault = 0, bare = 0;
   Program out;
-  while (q.take(out)) (out.fault == noisy.fault ? with_fault : bare) += 1;
+  while (q.take(out)) {
+    ASSERT_EQ(validate(t, out), "");
+    (out.fault == noisy.fault ? with_fault : bare) += 1;
+  }
   EXPECT_GT(with_fault, 0) << "candidates over the input";
   EXPECT_GT(bare, 0) << "candidates over its bare base";
 
