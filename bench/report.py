@@ -292,12 +292,13 @@ def targets(rows, lock, peers):
     def row(aop, t):
         return next((r for r in rows if r["anyctx_op"] == aop and r["threads"] == t), None)
     verdict = lambda ok: "MET" if ok else "MISSED"
+    vs_fastest = lambda r: (f"{fmt_ns(r['anyctx_ns'])} ns vs {r['best']} {fmt_ns(r['peer_ns'][r['best']])} ns "
+                            f"= {r['ratio_best']:.2f}x")
     for aop, what, peer_op, bound in PAIR_TARGETS:
         one, two = row(aop, 1), row(aop, 2)
         if one and one["ratio_best"] is not None:
             out.append((f"{what} <= {bound:g}x the fastest peer's {peer_op} [1 thr]",
-                        f"{verdict(one['ratio_best'] <= bound)}: {fmt_ns(one['anyctx_ns'])} ns vs {one['best']} "
-                        f"{fmt_ns(one['peer_ns'][one['best']])} ns = {one['ratio_best']:.2f}x"))
+                        f"{verdict(one['ratio_best'] <= bound)}: {vs_fastest(one)}"))
         if one and two:
             growth = two["anyctx_ns"] / one["anyctx_ns"] - 1
             out.append((f"{what} at 2 threads within 10 % of 1 thread",
@@ -311,8 +312,7 @@ def targets(rows, lock, peers):
     pc = row("prodcons/alloc_pages", 2)
     if pc and pc["ratio_best"] is not None:
         out.append(("pc/alloc_pages ahead of every peer [2 thr]",
-                    f"{verdict(pc['ratio_best'] < 1.0)}: {fmt_ns(pc['anyctx_ns'])} ns vs {pc['best']} "
-                    f"{fmt_ns(pc['peer_ns'][pc['best']])} ns = {pc['ratio_best']:.2f}x"))
+                    f"{verdict(pc['ratio_best'] < 1.0)}: {vs_fastest(pc)}"))
     for v, name in (("branch_first", "option (b)"), ("spinlock", "option (a)")):
         for think in sorted({k for (_, k, _) in lock}, key=shape_key):
             d = lock.get((v, think, 2), {})

@@ -1185,6 +1185,24 @@ Mutation mutate_program(const TargetSpec& target, Program& p, Rng& rng, ByteMuta
   return Mutation::kDeleteOp;
 }
 
+namespace {
+
+// Queues the plans of an input the observer ran for the first time (`sites`:
+// its run), and those of its bare base when that differs from it and the
+// observer, running it, sees it for the first time too.
+void plan_first_sighting(const TargetSpec& target, const Program& input, const SiteMap& sites, SiteObserver observe,
+                         PlanQueue& plans, Rng& rng) {
+  plans.add(plan(target, input, sites, rng.next()));
+  const Program bare = bare_base(input);
+  if (bare == input) return;
+  const std::vector<std::uint8_t> bytes = encode(target, bare);
+  bool first_seen = false;
+  const SiteMap* bare_sites = observe(target, bytes.data(), bytes.size(), &first_seen);
+  if (first_seen && bare_sites != nullptr) plans.add(plan(target, bare, *bare_sites, rng.next()));
+}
+
+}  // namespace
+
 std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size_t size, std::size_t max_size,
                          unsigned seed, ByteMutator bytes, MutationCounts* counts, SiteObserver observe,
                          PlanQueue* plans) {
@@ -1200,16 +1218,7 @@ std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size
                              : nullptr;
   Rng rng(mix_seed(seed, 1));
   if (plans != nullptr) {
-    if (first_seen && sites != nullptr) {
-      plans->add(plan(target, original, *sites, rng.next()));
-      // Its bare base, run once by the observer when it is new too.
-      if (Program bare = bare_base(original); !(bare == original)) {
-        const std::vector<std::uint8_t> bare_bytes = encode(target, bare);
-        bool bare_first_seen = false;
-        const SiteMap* bare_sites = observe(target, bare_bytes.data(), bare_bytes.size(), &bare_first_seen);
-        if (bare_first_seen && bare_sites != nullptr) plans->add(plan(target, bare, *bare_sites, rng.next()));
-      }
-    }
+    if (first_seen && sites != nullptr) plan_first_sighting(target, original, *sites, observe, *plans, rng);
     if (rng.chance(kPlannedPercent) && plans->take(p)) {
       out = encode(target, p);
       if (std::size_t n = put(out, data, max_size); n != 0) {
