@@ -168,6 +168,7 @@ struct Worker {
   std::atomic<const Spinlock*> spinning_on[kLevels]{};
   std::atomic<std::uint8_t> held[kLevels]{};
   std::atomic<std::uint64_t> spins[kLevels]{};
+  std::atomic<std::uint64_t> spin_starts[kLevels]{};  // spins begun (the level's spinning_on set anew)
   std::atomic<std::uint8_t> site_level{0};  // level of the last site hit (any level writes: a hint)
   std::atomic<bool> quiet{false};           // handlers only count
   bool seam_holder = false;
@@ -963,7 +964,11 @@ void site_hook(Site site) {
   w->site[lv].store(static_cast<std::uint16_t>(site), kRelaxed);
   w->site_level.store(static_cast<std::uint8_t>(lv), kRelaxed);
   if (site == Site::kSpinWait) {
-    w->spinning_on[lv].store(spinlock_spinning_on(), kRelaxed);
+    const Spinlock* l = spinlock_spinning_on();
+    if (w->spinning_on[lv].load(kRelaxed) != l) {
+      w->spinning_on[lv].store(l, kRelaxed);
+      bump(w->spin_starts[lv]);
+    }
     bump(w->spins[lv]);
     return;
   }
@@ -1178,6 +1183,8 @@ struct Watch {
   Clock::time_point since;
   std::uint64_t spins[kLevels] = {};
   Clock::time_point spun[kLevels];  // when spins[lv] last changed
+  std::uint64_t spin_starts[kLevels] = {};
+  Clock::time_point spin_began[kLevels];  // when spin_starts[lv] last changed
 };
 
 std::string held_text(std::uint8_t held) {
@@ -1211,15 +1218,19 @@ StallView view_of(Run& r, int i, const Watch& watch, Clock::time_point now, doub
   v.stalled_seconds = std::chrono::duration<double>(now - watch.since).count();
   v.stalled = v.stalled_seconds >= limit;
   int level = w.site_level.load(kRelaxed);
-  for (int lv = kLevels - 1; lv >= 0; --lv) {
-    const Spinlock* l = w.spinning_on[lv].load(kRelaxed);
-    if (l != nullptr && std::chrono::duration<double>(now - watch.spun[lv]).count() < kSpinFresh) {
-      v.lock = l;
-      v.lock_name = l->class_name();
-      v.lock_owner = l->owner_cpu();
-      level = lv;
-      break;
-    }
+  const Spinlock* locks[kLevels];
+  LevelSpin spins[kLevels];
+  for (int lv = 0; lv < kLevels; ++lv) {
+    locks[lv] = w.spinning_on[lv].load(kRelaxed);
+    if (locks[lv] == nullptr) continue;
+    spins[lv].fresh = std::chrono::duration<double>(now - watch.spun[lv]).count() < kSpinFresh;
+    spins[lv].seconds = std::chrono::duration<double>(now - watch.spin_began[lv]).count();
+  }
+  if (int lv = explaining_spin(spins, v.stalled_seconds); lv >= 0) {
+    v.lock = locks[lv];
+    v.lock_name = locks[lv]->class_name();
+    v.lock_owner = locks[lv]->owner_cpu();
+    level = lv;
   }
   v.level = level_name(level);
   std::uint16_t s = w.site[level].load(kRelaxed);
@@ -1288,6 +1299,7 @@ void monitor_main(Run& r) {
   for (Watch& w : watch) {
     w.since = now;
     for (auto& t : w.spun) t = now;
+    for (auto& t : w.spin_began) t = now;
   }
   auto tick = std::chrono::duration<double>(std::clamp(r.opt.watchdog_seconds / 20, 0.01, 0.1));
   while (!r.monitor_stop.load(std::memory_order_acquire)) {
@@ -1301,6 +1313,11 @@ void monitor_main(Run& r) {
         if (s != watched.spins[lv]) {
           watched.spins[lv] = s;
           watched.spun[lv] = now;
+        }
+        std::uint64_t b = w.spin_starts[lv].load(kRelaxed);
+        if (b != watched.spin_starts[lv]) {
+          watched.spin_starts[lv] = b;
+          watched.spin_began[lv] = now;
         }
       }
       int st = w.state.load(kRelaxed);
@@ -1425,6 +1442,16 @@ const char* stress_api_name(StressApi api) {
     case StressApi::kCount: break;
   }
   return "?";
+}
+
+int explaining_spin(std::span<const LevelSpin> spins, double stalled_seconds) {
+  int longest = -1;
+  for (int lv = static_cast<int>(spins.size()) - 1; lv >= 0; --lv) {
+    if (!spins[lv].fresh) continue;
+    if (spins[lv].seconds >= stalled_seconds / 2) return lv;
+    if (longest < 0 || spins[lv].seconds > spins[longest].seconds) longest = lv;
+  }
+  return longest;
 }
 
 std::string diagnose_stall(std::span<const StallView> views, std::size_t stalled) {

@@ -143,6 +143,22 @@ struct StallView {
   int lock_owner = kNoCpu;      // Spinlock::owner_cpu() of `lock`
 };
 
+// One context level's spin as the watchdog samples it.
+struct LevelSpin {
+  bool fresh = false;   // the level hit SpinWait recently: it spins now
+  double seconds = 0;   // how long this spin has gone on (since the level began spinning on this lock)
+};
+
+// Which level's spin explains a CPU that has made no progress for
+// `stalled_seconds`. Interrupts keep arriving on a CPU whose task spins
+// forever, and each may spin for a moment on a busy lock of its own: such a
+// spin is younger than the stall and returns. The frame stuck in a spin has
+// spun for about as long as the CPU has stalled. Return: the innermost fresh
+// spin that has lasted at least half the stall; else the fresh spin that
+// has lasted longest (the innermost of equals); else -1. `spins` is indexed
+// by level (task, irq, nmi).
+int explaining_spin(std::span<const LevelSpin> spins, double stalled_seconds);
+
 // Return: the text of the watchdog's report about `views[stalled]` (through
 // a CPU spinning on a lock it holds, or another stalled spinner, when it
 // spins on no lock itself), starting

@@ -115,6 +115,43 @@ StallView spinning(int cpu, const char* lock_name, const void* lock, int owner, 
   return v;
 }
 
+// Levels: task, irq, nmi; a CPU stalled for 1 s. The CI cases: the task
+// spins on a seam lock another CPU never releases, and an IRQ on top of it
+// has just begun to spin on a busy lock of its own (one whose holder had let
+// go when sampled, one held by the other CPU's task for a moment). The
+// task's spin is the wait. An interrupt stuck in its spin explains the stall
+// whether or not its task spins too.
+TEST(StressDiagnosis, ExplainingSpinIsTheOneAsOldAsTheStall) {
+  struct Row {
+    LevelSpin task, irq, nmi;
+    int expected;
+  };
+  const LevelSpin none{}, stuck{true, 1.0}, moment{true, 0.01}, ended{false, 1.0}, half{true, 0.5};
+  const Row rows[] = {
+      {none, none, none, -1},
+      {ended, ended, none, -1},
+      {stuck, none, none, 0},
+      {moment, none, none, 0},
+      {stuck, moment, none, 0},
+      {stuck, moment, moment, 0},
+      {none, stuck, none, 1},
+      {stuck, stuck, none, 1},
+      {stuck, stuck, moment, 1},
+      {moment, stuck, moment, 1},
+      {moment, moment, stuck, 2},
+      {half, moment, none, 0},
+      {moment, {true, 0.2}, moment, 1},
+      {moment, moment, moment, 2},
+      {ended, moment, none, 1},
+  };
+  for (const Row& r : rows) {
+    const LevelSpin spins[] = {r.task, r.irq, r.nmi};
+    EXPECT_EQ(explaining_spin(spins, 1.0), r.expected)
+        << "task " << r.task.fresh << "/" << r.task.seconds << ", irq " << r.irq.fresh << "/" << r.irq.seconds
+        << ", nmi " << r.nmi.fresh << "/" << r.nmi.seconds;
+  }
+}
+
 TEST(StressDiagnosis, NamesACycleOfThree) {
   int a, b, c;
   std::vector<StallView> v = {spinning(0, "A", &a, 1), spinning(1, "B", &b, 2), spinning(2, "C", &c, 0)};
