@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <map>
 #include <utility>
 
 #include "harness/interleave.h"
@@ -41,7 +42,6 @@ bool sharp(int site) { return site == static_cast<int>(Site::kSpinWait) || site_
 // section (few, and the other CPU has just run there), a sharp one while
 // another CPU's section is open (every site the running CPU reaches then),
 // the rest.
-constexpr int kRanks = 3;
 int rank_of(int site, bool resumed) { return !sharp(site) ? 2 : resumed ? 0 : 1; }
 
 // Keeps at most `cap` of `v`, chosen uniformly by `rng`, in their order.
@@ -50,18 +50,44 @@ void keep_at_most(std::vector<T>& v, std::size_t cap, Rng& rng) {
   while (v.size() > cap) v.erase(v.begin() + static_cast<std::ptrdiff_t>(rng.below(static_cast<std::uint32_t>(v.size()))));
 }
 
-// Keeps at most `cap` of `v`: lower ranks (`rank(x)` in [0, kRanks)) whole
-// while they fit, a uniform choice within the first rank that does not, in
-// their order by rank.
-template <typename T, typename Rank>
-void keep_ranked(std::vector<T>& v, std::size_t cap, Rng& rng, Rank rank) {
-  std::vector<T> by_rank[kRanks];
-  for (T& x : v) by_rank[rank(x)].push_back(std::move(x));
-  v.clear();
-  for (std::vector<T>& r : by_rank) {
-    keep_at_most(r, cap - v.size(), rng);
-    for (T& x : r) v.push_back(std::move(x));
+// Keeps at most `cap` of `v`: lower ranks (`rank(x)`, 0 first) whole
+// while they fit. Within a rank the places (`place(x)`: the CPU, site,
+// level and whatever else tells one kind of moment from another) take
+// turns: a round keeps one moment of every place, drawn uniformly from that
+// place's, and the first round that does not fit is drawn uniformly. A
+// uniform draw over moments let the sites hit many times crowd out those
+// hit once: in a run that takes its pcp six times and parks once, the pcp
+// gave five switch moments and the park's deferred push one, and the
+// contention tier's twelve left the push out of 7 plans of 16
+// (PlannerTest.ASiteHitOnceIsPlannedBesideSitesHitManyTimes). Return: the
+// kept ones, by rank, round and then their order in `v`.
+template <typename T, typename Rank, typename Place>
+void keep_ranked(std::vector<T>& v, std::size_t cap, Rng& rng, Rank rank, Place place) {
+  std::map<std::pair<int, std::uint64_t>, std::vector<std::size_t>> by_place;
+  for (std::size_t i = 0; i < v.size(); ++i) by_place[{rank(v[i]), place(v[i])}].push_back(i);
+  std::map<std::pair<int, std::size_t>, std::vector<std::size_t>> rounds;
+  for (auto& [key, members] : by_place) {
+    for (std::size_t i = members.size(); i > 1; --i)
+      std::swap(members[i - 1], members[rng.below(static_cast<std::uint32_t>(i))]);
+    for (std::size_t r = 0; r < members.size(); ++r) rounds[{key.first, r}].push_back(members[r]);
   }
+  std::vector<T> kept;
+  for (auto& [key, members] : rounds) {
+    if (kept.size() == cap) break;
+    std::sort(members.begin(), members.end());
+    keep_at_most(members, cap - kept.size(), rng);
+    for (std::size_t i : members) kept.push_back(std::move(v[i]));
+  }
+  v = std::move(kept);
+}
+
+// Places of planned moments (keep_ranked): a moment's CPU, site and level,
+// with the kind of an injection or the target CPU of a switch.
+std::uint64_t place_of(int cpu, int site, Ctx level, int other) {
+  return ((static_cast<std::uint64_t>(cpu) * kSiteCount + static_cast<std::uint64_t>(site)) * 4 +
+          static_cast<std::uint64_t>(level)) *
+             256 +
+         static_cast<std::uint64_t>(other);
 }
 
 // Ranks of switch moments: inside an update or just after taking a lock
@@ -130,7 +156,8 @@ void plan_injections(const TargetSpec& t, const Program& p, const SiteMap& sites
     points.push_back({m, Ctx::kNmi});
     if (irq_lands(sites, m)) points.push_back({m, Ctx::kIrq});
   }
-  keep_ranked(points, room, rng, [](const Point& x) { return x.at.rank; });
+  keep_ranked(points, room, rng, [](const Point& x) { return x.at.rank; },
+              [](const Point& x) { return place_of(x.at.cpu, x.at.site, x.at.level, static_cast<int>(x.kind)); });
   for (const Point& at : points) {
     Planned c{tier, p, at.at.site};
     if (add_echo_injection(t, c.program, at.at, at.kind, rng)) out.push_back(std::move(c));
@@ -198,7 +225,8 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
       }
     }
     auto rank = [](const AnchoredSwitch& a) { return switch_rank(a.site); };
-    keep_ranked(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng, rank);
+    auto place = [](const AnchoredSwitch& a) { return place_of(a.on, a.site, a.level, a.cpu); };
+    keep_ranked(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng, rank, place);
     for (const AnchoredSwitch& a : switches) {
       Planned c{1, p, a.site};
       c.program.anchored.push_back(a);
@@ -207,7 +235,7 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
     // Each moment three times: a copy of the CPU's ops on the other CPU;
     // a free there of everything live (remote frees into the section);
     // and, where the section is one a drain request reaches, a request.
-    keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]) / kContendedEdits, rng, rank);
+    keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]) / kContendedEdits, rng, rank, place);
     for (AnchoredSwitch a : contended) {
       int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
       if (to < ncpus && to >= a.on) ++to;

@@ -12,12 +12,14 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "harness/executor.h"
 #include "harness/feedback.h"
+#include "harness/interleave.h"
 #include "harness/mutator.h"
 #include "harness/test_helpers.h"
 #include "harness/text.h"
@@ -171,6 +173,52 @@ TEST(PlannerTest, OneCpuIsPlannedIntoTwoThatContend) {
   EXPECT_GT(remote_frees, 0) << "no free of cpu 0's object from the other CPU";
   ASSERT_GT(contended, 0) << "no copy switched to where cpu 0 has just taken list_lock";
   EXPECT_EQ(waiting, contended) << "the copy's kmalloc waits for cpu 0's list_lock";
+}
+
+// Every place a switch can anchor at gets a turn before any place gets a
+// second. CPU 0 takes its pcp six times and parks a batch once (one
+// deferred push); for the contention tier's twelve moments, a draw uniform
+// over moments left the push out of 7 of these 16 seeds' plans.
+TEST(PlannerTest, ASiteHitOnceIsPlannedBesideSitesHitManyTimes) {
+  const TargetSpec& t = *target_spec("page_smp");
+  Program base = parse_or_fail(R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=3 slot=1
+  alloc_pages spinning order=3 slot=5
+  free_pages nolock slot=1
+  free_pages nolock slot=5
+cpu 1
+  drain_local
+)");
+  RunStats stats = run_program(t, base);
+  const int push = site_of("DeferredPush"), pcp_locked = site_of("PcpLocked");
+  ASSERT_EQ(stats.sites.hits[0][push][0], 1u) << "cpu 0's park pushes once";
+  ASSERT_GE(stats.sites.hits[0][pcp_locked][0], 5u);
+  // The places of the first rank (a lock of a class of its own, or inside
+  // an update): fewer than the tier's moments, so each must be planned.
+  std::set<std::pair<int, int>> places;
+  for (int on = 0; on < 2; ++on)
+    for (int site = 0; site < kSiteCount; ++site) {
+      const SiteEffect e = site_effect(site);
+      if (stats.sites.hits[on][site][0] != 0 && (e.mid_update || (e.takes != 0 && e.takes != kHeldLocal)))
+        places.insert({on, site});
+    }
+  ASSERT_LE(places.size(), static_cast<std::size_t>(kPlanPerInput[2] / 3));
+  for (std::uint64_t seed = 0; seed < 16; ++seed) {
+    std::set<std::pair<int, int>> planned;
+    int at_push = 0;
+    for (const Planned& c : plan(t, base, stats.sites, seed)) {
+      if (c.tier != 2) continue;
+      const AnchoredSwitch& a = c.program.anchored.back();
+      planned.insert({a.on, a.site});
+      at_push += a.on == 0 && a.site == push;
+    }
+    for (const auto& [on, site] : places)
+      EXPECT_EQ(planned.count({on, site}), 1u) << "seed " << seed << ": no switch at cpu " << on << " "
+                                               << injection_site_name(site);
+    EXPECT_GT(at_push, 0) << "seed " << seed;
+  }
 }
 
 // An NMI on CPU 0 pushes a page on the deferred stack (its task holds
