@@ -1189,16 +1189,18 @@ namespace {
 
 // Queues the plans of an input the observer ran for the first time (`sites`:
 // its run), and those of its bare base when that differs from it and the
-// observer, running it, sees it for the first time too.
-void plan_first_sighting(const TargetSpec& target, const Program& input, const SiteMap& sites, SiteObserver observe,
+// observer, running it, sees it for the first time too. Return: whether it
+// asked the observer about the bare base (which ends `sites`).
+bool plan_first_sighting(const TargetSpec& target, const Program& input, const SiteMap& sites, SiteObserver observe,
                          PlanQueue& plans, Rng& rng) {
   plans.add(plan(target, input, sites, rng.next()));
   const Program bare = bare_base(input);
-  if (bare == input) return;
+  if (bare == input) return false;
   const std::vector<std::uint8_t> bytes = encode(target, bare);
   bool first_seen = false;
   const SiteMap* bare_sites = observe(target, bytes.data(), bytes.size(), &first_seen);
   if (first_seen && bare_sites != nullptr) plans.add(plan(target, bare, *bare_sites, rng.next()));
+  return true;
 }
 
 }  // namespace
@@ -1218,7 +1220,13 @@ std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size
                              : nullptr;
   Rng rng(mix_seed(seed, 1));
   if (plans != nullptr) {
-    if (first_seen && sites != nullptr) plan_first_sighting(target, original, *sites, observe, *plans, rng);
+    // Observing the bare base ended the input's map (a SiteObserver's map
+    // is valid until its next call): ask again. The fuzz targets' observer
+    // answers from its cache, or runs the input again when the bare base's
+    // run filled the cache and it started afresh (a use after free in a
+    // 20-minute memcg_ops campaign before).
+    if (first_seen && sites != nullptr && plan_first_sighting(target, original, *sites, observe, *plans, rng))
+      sites = observe(target, data, size, nullptr);
     if (rng.chance(kPlannedPercent) && plans->take(p)) {
       out = encode(target, p);
       if (std::size_t n = put(out, data, max_size); n != 0) {

@@ -9,8 +9,11 @@
 #include "harness/planner.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <random>
 #include <set>
 #include <span>
@@ -500,7 +503,7 @@ TEST(PlannerTest, TheQueueKnowsTheChainAndTierOfTheCandidateWrittenLast) {
 // The fuzz targets' wiring: an observer that reports a first sighting fills
 // the queue, and the mutator then writes planned candidates.
 const SiteMap* observe_fresh(const TargetSpec& t, const std::uint8_t* data, std::size_t size, bool* first_seen) {
-  *first_seen = true;
+  if (first_seen != nullptr) *first_seen = true;
   return fuzz_site_map(t, data, size, nullptr);
 }
 
@@ -534,8 +537,9 @@ std::vector<Program> g_observed_programs;
 const SiteMap* observe_recording(const TargetSpec& t, const std::uint8_t* data, std::size_t size,
                                  bool* first_seen) {
   g_observed_programs.push_back(decode(t, std::span<const std::uint8_t>(data, size)));
-  *first_seen = g_observed_programs.size() == 1 ||
-                !(g_observed_programs.back() == g_observed_programs[g_observed_programs.size() - 2]);
+  if (first_seen != nullptr)
+    *first_seen = g_observed_programs.size() == 1 ||
+                  !(g_observed_programs.back() == g_observed_programs[g_observed_programs.size() - 2]);
   return fuzz_site_map(t, data, size, nullptr);
 }
 
@@ -549,8 +553,9 @@ TEST(PlannerTest, TheMutatorAlsoPlansTheBareBaseOfAnInput) {
   PlanQueue q;
   g_observed_programs.clear();
   mutate_input(t, buf.data(), input.size(), buf.size(), 7, nullptr, nullptr, observe_recording, &q);
-  ASSERT_EQ(g_observed_programs.size(), 2u) << "the input, then its bare base";
+  ASSERT_EQ(g_observed_programs.size(), 3u) << "the input, its bare base, the input again";
   EXPECT_EQ(g_observed_programs[1], bare_base(noisy));
+  EXPECT_EQ(g_observed_programs[2], noisy);
   int with_fault = 0, bare = 0;
   Program out;
   while (q.take(out)) {
@@ -567,6 +572,43 @@ TEST(PlannerTest, TheMutatorAlsoPlansTheBareBaseOfAnInput) {
   g_observed_programs.clear();
   mutate_input(t, b.data(), bare_input.size(), b.size(), 7, nullptr, nullptr, observe_recording, &q);
   EXPECT_EQ(g_observed_programs.size(), 1u);
+}
+
+// A SiteObserver's map is valid until its next call, and planning the bare
+// base calls it again. This observer puts each map on pages of its own and
+// makes the one before unreadable: a mutation that read the input's first
+// map after the bare base was observed faults. (The fuzz targets' observer
+// freed that map when its cache filled: a use after free that a 20-minute
+// memcg_ops campaign found.)
+const SiteMap* observe_sealing(const TargetSpec& t, const std::uint8_t* data, std::size_t size, bool* first_seen) {
+  static void* before = nullptr;
+  const std::size_t bytes = (sizeof(SiteMap) + 4095) & ~std::size_t{4095};
+  if (first_seen != nullptr) *first_seen = true;
+  void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) std::abort();
+  SiteMap* map = new (mem) SiteMap(run_program(t, decode(t, std::span<const std::uint8_t>(data, size))).sites);
+  if (before != nullptr) mprotect(before, bytes, PROT_NONE);  // kept mapped: no later map lands there
+  before = mem;
+  return map;
+}
+
+TEST(PlannerTest, TheMutatorReadsNoMapTheObserverHasEnded) {
+  const TargetSpec& t = *target_spec("slab_ops");
+  Program noisy = parse_or_fail(kTwoCpusOneCache);
+  noisy.fault.percent = 3;  // so that its bare base differs
+  const std::vector<std::uint8_t> input = encode(t, noisy);
+  int placed = 0;
+  for (unsigned seed = 0; seed < 200; ++seed) {  // a read of an ended map faults: the test crashes
+    PlanQueue q;
+    std::vector<std::uint8_t> b(input);
+    b.resize(1024);
+    const std::size_t n =
+        mutate_input(t, b.data(), input.size(), b.size(), seed, nullptr, nullptr, observe_sealing, &q);
+    ASSERT_GT(n, 0u);
+    const Program out = decode(t, std::span<const std::uint8_t>(b.data(), n));
+    placed += static_cast<int>(out.anchored.size() + out.injections.size());
+  }
+  EXPECT_GT(placed, 20) << "the mutations that place by the map ran";
 }
 
 // The predicate that starts planning on discovery, row by row: no flag set;
