@@ -221,6 +221,19 @@ RC_GTEST_PROP(ProgramProps, StructuredProgramsRoundTrip, ()) { structured_round_
 
 RC_GTEST_PROP(ProgramProps, DecodedBytesRoundTrip, ()) { decoded_round_trip(Codec{}); }
 
+// The in-place forms reuse what their output held: nothing of it may remain.
+RC_GTEST_PROP(ProgramProps, InPlaceCodecLeavesNothingOfTheOldValue, ()) {
+  const TargetSpec& t = pick_target();
+  Program reused = *gen_program(t);  // an earlier value of the output
+  std::vector<std::uint8_t> buffer = harness::encode(t, reused);
+  buffer.resize(buffer.size() + 3, 0x5a);
+  const Program p = *gen_program(t);
+  harness::encode_into(t, p, buffer);
+  if (buffer != harness::encode(t, p)) prop_fail("encode_into kept bytes of the buffer's old value");
+  harness::decode_into(t, buffer, reused);
+  if (!(reused == p)) prop_fail("decode_into kept part of the old program: got\n" + harness::print(t, reused));
+}
+
 TEST(ProgramProps, BinaryRoundTrip_CatchesBrokenModel) {
   ANYCTX_EXPECT_CAUGHT(run_broken("program/truncating-encoder", [] { structured_round_trip(truncating_encoder()); }),
                        "decode(encode(p)) != p");

@@ -26,14 +26,23 @@ struct Seen {
 constinit Seen g_seen{};
 
 // Return: whether `now` has a flag that `seen` lacks; ORs it into `seen`.
+// Eight flags a step: this runs after every input over 17 KB of tables, and
+// a byte loop (each byte load checked by ASan in fuzzing builds) took 12 %
+// of a page_ops campaign's time.
 template <std::size_t N>
 bool merge_new(const std::uint8_t (&now)[N], std::uint8_t (&seen)[N]) {
-  bool fresh = false;
-  for (std::size_t i = 0; i < N; ++i) {
-    fresh |= now[i] > seen[i];
-    seen[i] |= now[i];
+  static_assert(N % sizeof(std::uint64_t) == 0);
+  std::uint64_t fresh = 0;
+  for (std::size_t i = 0; i < N; i += sizeof(std::uint64_t)) {
+    std::uint64_t n, s;
+    std::memcpy(&n, now + i, sizeof n);
+    if (n == 0) continue;
+    std::memcpy(&s, seen + i, sizeof s);
+    fresh |= n & ~s;
+    s |= n;
+    std::memcpy(seen + i, &s, sizeof s);
   }
-  return fresh;
+  return fresh != 0;
 }
 
 }  // namespace

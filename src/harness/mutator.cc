@@ -1083,7 +1083,7 @@ struct Mutator {
 // injections, switches, PCT, fault plan, CPUs) until its encoding fits.
 void shrink_to_fit(const TargetSpec& t, Program& p, std::size_t max_size, std::vector<std::uint8_t>& out) {
   for (;;) {
-    out = encode(t, p);
+    encode_into(t, p, out);
     if (out.size() <= max_size) return;
     std::vector<Op>* longest = nullptr;
     for (auto& ops : p.cpus)
@@ -1228,7 +1228,7 @@ std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size
     if (first_seen && sites != nullptr && plan_first_sighting(target, original, *sites, observe, *plans, rng))
       sites = observe(target, data, size, nullptr);
     if (rng.chance(kPlannedPercent) && plans->take(p)) {
-      out = encode(target, p);
+      encode_into(target, p, out);
       if (std::size_t n = put(out, data, max_size); n != 0) {
         plans->wrote(data, n);
         return n;
@@ -1241,7 +1241,7 @@ std::size_t mutate_input(const TargetSpec& target, std::uint8_t* data, std::size
     int stacked = r < 50 ? 1 : r < 75 ? 2 : r < 90 ? 3 : 4;
     Mutation applied[4];
     for (int i = 0; i < stacked; ++i) applied[i] = mutate_program(target, p, rng, bytes, sites);
-    out = encode(target, p);
+    encode_into(target, p, out);
     if (std::size_t n = put(out, data, max_size); n != 0) {
       if (counts != nullptr)
         for (int i = 0; i < stacked; ++i) ++(*counts)[static_cast<int>(applied[i])];
@@ -1302,7 +1302,7 @@ std::size_t cross_over(const TargetSpec& target, const std::uint8_t* a, std::siz
     }
   }
   repair(target, p);
-  bytes = encode(target, p);
+  encode_into(target, p, bytes);
   if (std::size_t n = put(bytes, out, max_out); n != 0) return n;
   return put_fallback(target, p, out, max_out, bytes);
 }

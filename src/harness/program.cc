@@ -211,8 +211,18 @@ Op normalize_op(Op op, Ctx ctx) {
 }
 
 Program decode(const TargetSpec& t, std::span<const std::uint8_t> bytes) {
-  ByteReader r(bytes);
   Program p;
+  decode_into(t, bytes, p);
+  return p;
+}
+
+void decode_into(const TargetSpec& t, std::span<const std::uint8_t> bytes, Program& p) {
+  ByteReader r(bytes);
+  // Every field is written or cleared; the vectors keep their storage.
+  p.schedule.clear();
+  p.anchored.clear();
+  p.pct = PctSpec{};
+  p.fault = FaultSpec{};
   int ncpus = t.min_cpus + r.u8() % (t.max_cpus - t.min_cpus + 1);
   if (t.faults && (r.u8() & 1) != 0) {
     p.fault.nth = static_cast<std::uint8_t>(r.u8() % 33);
@@ -221,25 +231,23 @@ Program decode(const TargetSpec& t, std::span<const std::uint8_t> bytes) {
     p.fault.paths = static_cast<std::uint8_t>(1 + r.u8() % 3);
     p.fault.seed = r.u8();
   }
-  p.cpus.assign(static_cast<std::size_t>(ncpus), {});
+  p.cpus.resize(static_cast<std::size_t>(ncpus));
   for (auto& ops : p.cpus) {
+    ops.clear();
     int n = r.u8() % (kMaxOps + 1);
     for (int i = 0; i < n; ++i) ops.push_back(op_from_bytes(t, Ctx::kTask, OpBytes{r.u8(), r.u8(), r.u8()}));
   }
-  if (t.injections) {
-    int n = r.u8() % (kMaxInjections + 1);
-    for (int i = 0; i < n; ++i) {
-      std::uint8_t b0 = r.u8();
-      Injection inj;
-      inj.kind = (b0 & 1) != 0 ? Ctx::kNmi : Ctx::kIrq;
-      inj.level = (b0 & 2) != 0 ? Ctx::kIrq : Ctx::kTask;
-      inj.nth = static_cast<std::uint8_t>(1 + ((b0 >> 2) & 7));
-      inj.cpu = static_cast<std::uint8_t>(((b0 >> 5) & 3) % ncpus);
-      inj.site = static_cast<std::uint16_t>(r.u8() % kInjectionSites);
-      int nops = r.u8() % (kMaxInjectionOps + 1);
-      for (int j = 0; j < nops; ++j) inj.ops.push_back(op_from_bytes(t, inj.kind, OpBytes{r.u8(), r.u8(), r.u8()}));
-      p.injections.push_back(std::move(inj));
-    }
+  p.injections.resize(t.injections ? r.u8() % (kMaxInjections + 1) : 0);
+  for (Injection& inj : p.injections) {
+    std::uint8_t b0 = r.u8();
+    inj.ops.clear();
+    inj.kind = (b0 & 1) != 0 ? Ctx::kNmi : Ctx::kIrq;
+    inj.level = (b0 & 2) != 0 ? Ctx::kIrq : Ctx::kTask;
+    inj.nth = static_cast<std::uint8_t>(1 + ((b0 >> 2) & 7));
+    inj.cpu = static_cast<std::uint8_t>(((b0 >> 5) & 3) % ncpus);
+    inj.site = static_cast<std::uint16_t>(r.u8() % kInjectionSites);
+    int nops = r.u8() % (kMaxInjectionOps + 1);
+    for (int j = 0; j < nops; ++j) inj.ops.push_back(op_from_bytes(t, inj.kind, OpBytes{r.u8(), r.u8(), r.u8()}));
   }
   if (ncpus > 1) {
     int n = r.u8() % (kMaxSwitches + 1);
@@ -274,11 +282,16 @@ Program decode(const TargetSpec& t, std::span<const std::uint8_t> bytes) {
       p.anchored.clear();
     }
   }
-  return p;
 }
 
 std::vector<std::uint8_t> encode(const TargetSpec& t, const Program& p) {
   std::vector<std::uint8_t> out;
+  encode_into(t, p, out);
+  return out;
+}
+
+void encode_into(const TargetSpec& t, const Program& p, std::vector<std::uint8_t>& out) {
+  out.clear();
   auto put = [&](unsigned v) { out.push_back(static_cast<std::uint8_t>(v)); };
   auto put_op = [&](Ctx ctx, const Op& op) {
     OpBytes b = op_to_bytes(t, ctx, op);
@@ -339,7 +352,6 @@ std::vector<std::uint8_t> encode(const TargetSpec& t, const Program& p) {
   // Trailing zero bytes decode to nothing: drop them, so the canonical form
   // of a program without anchors or PCT is the first version's bytes.
   while (!out.empty() && out.back() == 0) out.pop_back();
-  return out;
 }
 
 std::string validate(const TargetSpec& t, const Program& p) {

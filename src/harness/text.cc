@@ -385,7 +385,7 @@ void read_fuzz_input(const TargetSpec& target, const std::uint8_t* data, std::si
       return;
     }
   }
-  out = decode(target, std::span<const std::uint8_t>(data, size));
+  decode_into(target, std::span<const std::uint8_t>(data, size), out);
 }
 
 std::string print_regression_test(const TargetSpec& target, const Program& p, std::string_view test_name) {
