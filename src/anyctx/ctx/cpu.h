@@ -5,7 +5,9 @@
 //  - CpuScope registers the calling thread as the lowest free CPU id in
 //    0..kMaxCpus-1 for its lifetime; ids are reused after offline. Creating a
 //    CpuScope also installs the IRQ/NMI signal handlers (interrupt.h) if they
-//    are not installed yet, and gives the thread an alternate signal stack.
+//    are not installed yet, and gives the thread an alternate signal stack
+//    (kept, attached, until the thread exits; a thread that had a stack of
+//    its own gets it back each time its CPU goes offline).
 //  - Fatal reports (misuse): more than kMaxCpus CPUs online, a second
 //    CpuScope on a thread that already is a CPU, a CpuScope ending inside an
 //    interrupt handler, with IRQs masked or inside a local-lock section.
@@ -15,9 +17,9 @@
 //    caches with the ordinary (spinning) entry points: a layer set up on top
 //    of another (slab on the page allocator) flushes into it before the
 //    lower layer drains its own caches. From the
-//    callbacks on, IRQ- and NMI-class signals are blocked on the thread (no
-//    interrupt can refill a cache after its drain); those that arrive are
-//    delivered once it is no longer a CPU, and dropped.
+//    callbacks on, IRQ- and NMI-class signals that reach the thread are
+//    dropped (no interrupt can refill a cache after its drain), as they are
+//    on a thread that is no CPU (interrupts_dropped() counts them).
 //  - PerCpu<T>::this_cpu() on a thread that is not a CPU is a fatal report.
 //    Entry points that may spin call require_cpu(); nolock entry points test
 //    current_cpu() and return nullptr instead.

@@ -2,6 +2,7 @@
 #include "anyctx/ctx/cpu.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <atomic>
 #include <string>
@@ -196,6 +197,86 @@ TEST_F(CpuTest, OfflineWithIrqsMaskedIsReported) {
         (void)leaked;
       },
       "cpu offline: CpuScope of cpu [0-9]+ ends with IRQs masked");
+}
+
+// An interrupt that reaches a CPU going offline could refill the caches its
+// callbacks just drained: none runs from the callbacks on; each is dropped
+// and counted.
+std::atomic<int> g_handled{0};
+void count_handled(InterruptKind) { g_handled.fetch_add(1); }
+void raise_both(int) {
+  raise_irq();
+  raise_nmi();
+}
+
+TEST_F(CpuTest, InterruptsThatReachACpuGoingOfflineAreDropped) {
+  set_interrupt_handler(InterruptKind::kIrq, count_handled);
+  set_interrupt_handler(InterruptKind::kNmi, count_handled);
+  ASSERT_TRUE(cpu_offline_callback_add(raise_both));
+  g_handled = 0;
+  std::uint64_t dropped = 0;
+  std::thread([&] {
+    {
+      CpuScope cpu;
+      raise_irq();  // a CPU that is not going offline takes them
+      raise_nmi();
+      EXPECT_EQ(g_handled.load(), 2);
+      dropped = interrupts_dropped();
+    }
+    EXPECT_EQ(g_handled.load(), 2) << "an interrupt ran on a CPU going offline";
+    EXPECT_EQ(interrupts_dropped() - dropped, 2u);
+    CpuScope again;  // and the next scope of the thread takes them again
+    raise_nmi();
+    EXPECT_EQ(g_handled.load(), 3);
+    ASSERT_TRUE(cpu_offline_callback_remove(raise_both));
+  }).join();
+  set_interrupt_handler(InterruptKind::kIrq, nullptr);
+  set_interrupt_handler(InterruptKind::kNmi, nullptr);
+}
+
+stack_t current_altstack() {
+  stack_t now{};
+  sigaltstack(nullptr, &now);
+  return now;
+}
+
+// A thread without a signal stack of its own keeps the one its first CPU
+// scope gave it (no system call per scope after the first); one with its
+// own gets it back whenever its CPU goes offline.
+TEST_F(CpuTest, SignalStackStaysWithAThreadAndAThreadsOwnComesBack) {
+  std::thread([] {
+    ASSERT_NE(current_altstack().ss_flags & SS_DISABLE, 0) << "a new thread has no signal stack";
+    void* first = nullptr;
+    {
+      CpuScope cpu;
+      first = current_altstack().ss_sp;
+      EXPECT_EQ(current_altstack().ss_flags & SS_DISABLE, 0);
+      EXPECT_GE(current_altstack().ss_size, interrupts_config().altstack_bytes);
+    }
+    EXPECT_EQ(current_altstack().ss_sp, first) << "kept while offline";
+    EXPECT_EQ(current_altstack().ss_flags & SS_DISABLE, 0);
+    CpuScope again;
+    EXPECT_EQ(current_altstack().ss_sp, first) << "the same stack for the next scope";
+  }).join();
+
+  std::thread([] {
+    static char own[128 * 1024];
+    stack_t mine{};
+    mine.ss_sp = own;
+    mine.ss_size = sizeof own;
+    ASSERT_EQ(sigaltstack(&mine, nullptr), 0);
+    for (int round = 0; round < 2; ++round) {
+      {
+        CpuScope cpu;
+        EXPECT_NE(current_altstack().ss_sp, static_cast<void*>(own)) << "a CPU runs its handlers on its own stack";
+      }
+      EXPECT_EQ(current_altstack().ss_sp, static_cast<void*>(own)) << "round " << round;
+      EXPECT_EQ(current_altstack().ss_size, sizeof own);
+    }
+    stack_t off{};
+    off.ss_flags = SS_DISABLE;
+    sigaltstack(&off, nullptr);
+  }).join();
 }
 
 }  // namespace

@@ -66,7 +66,7 @@ void run_irqs_then_unmask(ThreadState& t) {
 void irq_signal_entry(int, siginfo_t*, void*) {
   int saved_errno = errno;
   ThreadState& t = detail::this_thread();
-  if (t.cpu == kNoCpu) {
+  if (!takes_interrupts(t)) {
     g_dropped.fetch_add(1, std::memory_order_relaxed);
   } else if (t.irqs_masked.load(std::memory_order_relaxed)) {
     t.irq_pending.store(true, std::memory_order_relaxed);
@@ -78,7 +78,7 @@ void irq_signal_entry(int, siginfo_t*, void*) {
 
 void nmi_signal_entry(int, siginfo_t*, void*) {
   int saved_errno = errno;
-  if (current_cpu() == kNoCpu) {
+  if (!takes_interrupts(detail::this_thread())) {
     g_dropped.fetch_add(1, std::memory_order_relaxed);
   } else {
     NmiScope nmi;

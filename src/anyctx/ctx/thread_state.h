@@ -28,6 +28,9 @@ struct ThreadState {
   std::atomic<bool> irq_pending{false};       // an IRQ arrived while masked
   std::atomic<std::uint16_t> irq_save_depth{0};  // nesting of irq_save()
   std::atomic<std::uint16_t> preempt_count{0};   // local-lock sections (debug)
+  // Set while the CPU goes offline (~CpuScope): the interrupt entries drop
+  // what arrives, as they do on a thread that is no CPU.
+  std::atomic<bool> going_offline{false};
 };
 
 inline constexpr int kIrqDepthOne = 1;
@@ -36,6 +39,12 @@ inline constexpr int kNmiDepthOne = 1 << 8;
 extern thread_local constinit ThreadState t_state;
 
 inline ThreadState& this_thread() { return t_state; }
+
+// Return: whether an interrupt that reaches this thread now runs (or waits
+// for the unmask): the thread is a CPU that is not going offline.
+inline bool takes_interrupts(const ThreadState& t) {
+  return t.cpu != kNoCpu && !t.going_offline.load(std::memory_order_relaxed);
+}
 
 // Orders this frame's accesses against a signal handler on the same thread.
 ANYCTX_ALWAYS_INLINE void barrier_against_interrupts() {
