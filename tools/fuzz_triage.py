@@ -395,7 +395,15 @@ def main(argv=None):
                     help="a libFuzzer log whose reports name their artifacts (repeatable)")
     ap.add_argument("--fuzz-bin-dir", default="build/fuzz/fuzz", metavar="DIR")
     ap.add_argument("--replay-bin-dir", default="build/dev/fuzz", metavar="DIR")
+    ap.add_argument("--oracle", metavar="LOG",
+                    help="print the oracle of LOG's first report (nothing when it has none) and exit")
     args = ap.parse_args(argv)
+    if args.oracle:
+        with open(args.oracle, encoding="utf-8", errors="replace") as f:
+            oracle = parse_report(f.read())["oracle"]
+        if oracle:
+            print(shorten(oracle, 60))
+        return 0
     if args.timeout < 1 or args.minimize_budget < 0 or args.max_replays < 0:
         ap.error("--timeout must be positive, --minimize-budget and --max-replays not negative")
 

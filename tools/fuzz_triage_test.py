@@ -214,6 +214,24 @@ class TriageTest(unittest.TestCase):
         self.assertEqual(o("harness: invariants: zone: bad"), "harness: invariants")
         self.assertEqual(o("lock validator: order inversion: 'a' then 'b'"), "lock validator: order inversion")
 
+    def test_oracle_option_prints_the_first_reports_oracle(self):
+        with tempfile.TemporaryDirectory() as d:
+            log = os.path.join(d, "log")
+            with open(log, "w") as f:
+                f.write("#1024 pulse cov: 80 ft: 90 corp: 3/30b exec/s: 512\n"
+                        "anyctx: harness: after quiesce: invariants: memcg: cgroup 'root' overcharged\n"
+                        "==9== ERROR: libFuzzer: deadly signal\n")
+            out = io.StringIO()
+            with redirect_stdout(out):
+                self.assertEqual(fuzz_triage.main(["--oracle", log]), 0)
+            self.assertEqual(out.getvalue(), "harness: after quiesce\n")
+            with open(log, "w") as f:
+                f.write("#1024 DONE cov: 80 ft: 90 corp: 3/30b exec/s: 512\n")
+            out = io.StringIO()
+            with redirect_stdout(out):
+                self.assertEqual(fuzz_triage.main(["--oracle", log]), 0)
+            self.assertEqual(out.getvalue(), "", "a log without a report names no oracle")
+
     def test_step_kind_drops_the_numbers(self):
         self.assertEqual(fuzz_triage.step_kind("[program cpu 0 (anyctx cpu 0): task op 1 spin_unlock > irq "
                                                "injection 0 op 0 spin_lock; event 3]"),
