@@ -29,35 +29,30 @@ std::atomic<unsigned> g_generation[kMaxCpus]{};  // written under g_registry_mu
 
 std::size_t page_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
 
-// A thread's alternate signal stack (a guard page below it). Mapped when the
-// thread first comes online and kept attached while it is offline, so a
-// thread that comes online for every program (a fuzzer's) makes no
-// sigaltstack call after its first: on a machine where a system call costs
-// microseconds, attaching and detaching per CPU scope took 4 % of a fuzzing
-// run. A thread that had a stack of its own gets it back when its CPU goes
-// offline (a crash handler's stays where its owner put it); the mapping goes
-// when the thread exits.
+// A thread's alternate signal stack (a guard page below it), mapped when
+// the thread first comes online. It stays attached while the thread is
+// offline, and is handed back when the thread exits: a thread that comes
+// online for every program (a fuzzer's) then makes one sigaltstack call per
+// CPU scope, a query, where an attach and a detach took 4 % of a fuzzing
+// run on a machine where a system call costs microseconds. Handlers that
+// run while the thread is offline use it too; it lives as long as the
+// thread. A stack the thread had before (under ASan every thread has one,
+// and ASan unmaps whatever stack is current when a thread ends) is put back
+// at exit if ours is still current; one set while the thread was offline is
+// replaced by ours at its next CPU scope and put back at exit the same way.
 class ThreadAltstack {
  public:
   ThreadAltstack() = default;
   ThreadAltstack(const ThreadAltstack&) = delete;
   ThreadAltstack& operator=(const ThreadAltstack&) = delete;
-  ~ThreadAltstack() {
-    if (attached_) sigaltstack(&previous_, nullptr);  // previous_ is disabled: see release()
-    if (map_ != nullptr) munmap(map_, map_bytes_);
-  }
+  ~ThreadAltstack() { unmap(); }
 
   // Context: task, the thread coming online as `cpu`.
   void attach(int cpu) {
     const std::size_t guard = page_bytes();
     std::size_t bytes = interrupts_config().altstack_bytes;
     bytes = (bytes + guard - 1) / guard * guard;
-    if (map_ != nullptr && map_bytes_ != bytes + guard) {  // interrupts_configure() changed the size
-      if (attached_) sigaltstack(&previous_, nullptr);
-      attached_ = false;
-      munmap(map_, map_bytes_);
-      map_ = nullptr;
-    }
+    if (map_ != nullptr && map_bytes_ != bytes + guard) unmap();  // interrupts_configure() changed the size
     if (map_ == nullptr) {
       void* map = mmap(nullptr, bytes + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (map == MAP_FAILED) {
@@ -67,31 +62,37 @@ class ThreadAltstack {
       mprotect(map, guard, PROT_NONE);
       map_ = map;
       map_bytes_ = bytes + guard;
+    } else if (is_current()) {
+      return;
     }
-    if (attached_) return;
     stack_t ss{};
-    ss.ss_sp = static_cast<char*>(map_) + guard;
-    ss.ss_size = bytes;
+    ss.ss_sp = stack_base();
+    ss.ss_size = map_bytes_ - guard;
     if (sigaltstack(&ss, &previous_) != 0) {
       (Report("cpu online") << "cpu " << cpu << ": sigaltstack failed, errno " << errno).fatal();
     }
-    attached_ = true;
-  }
-
-  // The CPU went offline: a stack the thread had before comes back; if it
-  // had none, ours stays (its memory lives as long as the thread).
-  // Context: task, no interrupt handler running on this thread.
-  void release() {
-    if (!attached_ || (previous_.ss_flags & SS_DISABLE) != 0) return;
-    sigaltstack(&previous_, nullptr);
-    attached_ = false;
   }
 
  private:
+  void* stack_base() const { return static_cast<char*>(map_) + page_bytes(); }
+
+  bool is_current() const {
+    stack_t now{};
+    sigaltstack(nullptr, &now);
+    return (now.ss_flags & SS_DISABLE) == 0 && now.ss_sp == stack_base();
+  }
+
+  // Context: task, no handler running on this thread.
+  void unmap() {
+    if (map_ == nullptr) return;
+    if (is_current()) sigaltstack(&previous_, nullptr);
+    munmap(map_, map_bytes_);
+    map_ = nullptr;
+  }
+
   void* map_ = nullptr;
   std::size_t map_bytes_ = 0;
-  bool attached_ = false;
-  stack_t previous_{};
+  stack_t previous_{};  // what was current when ours was last attached
 };
 
 // Task-only (CpuScope); never touched by a handler.
@@ -177,7 +178,6 @@ CpuScope::~CpuScope() {
   }
   detail::barrier_against_interrupts();
   t.going_offline.store(false, std::memory_order_relaxed);
-  t_altstack.release();
 }
 
 int cpus_online() {

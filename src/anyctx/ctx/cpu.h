@@ -5,9 +5,10 @@
 //  - CpuScope registers the calling thread as the lowest free CPU id in
 //    0..kMaxCpus-1 for its lifetime; ids are reused after offline. Creating a
 //    CpuScope also installs the IRQ/NMI signal handlers (interrupt.h) if they
-//    are not installed yet, and gives the thread an alternate signal stack
-//    (kept, attached, until the thread exits; a thread that had a stack of
-//    its own gets it back each time its CPU goes offline).
+//    are not installed yet, and gives the thread an alternate signal stack.
+//    The stack stays attached while the thread is offline and is handed
+//    back when the thread exits: a stack the thread had before (ASan gives
+//    every thread one) is current again from then on.
 //  - Fatal reports (misuse): more than kMaxCpus CPUs online, a second
 //    CpuScope on a thread that already is a CPU, a CpuScope ending inside an
 //    interrupt handler, with IRQs masked or inside a local-lock section.

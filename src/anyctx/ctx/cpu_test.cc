@@ -2,7 +2,9 @@
 #include "anyctx/ctx/cpu.h"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 
 #include <atomic>
 #include <string>
@@ -240,43 +242,60 @@ stack_t current_altstack() {
   return now;
 }
 
-// A thread without a signal stack of its own keeps the one its first CPU
-// scope gave it (no system call per scope after the first); one with its
-// own gets it back whenever its CPU goes offline.
-TEST_F(CpuTest, SignalStackStaysWithAThreadAndAThreadsOwnComesBack) {
-  std::thread([] {
-    ASSERT_NE(current_altstack().ss_flags & SS_DISABLE, 0) << "a new thread has no signal stack";
-    void* first = nullptr;
+// A thread keeps the signal stack its first CPU scope gave it, also while
+// offline (no system call but a query per scope after the first), and hands
+// it back when it exits: what was current before is current again (ASan,
+// which gives every thread a stack, unmaps whatever is current when a
+// thread ends). A pthread key's destructor runs after the thread's
+// thread_local destructors and sees what is current then.
+std::atomic<void*> g_library_stack{nullptr};
+std::atomic<bool> g_library_stack_current_at_exit{true};
+
+TEST_F(CpuTest, SignalStackStaysWithTheThreadUntilItExits) {
+  pthread_key_t key;
+  ASSERT_EQ(pthread_key_create(&key,
+                               [](void*) {
+                                 stack_t now = current_altstack();
+                                 g_library_stack_current_at_exit =
+                                     (now.ss_flags & SS_DISABLE) == 0 && now.ss_sp == g_library_stack.load();
+                               }),
+            0);
+  std::thread([&] {
+    pthread_setspecific(key, &key);
+    const stack_t before = current_altstack();
     {
       CpuScope cpu;
-      first = current_altstack().ss_sp;
+      g_library_stack = current_altstack().ss_sp;
       EXPECT_EQ(current_altstack().ss_flags & SS_DISABLE, 0);
+      EXPECT_NE(current_altstack().ss_sp, before.ss_sp) << "a CPU runs its handlers on the library's stack";
       EXPECT_GE(current_altstack().ss_size, interrupts_config().altstack_bytes);
     }
-    EXPECT_EQ(current_altstack().ss_sp, first) << "kept while offline";
-    EXPECT_EQ(current_altstack().ss_flags & SS_DISABLE, 0);
+    EXPECT_EQ(current_altstack().ss_sp, g_library_stack.load()) << "kept while offline";
     CpuScope again;
-    EXPECT_EQ(current_altstack().ss_sp, first) << "the same stack for the next scope";
+    EXPECT_EQ(current_altstack().ss_sp, g_library_stack.load()) << "the same stack for the next scope";
   }).join();
+  EXPECT_FALSE(g_library_stack_current_at_exit.load()) << "the library's stack is still current as the thread ends";
+  pthread_key_delete(key);
+}
 
-  std::thread([] {
-    static char own[128 * 1024];
+// A stack the thread sets while offline gives way to the library's at its
+// next CPU scope.
+TEST_F(CpuTest, SignalStackSetWhileOfflineGivesWayAtTheNextScope) {
+  const std::size_t bytes = 128 * 1024;
+  void* own = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(own, MAP_FAILED);
+  std::thread([&] {
+    const stack_t before = current_altstack();
+    void* library = nullptr;
+    { CpuScope cpu; library = current_altstack().ss_sp; }
     stack_t mine{};
     mine.ss_sp = own;
-    mine.ss_size = sizeof own;
+    mine.ss_size = bytes;
     ASSERT_EQ(sigaltstack(&mine, nullptr), 0);
-    for (int round = 0; round < 2; ++round) {
-      {
-        CpuScope cpu;
-        EXPECT_NE(current_altstack().ss_sp, static_cast<void*>(own)) << "a CPU runs its handlers on its own stack";
-      }
-      EXPECT_EQ(current_altstack().ss_sp, static_cast<void*>(own)) << "round " << round;
-      EXPECT_EQ(current_altstack().ss_size, sizeof own);
-    }
-    stack_t off{};
-    off.ss_flags = SS_DISABLE;
-    sigaltstack(&off, nullptr);
+    { CpuScope again; EXPECT_EQ(current_altstack().ss_sp, library); }
+    sigaltstack(&before, nullptr);  // as the thread found it: `own` is unmapped below
   }).join();
+  munmap(own, bytes);
 }
 
 }  // namespace
