@@ -296,13 +296,18 @@ std::vector<Planned> plan_followup(const TargetSpec& t, const Program& p, const 
 }
 
 void PlanQueue::add(std::vector<Planned> candidates, int chain) {
-  auto& level = queues_[static_cast<std::size_t>(chain > 0 && chain < kPlanChainLevels ? chain : 0)];
+  const int at = chain > 0 && chain < kPlanChainLevels ? chain : 0;
+  auto& level = queues_[static_cast<std::size_t>(at)];
   for (Planned& c : candidates) {
     TierQueue& q = level[static_cast<std::size_t>(c.tier)];
     if (q.size >= kPlanQueueDepth) {
       auto longest = std::max_element(q.by_site.begin(), q.by_site.end(),
                                       [](const auto& a, const auto& b) { return a.size() < b.size(); });
-      longest->pop_front();
+      if (at == 0) {
+        longest->erase(longest->begin() + static_cast<std::ptrdiff_t>(draw_by_noise(*longest, +1)));
+      } else {
+        longest->pop_front();
+      }
       --q.size;
     }
     q.by_site[static_cast<std::size_t>(c.site)].push_back(std::move(c.program));
@@ -321,15 +326,7 @@ bool PlanQueue::take(Program& out) {
       int site = q.next_site;
       while (q.by_site[static_cast<std::size_t>(site)].empty()) site = (site + 1) % kInjectionSites;
       std::deque<Program>& list = q.by_site[static_cast<std::size_t>(site)];
-      if (chain == 0) {
-        std::size_t pick = rng_.below(static_cast<std::uint32_t>(list.size()));
-        int least = plan_noise(list[pick]);
-        for (int d = 1; d < kNoiseDraws; ++d) {
-          const std::size_t i = rng_.below(static_cast<std::uint32_t>(list.size()));
-          if (const int n = plan_noise(list[i]); n < least) pick = i, least = n;
-        }
-        std::swap(list[pick], list.back());
-      }
+      if (chain == 0) std::swap(list[draw_by_noise(list, -1)], list.back());
       out = std::move(list.back());
       list.pop_back();
       --q.size;
@@ -342,6 +339,16 @@ bool PlanQueue::take(Program& out) {
     }
   }
   return false;
+}
+
+std::size_t PlanQueue::draw_by_noise(const std::deque<Program>& list, int sign) {
+  std::size_t pick = rng_.below(static_cast<std::uint32_t>(list.size()));
+  int best = sign * plan_noise(list[pick]);
+  for (int d = 1; d < kNoiseDraws; ++d) {
+    const std::size_t i = rng_.below(static_cast<std::uint32_t>(list.size()));
+    if (const int n = sign * plan_noise(list[i]); n > best) pick = i, best = n;
+  }
+  return pick;
 }
 
 std::size_t PlanQueue::size() const {

@@ -42,7 +42,8 @@
 //    seed give the same candidates, each valid for the target
 //    (validate().empty()), at most kPlanPerInput[tier] per tier.
 //  - PlanQueue holds at most kPlanQueueDepth candidates per tier and chain
-//    level (a full one drops the oldest of its longest site list); take()
+//    level; a full one drops from its longest site list, at level 0 the
+//    noisiest of kNoiseDraws draws, at level 1 the oldest; take()
 //    serves the follow-ups and the inputs' own plans in turn (either alone
 //    when the other has none): at level 0 the tiers in turn, within a tier
 //    the sites of the moments in turn, within a site the least noisy
@@ -173,6 +174,10 @@ class PlanQueue {
 
  private:
   bool is_written(const std::uint8_t* data, std::size_t size) const;
+  // Return: the index in `list` (not empty) of the draw, of kNoiseDraws,
+  // whose plan_noise times `sign` is greatest: sign -1 the least noisy
+  // (served), +1 the noisiest (dropped).
+  std::size_t draw_by_noise(const std::deque<Program>& list, int sign);
 
   // One tier of one level: a list per site of the moment the candidates
   // add; take() serves the sites in turn.
