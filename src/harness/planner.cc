@@ -304,7 +304,7 @@ void PlanQueue::add(std::vector<Planned> candidates, int chain) {
       auto longest = std::max_element(q.by_site.begin(), q.by_site.end(),
                                       [](const auto& a, const auto& b) { return a.size() < b.size(); });
       if (at == 0) {
-        longest->erase(longest->begin() + static_cast<std::ptrdiff_t>(draw_by_noise(*longest, +1)));
+        longest->erase(longest->begin() + static_cast<std::ptrdiff_t>(draw_by_noise(*longest, Noisiness::kMost)));
       } else {
         longest->pop_front();
       }
@@ -326,7 +326,7 @@ bool PlanQueue::take(Program& out) {
       int site = q.next_site;
       while (q.by_site[static_cast<std::size_t>(site)].empty()) site = (site + 1) % kInjectionSites;
       std::deque<Program>& list = q.by_site[static_cast<std::size_t>(site)];
-      if (chain == 0) std::swap(list[draw_by_noise(list, -1)], list.back());
+      if (chain == 0) std::swap(list[draw_by_noise(list, Noisiness::kLeast)], list.back());
       out = std::move(list.back());
       list.pop_back();
       --q.size;
@@ -341,7 +341,8 @@ bool PlanQueue::take(Program& out) {
   return false;
 }
 
-std::size_t PlanQueue::draw_by_noise(const std::deque<Program>& list, int sign) {
+std::size_t PlanQueue::draw_by_noise(const std::deque<Program>& list, Noisiness which) {
+  const int sign = which == Noisiness::kMost ? 1 : -1;  // the draw with the greatest sign * noise
   std::size_t pick = rng_.below(static_cast<std::uint32_t>(list.size()));
   int best = sign * plan_noise(list[pick]);
   for (int d = 1; d < kNoiseDraws; ++d) {

@@ -174,10 +174,11 @@ class PlanQueue {
 
  private:
   bool is_written(const std::uint8_t* data, std::size_t size) const;
-  // Return: the index in `list` (not empty) of the draw, of kNoiseDraws,
-  // whose plan_noise times `sign` is greatest: sign -1 the least noisy
-  // (served), +1 the noisiest (dropped).
-  std::size_t draw_by_noise(const std::deque<Program>& list, int sign);
+  // Which of kNoiseDraws random draws from a site list: the least noisy
+  // (plan_noise) is served, the noisiest dropped.
+  enum class Noisiness { kLeast, kMost };
+  // Return: the index in `list` (not empty) of that draw.
+  std::size_t draw_by_noise(const std::deque<Program>& list, Noisiness which);
 
   // One tier of one level: a list per site of the moment the candidates
   // add; take() serves the sites in turn.
