@@ -16,12 +16,8 @@
 namespace anyctx {
 namespace {
 
-struct CpuSlot {
-  pthread_t thread{};
-};
-
 std::mutex g_registry_mu;
-CpuSlot g_slots[kMaxCpus];              // guarded by g_registry_mu
+pthread_t g_cpu_thread[kMaxCpus]{};      // guarded by g_registry_mu
 std::atomic<bool> g_online[kMaxCpus]{};  // written under g_registry_mu
 std::atomic<CpuOfflineFn> g_offline_fns[kMaxOfflineCallbacks]{};  // written under g_registry_mu
 std::atomic<int> g_ids_used{0};  // written under g_registry_mu
@@ -137,7 +133,7 @@ CpuScope::CpuScope() {
         .fatal();
   }
   t_altstack.attach(id);
-  g_slots[id].thread = pthread_self();
+  g_cpu_thread[id] = pthread_self();
   t.cpu = id;
   if (id >= g_ids_used.load(std::memory_order_relaxed)) g_ids_used.store(id + 1, std::memory_order_release);
   g_generation[id].store(g_generation[id].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -230,7 +226,7 @@ bool send_interrupt(int cpu, InterruptKind kind) {
   }
   std::lock_guard<std::mutex> guard(g_registry_mu);
   if (!cpu_is_online(cpu)) return false;
-  return pthread_kill(g_slots[cpu].thread, signo) == 0;
+  return pthread_kill(g_cpu_thread[cpu], signo) == 0;
 }
 
 namespace detail {
