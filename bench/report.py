@@ -6,8 +6,10 @@ and signal tables, the target verdicts, one combined JSON and a gnuplot PNG.
 
 RUN_DIR (build/bench) holds what ci/bench wrote:
   machine.json                     date, CPU, load, commit
-  alloc/<subject>.round<k>.json    Google Benchmark output, one file per
-                                   subject and round (subjects interleaved)
+  alloc/<subject>.round<k>.group<g>.json
+                                   Google Benchmark output, one file per
+                                   subject, round and row group (the subjects
+                                   interleaved group by group)
   lock/lock_study.json, lock/lock_study_rmw.json
   signal/<subject>.<mode>.json     signal_bench output (mode: storm,
                                    control, baseline)
@@ -19,6 +21,9 @@ with --docs, copies results.json, results.md and bench.png there.
 
 Metric: CPU time per alloc+free pair (Google Benchmark's cpu_time: the
 threads' CPU clocks summed, divided by the pairs), median over the rounds.
+Ratios are paired: anyctx's row over a peer's row of the same round (run
+within a second or two of each other), median over the rounds; the machine's
+speed drifts too much over a run for a ratio of two medians to mean much.
 CPU time, not wall time, because the machines this runs on are shared: a
 thread that is descheduled does not bill the allocator. Producer/consumer
 rows count one pair per object handed over (two thread-iterations).
@@ -73,14 +78,20 @@ def op_of(name):
     return "/".join(parts)
 
 
+def run_name(path):
+    """(subject, round) of alloc/<subject>.round<k>[.group<g>].json."""
+    base = os.path.basename(path)[: -len(".json")]
+    subject, _, rest = base.partition(".round")
+    return subject, int(rest.partition(".")[0] or 0)
+
+
 def collect_alloc(run_dir):
-    """{subject: {(op, threads): [cpu ns per pair, one per round]}}, raw runs, failures."""
+    """{subject: {(op, threads): {round: cpu ns per pair}}}, raw runs, failures."""
     values, raw, failed = {}, [], {}  # failed: {(subject, op, threads): [nullptr fraction per round]}
     for path in sorted(glob.glob(os.path.join(run_dir, "alloc", "*.json"))):
-        base = os.path.basename(path)[: -len(".json")]
-        subject, _, rnd = base.partition(".round")
+        subject, rnd = run_name(path)
         doc = load_json(path)
-        raw.append({"subject": subject, "round": int(rnd or 0), "file": os.path.relpath(path, run_dir), "gbench": doc})
+        raw.append({"subject": subject, "round": rnd, "file": os.path.relpath(path, run_dir), "gbench": doc})
         for b in doc.get("benchmarks", []):
             if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
                 continue
@@ -88,14 +99,22 @@ def collect_alloc(run_dir):
             ns = float(b["cpu_time"])
             if op.startswith("prodcons/"):
                 ns *= threads  # one pair = one iteration on each of the two threads
-            values.setdefault(subject, {}).setdefault((op, threads), []).append(ns)
+            values.setdefault(subject, {}).setdefault((op, threads), {})[rnd] = ns
             if "failed" in b:
                 pairs = b["iterations"] / (threads if op.startswith("prodcons/") else 1)
                 failed.setdefault((subject, op, threads), []).append(b["failed"] / pairs if pairs else 0.0)
     return values, raw, failed
 
 
+def paired_ratio(a, b):
+    """Median over the rounds both have of a[round] / b[round], or None."""
+    common = [k for k in a if k in b and b[k]]
+    return statistics.median(a[k] / b[k] for k in common) if common else None
+
+
 def median(xs):
+    """Median of a list, or of a {round: value} dict's values; None when empty."""
+    xs = list(xs.values()) if isinstance(xs, dict) else xs
     return statistics.median(xs) if xs else None
 
 
@@ -110,24 +129,28 @@ def fmt_ratio(x):
 
 
 def ratio_table(values, failed):
-    """Rows of the ratio table, and the data behind them."""
+    """Rows of the ratio table, and the data behind them. The ns columns are
+    medians over rounds; the fastest peer is the one with the lowest median;
+    every ratio is paired within rounds (paired_ratio)."""
     anyctx = values.get("anyctx", {})
     peers = [p for p in PEERS if p in values]
     threads_all = sorted({t for (_, t) in anyctx})
     rows = []
     for label, aop, pop in ROWS:
         for t in threads_all:
-            a = median(anyctx.get((aop, t), []))
+            a_rounds = anyctx.get((aop, t), {})
+            a = median(a_rounds)
             if a is None:
                 continue
-            peer_ns = {p: median(values[p].get((pop, t), [])) for p in peers}
+            peer_rounds = {p: values[p].get((pop, t), {}) for p in peers}
+            peer_ns = {p: median(v) for p, v in peer_rounds.items()}
             present = {p: v for p, v in peer_ns.items() if v is not None}
             best = min(present, key=present.get) if present else None
+            ratio = {p: paired_ratio(a_rounds, v) for p, v in peer_rounds.items()}
             rows.append({
                 "label": label, "anyctx_op": aop, "peer_op": pop, "threads": t, "anyctx_ns": a,
-                "peer_ns": peer_ns, "best": best,
-                "ratio_best": a / present[best] if best else None,
-                "ratio": {p: (a / v if v else None) for p, v in peer_ns.items()},
+                "anyctx_rounds": a_rounds, "peer_ns": peer_ns, "best": best,
+                "ratio_best": ratio[best] if best else None, "ratio": ratio,
                 "nullptr_fraction": median(failed.get(("anyctx", aop, t), [])) or 0.0,
             })
     return rows, peers
@@ -292,18 +315,18 @@ def targets(rows, lock, peers):
     def row(aop, t):
         return next((r for r in rows if r["anyctx_op"] == aop and r["threads"] == t), None)
     verdict = lambda ok: "MET" if ok else "MISSED"
-    vs_fastest = lambda r: (f"{fmt_ns(r['anyctx_ns'])} ns vs {r['best']} {fmt_ns(r['peer_ns'][r['best']])} ns "
-                            f"= {r['ratio_best']:.2f}x")
+    vs_fastest = lambda r: (f"{fmt_ns(r['anyctx_ns'])} ns vs {r['best']} {fmt_ns(r['peer_ns'][r['best']])} ns, "
+                            f"{r['ratio_best']:.2f}x (median of the rounds' ratios)")
     for aop, what, peer_op, bound in PAIR_TARGETS:
         one, two = row(aop, 1), row(aop, 2)
         if one and one["ratio_best"] is not None:
             out.append((f"{what} <= {bound:g}x the fastest peer's {peer_op} [1 thr]",
                         f"{verdict(one['ratio_best'] <= bound)}: {vs_fastest(one)}"))
         if one and two:
-            growth = two["anyctx_ns"] / one["anyctx_ns"] - 1
+            growth = paired_ratio(two["anyctx_rounds"], one["anyctx_rounds"]) - 1
             out.append((f"{what} at 2 threads within 10 % of 1 thread",
-                        f"{verdict(growth <= 0.10)}: {fmt_ns(two['anyctx_ns'])} ns vs {fmt_ns(one['anyctx_ns'])} ns "
-                        f"= {100 * growth:+.1f} %"))
+                        f"{verdict(growth <= 0.10)}: {fmt_ns(two['anyctx_ns'])} ns vs {fmt_ns(one['anyctx_ns'])} ns, "
+                        f"{100 * growth:+.1f} % (median of the rounds' ratios)"))
     for r in rows:
         if r["anyctx_op"].startswith("prodcons/"):
             nul = r["nullptr_fraction"]
@@ -474,7 +497,8 @@ def main():
     md.append("")
     md.append("## Ratio table: anyctx against each peer (CPU ns per alloc+free pair, median of rounds)\n")
     md.append("Each peer cell is `ns (anyctx / peer)`: below 1 anyctx is faster. `x fastest` is anyctx against "
-              "the fastest peer of that row.\n")
+              "the fastest peer of that row (the lowest median). The ns are medians over rounds; each ratio is the "
+              "median over rounds of the two rows' ratio within the round (measured a second or two apart).\n")
     md.append(render_ratio_table(rows, peers))
     if any(r["nullptr_fraction"] > 0 for r in rows):
         md.append("\n`[nullptr N %]`: that share of anyctx's allocations in the row returned nullptr (no memory "
@@ -513,7 +537,7 @@ def main():
     png = gnuplot(run_dir, values, rows, lock, peers)
     combined = {
         "machine": machine,
-        "metric": "cpu_time per alloc+free pair, ns; median over rounds",
+        "metric": "cpu_time per alloc+free pair, ns; median over rounds; ratios: median of per-round ratios",
         "ratio_table": [dict(r, peer_ns=r["peer_ns"], ratio=r["ratio"]) for r in rows],
         "targets": [{"target": w, "verdict": v} for w, v in targets(rows, lock, peers)],
         "alloc_runs": raw_alloc,
