@@ -20,10 +20,13 @@ Writes RUN_DIR/results.json (everything above in one file), RUN_DIR/results.md
 with --docs, copies results.json, results.md and bench.png there.
 
 Metric: CPU time per alloc+free pair (Google Benchmark's cpu_time: the
-threads' CPU clocks summed, divided by the pairs), median over the rounds.
-Ratios are paired: anyctx's row over a peer's row of the same round (run
-within a second or two of each other), median over the rounds; the machine's
-speed drifts too much over a run for a ratio of two medians to mean much.
+threads' CPU clocks summed, divided by the pairs), the minimum over the
+rounds. The machines this runs on change speed by up to half within seconds
+(a neighbour on the host: glibc's malloc and anyctx's kmalloc slow down
+together in one process), which only ever adds time; the minimum is each
+subject's cost where nothing interfered, and a ratio is the two minima's.
+Each ratio's median over the rounds of the two rows' ratio within the round
+(run a second or two apart; ci/bench interleaves them) is kept beside it.
 CPU time, not wall time, because the machines this runs on are shared: a
 thread that is descheduled does not bill the allocator. Producer/consumer
 rows count one pair per object handed over (two thread-iterations).
@@ -128,10 +131,16 @@ def fmt_ratio(x):
     return "-" if x is None else f"{x:.2f}"
 
 
+def fastest(xs):
+    """Minimum of a {round: value} dict's values, or None when empty."""
+    return min(xs.values()) if xs else None
+
+
 def ratio_table(values, failed):
-    """Rows of the ratio table, and the data behind them. The ns columns are
-    medians over rounds; the fastest peer is the one with the lowest median;
-    every ratio is paired within rounds (paired_ratio)."""
+    """Rows of the ratio table, and the data behind them: each subject's ns
+    is its minimum over rounds, each ratio the two minima's (ratio), with
+    the median of the rounds' ratios beside it (ratio_paired); the fastest
+    peer is the one with the lowest minimum."""
     anyctx = values.get("anyctx", {})
     peers = [p for p in PEERS if p in values]
     threads_all = sorted({t for (_, t) in anyctx})
@@ -139,18 +148,19 @@ def ratio_table(values, failed):
     for label, aop, pop in ROWS:
         for t in threads_all:
             a_rounds = anyctx.get((aop, t), {})
-            a = median(a_rounds)
+            a = fastest(a_rounds)
             if a is None:
                 continue
             peer_rounds = {p: values[p].get((pop, t), {}) for p in peers}
-            peer_ns = {p: median(v) for p, v in peer_rounds.items()}
+            peer_ns = {p: fastest(v) for p, v in peer_rounds.items()}
             present = {p: v for p, v in peer_ns.items() if v is not None}
             best = min(present, key=present.get) if present else None
-            ratio = {p: paired_ratio(a_rounds, v) for p, v in peer_rounds.items()}
             rows.append({
                 "label": label, "anyctx_op": aop, "peer_op": pop, "threads": t, "anyctx_ns": a,
                 "anyctx_rounds": a_rounds, "peer_ns": peer_ns, "best": best,
-                "ratio_best": ratio[best] if best else None, "ratio": ratio,
+                "ratio_best": a / present[best] if best else None,
+                "ratio": {p: (a / v if v else None) for p, v in peer_ns.items()},
+                "ratio_paired": {p: paired_ratio(a_rounds, v) for p, v in peer_rounds.items()},
                 "nullptr_fraction": median(failed.get(("anyctx", aop, t), [])) or 0.0,
             })
     return rows, peers
@@ -316,17 +326,19 @@ def targets(rows, lock, peers):
         return next((r for r in rows if r["anyctx_op"] == aop and r["threads"] == t), None)
     verdict = lambda ok: "MET" if ok else "MISSED"
     vs_fastest = lambda r: (f"{fmt_ns(r['anyctx_ns'])} ns vs {r['best']} {fmt_ns(r['peer_ns'][r['best']])} ns, "
-                            f"{r['ratio_best']:.2f}x (median of the rounds' ratios)")
+                            f"{r['ratio_best']:.2f}x (median of the rounds' ratios "
+                            f"{fmt_ratio(r['ratio_paired'][r['best']])}x)")
     for aop, what, peer_op, bound in PAIR_TARGETS:
         one, two = row(aop, 1), row(aop, 2)
         if one and one["ratio_best"] is not None:
             out.append((f"{what} <= {bound:g}x the fastest peer's {peer_op} [1 thr]",
                         f"{verdict(one['ratio_best'] <= bound)}: {vs_fastest(one)}"))
         if one and two:
-            growth = paired_ratio(two["anyctx_rounds"], one["anyctx_rounds"]) - 1
+            growth = two["anyctx_ns"] / one["anyctx_ns"] - 1
+            paired = paired_ratio(two["anyctx_rounds"], one["anyctx_rounds"]) - 1
             out.append((f"{what} at 2 threads within 10 % of 1 thread",
                         f"{verdict(growth <= 0.10)}: {fmt_ns(two['anyctx_ns'])} ns vs {fmt_ns(one['anyctx_ns'])} ns, "
-                        f"{100 * growth:+.1f} % (median of the rounds' ratios)"))
+                        f"{100 * growth:+.1f} % (median of the rounds' ratios {100 * paired:+.1f} %)"))
     for r in rows:
         if r["anyctx_op"].startswith("prodcons/"):
             nul = r["nullptr_fraction"]
@@ -361,7 +373,7 @@ def gnuplot(run_dir, values, rows, lock, peers):
     with open(os.path.join(gp_dir, "small.dat"), "w") as f:
         f.write("size " + " ".join('"' + s[0] + '"' for s in series) + "\n")
         for n in SIZES:
-            vals = [median(values.get(subj, {}).get((op.format(n), 1), [])) for _, subj, op in series]
+            vals = [fastest(values.get(subj, {}).get((op.format(n), 1), {})) for _, subj, op in series]
             f.write(f"{n} " + " ".join("NaN" if v is None else f"{v:.3f}" for v in vals) + "\n")
     # Panel 2: page and producer/consumer rows, anyctx vs each peer, 1 thread (pc: 2).
     bars = [("page 4K", "page/alloc_pages", "page/malloc_4096", 1),
@@ -374,8 +386,8 @@ def gnuplot(run_dir, values, rows, lock, peers):
     with open(os.path.join(gp_dir, "pairs.dat"), "w") as f:
         f.write("row anyctx " + " ".join(peers) + "\n")
         for label, aop, pop, t in bars:
-            vals = [median(values.get("anyctx", {}).get((aop, t), []))]
-            vals += [median(values.get(p, {}).get((pop, t), [])) for p in peers]
+            vals = [fastest(values.get("anyctx", {}).get((aop, t), {}))]
+            vals += [fastest(values.get(p, {}).get((pop, t), {})) for p in peers]
             f.write(f"\"{label}\" " + " ".join("NaN" if v is None else f"{v:.3f}" for v in vals) + "\n")
     # Panels 3 and 4: lock study, the most contended shape.
     hot = "cs:50/think:100"
@@ -394,7 +406,7 @@ def gnuplot(run_dir, values, rows, lock, peers):
     script = f"""# generated by bench/report.py
 set terminal pngcairo size 1600,1100 font "sans,11" noenhanced
 set output "{os.path.join(run_dir, 'bench.png')}"
-set multiplot layout 2,2 title "anyctx benchmarks: CPU ns per alloc+free pair (median of rounds; lower is better)"
+set multiplot layout 2,2 title "anyctx benchmarks: CPU ns per alloc+free pair (minimum of rounds; lower is better)"
 set grid ytics
 set key top left font ",9"
 set title "Small objects, 1 thread"
@@ -495,15 +507,16 @@ def main():
         if k in machine:
             md.append(f"- {k}: {machine[k]}")
     md.append("")
-    md.append("## Ratio table: anyctx against each peer (CPU ns per alloc+free pair, median of rounds)\n")
+    md.append("## Ratio table: anyctx against each peer (CPU ns per alloc+free pair, minimum of rounds)\n")
     md.append("Each peer cell is `ns (anyctx / peer)`: below 1 anyctx is faster. `x fastest` is anyctx against "
-              "the fastest peer of that row (the lowest median). The ns are medians over rounds; each ratio is the "
-              "median over rounds of the two rows' ratio within the round (measured a second or two apart).\n")
+              "the fastest peer of that row. Every ns is the subject's minimum over the rounds (the machine's "
+              "speed drifts by up to half within seconds, which only adds time), every ratio the two minima's; "
+              "the targets also give the median of the ratios taken within each round.\n")
     md.append(render_ratio_table(rows, peers))
     if any(r["nullptr_fraction"] > 0 for r in rows):
         md.append("\n`[nullptr N %]`: that share of anyctx's allocations in the row returned nullptr (no memory "
                   "in this context), so its time is not the cost of a pair; see docs/benchmarks.md.")
-    refs = {op: median(v) for (op, t), v in values.get("anyctx", {}).items() if op.startswith("ref/")}
+    refs = {op: fastest(v) for (op, t), v in values.get("anyctx", {}).items() if op.startswith("ref/")}
     if refs:
         md.append("\nReference costs on this machine (anyctx binary, CPU ns): " + ", ".join(
             f"{op[4:]} {fmt_ns(v)}" for op, v in sorted(refs.items())) + ".")
@@ -537,7 +550,7 @@ def main():
     png = gnuplot(run_dir, values, rows, lock, peers)
     combined = {
         "machine": machine,
-        "metric": "cpu_time per alloc+free pair, ns; median over rounds; ratios: median of per-round ratios",
+        "metric": "cpu_time per alloc+free pair, ns; minimum over rounds; ratios of minima (ratio_paired: median of per-round ratios)",
         "ratio_table": [dict(r, peer_ns=r["peer_ns"], ratio=r["ratio"]) for r in rows],
         "targets": [{"target": w, "verdict": v} for w, v in targets(rows, lock, peers)],
         "alloc_runs": raw_alloc,
