@@ -116,8 +116,6 @@ def paired_ratio(a, b):
 
 
 def median(xs):
-    """Median of a list, or of a {round: value} dict's values; None when empty."""
-    xs = list(xs.values()) if isinstance(xs, dict) else xs
     return statistics.median(xs) if xs else None
 
 
@@ -335,10 +333,11 @@ def targets(rows, lock, peers):
                         f"{verdict(one['ratio_best'] <= bound)}: {vs_fastest(one)}"))
         if one and two:
             growth = two["anyctx_ns"] / one["anyctx_ns"] - 1
-            paired = paired_ratio(two["anyctx_rounds"], one["anyctx_rounds"]) - 1
+            paired = paired_ratio(two["anyctx_rounds"], one["anyctx_rounds"])
+            paired_text = "-" if paired is None else f"{100 * (paired - 1):+.1f} %"
             out.append((f"{what} at 2 threads within 10 % of 1 thread",
                         f"{verdict(growth <= 0.10)}: {fmt_ns(two['anyctx_ns'])} ns vs {fmt_ns(one['anyctx_ns'])} ns, "
-                        f"{100 * growth:+.1f} % (median of the rounds' ratios {100 * paired:+.1f} %)"))
+                        f"{100 * growth:+.1f} % (median of the rounds' ratios {paired_text})"))
     for r in rows:
         if r["anyctx_op"].startswith("prodcons/"):
             nul = r["nullptr_fraction"]

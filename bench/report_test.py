@@ -83,6 +83,13 @@ class Ratios(unittest.TestCase):
         self.assertTrue(verdict.startswith("MET"), verdict)
         self.assertIn("+5.0 %", verdict)
 
+    def test_the_two_thread_target_without_common_rounds(self):
+        values = {"anyctx": {("small/kmalloc/64", 1): {1: 4.0}, ("small/kmalloc/64", 2): {2: 4.8}}}
+        rows, peers = report.ratio_table(values, {})
+        verdict = dict(report.targets(rows, {}, peers))["64 B kmalloc pair at 2 threads within 10 % of 1 thread"]
+        self.assertTrue(verdict.startswith("MISSED"), verdict)
+        self.assertIn("median of the rounds' ratios -)", verdict)
+
 
 if __name__ == "__main__":
     unittest.main()
