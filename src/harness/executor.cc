@@ -171,20 +171,21 @@ void trace(std::uint64_t a, std::uint64_t b = 0) {
 // --- turn --------------------------------------------------------------------------
 
 // Exactly one participant runs: the one g_turn names. Turns 0..3 are program
-// CPUs, kMainTurn the thread in run_program, kExitTurnBase + i lets CPU i go
-// offline, kServeTurnBase + i lends finished CPU i a turn to take the
-// interrupts sent to it. Each waiting thread sleeps on its own futex word (a
-// sequence bumped by every turn handed to it), so a hand-off wakes exactly
-// one thread.
+// CPUs, kMainTurn the thread in run_program, kExitTurnBase + i lets CPU i
+// (i > 0) go offline, kServeTurnBase + i lends finished CPU i a turn to take
+// the interrupts sent to it. Each waiting thread sleeps on its own futex word
+// (a sequence bumped by every turn handed to it), so a hand-off wakes exactly
+// one thread. The thread in run_program is CPU 0's, so kMainTurn wakes CPU
+// 0's word.
 constexpr int kMainTurn = -2;
 constexpr int kExitTurnBase = 100;   // kExitTurnBase + i: CPU i may go offline
 constexpr int kServeTurnBase = 200;  // kServeTurnBase + i: finished CPU i takes its interrupts
 
 std::atomic<int> g_turn{kMainTurn};
-std::atomic<int> g_wake[kMaxProgramCpus + 1];  // per waiting thread: CPU i's, then main's
+std::atomic<int> g_wake[kMaxProgramCpus];  // per waiting thread: CPU i's (main's is CPU 0's)
 
 std::atomic<int>& wake_word(int turn) {
-  if (turn == kMainTurn) return g_wake[kMaxProgramCpus];
+  if (turn == kMainTurn) return g_wake[0];
   return g_wake[turn >= kServeTurnBase  ? turn - kServeTurnBase
                 : turn >= kExitTurnBase ? turn - kExitTurnBase
                                         : turn];
@@ -247,15 +248,18 @@ void switch_to(int me, int to, int site) {
   note_resumed(me, site);
 }
 
-// A finished CPU waits to go offline. Meanwhile a CPU waiting for it to
-// serve a drain request lends it turns (on_drain_wait), as an idle CPU still
-// takes interrupts. Return: true for such a turn, false for the exit turn.
+// A finished CPU waits to go offline: CPU 0 (the thread in run_program)
+// until every CPU has finished (kMainTurn), the others for their exit turn.
+// Meanwhile a CPU waiting for it to serve a drain request lends it turns
+// (on_drain_wait), as an idle CPU still takes interrupts. Return: true for
+// such a turn, false for the turn to go offline.
 bool wait_exit_or_serve_turn(int me) {
   std::atomic<int>& w = wake_word(me);
+  const int exit_turn = me == 0 ? kMainTurn : kExitTurnBase + me;
   for (;;) {
     int seen = w.load(std::memory_order_acquire);
     int turn = g_turn.load(std::memory_order_acquire);
-    if (turn == kExitTurnBase + me) return false;
+    if (turn == exit_turn) return false;
     if (turn == kServeTurnBase + me) return true;
     futex(&w, FUTEX_WAIT_PRIVATE, seen);
   }
@@ -1186,8 +1190,10 @@ void cycle_cpu() {
   t_pending[1].count = 0;
 }
 
-// One program CPU: wait for the turn, run, hand over, wait to go offline.
-// On a worker thread (own_thread) it ends by handing the turn to main.
+// One program CPU: run; in a program of several, hand over and wait to go
+// offline (CPU 0: until every CPU has finished); go offline. CPU 0 runs on
+// the thread in run_program, the others on worker threads (own_thread),
+// which wait for their first turn and end by handing the turn to main.
 void cpu_main(int index, bool own_thread) {
   if (own_thread) wait_turn(index);  // register in turn: CPU ids are deterministic
   t_cpu = index;
@@ -1198,23 +1204,30 @@ void cpu_main(int index, bool own_thread) {
   run_frame(g.program->cpus[static_cast<std::size_t>(index)], -1, Ctx::kTask);
   g.cpus[index].done = true;
   if (next_runnable(index) < 0) check_before_offline();
-  if (own_thread) {
-    InterruptsHeld held;
-    int to = next_runnable(index);
-    give_turn(to >= 0 ? to : kMainTurn);
-    while (wait_exit_or_serve_turn(index)) serve_interrupts(index);
+  {
+    std::optional<InterruptsHeld> held;
+    if (g.ncpus > 1) {
+      held.emplace();
+      int to = next_runnable(index);
+      give_turn(to >= 0 ? to : kMainTurn);
+      while (wait_exit_or_serve_turn(index)) serve_interrupts(index);
+    }
+    // Going offline is not part of the program, nor are the interrupts
+    // held until now, which run as `held` ends.
+    g.quiescing = true;
   }
-  g.quiescing = true;  // going offline is not part of the program
   scope.reset();
   t_scope = nullptr;
   t_cpu = -1;
   if (own_thread) give_turn(kMainTurn);
 }
 
-// Multi-CPU programs run on worker threads, one per program CPU, created on
-// first use and parked between programs for the life of the process: thread
-// creation under ASan (stack, fake stack, thread registry) cost more than a
-// whole program. libFuzzer needs every thread's work to end with its input:
+// CPUs 1..3 of multi-CPU programs run on worker threads, one per program
+// CPU, created on first use and parked between programs for the life of the
+// process: thread creation under ASan (stack, fake stack, thread registry)
+// cost more than a whole program. CPU 0 runs on the thread in run_program,
+// which saves half the hand-offs of a two-CPU program (each a futex wake, a
+// wait and a context switch). libFuzzer needs every thread's work to end with its input:
 // a worker runs only from its CPU's first turn to the moment it has gone
 // offline and handed the turn back, before run_program's final oracles;
 // parked it executes no instrumented code (this loop and the turn functions
@@ -1226,7 +1239,7 @@ void cpu_main(int index, bool own_thread) {
 }
 
 void start_workers(int ncpus) {
-  static int started = 0;  // run_program is not reentrant: no lock needed
+  static int started = 1;  // run_program is not reentrant: no lock needed
   for (; started < ncpus; ++started) std::thread(worker_main, started).detach();
 }
 
@@ -1346,10 +1359,9 @@ RunStats run_program(const TargetSpec& target, const Program& program, const Run
     cpu_main(0, false);
   } else {
     start_workers(g.ncpus);
-    give_turn(0);
-    wait_turn(kMainTurn);  // every CPU has finished its ops
-    g.quiescing = true;
-    for (int c = 0; c < g.ncpus; ++c) {  // offline one by one, in order
+    g_turn.store(0, std::memory_order_relaxed);
+    cpu_main(0, false);  // returns once every CPU has finished and CPU 0 has gone offline
+    for (int c = 1; c < g.ncpus; ++c) {  // the others offline one by one, in order
       give_turn(kExitTurnBase + c);
       wait_turn(kMainTurn);
     }

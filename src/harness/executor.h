@@ -2,9 +2,9 @@
 //
 // Contract:
 //  - run_program() runs a program on real threads, one per program CPU
-//    (CPU 0 of a one-CPU program runs on the calling thread; the others are
-//    worker threads started by the first multi-CPU program and parked
-//    between programs), exactly one running at a time. The running CPU
+//    (CPU 0 runs on the calling thread; the others are worker threads
+//    started by the first multi-CPU program and parked between programs),
+//    exactly one running at a time. The running CPU
 //    changes only where the schedule says (at a global event count; events
 //    are site hits and op boundaries), when a CPU finishes, and when a CPU
 //    spins on a lock (kSpinWait): then it hands over, so the holder can run.
