@@ -1227,12 +1227,12 @@ void cpu_main(int index, bool own_thread) {
 // process: thread creation under ASan (stack, fake stack, thread registry)
 // cost more than a whole program. CPU 0 runs on the thread in run_program,
 // which saves half the hand-offs of a two-CPU program (each a futex wake, a
-// wait and a context switch). libFuzzer needs every thread's work to end with its input:
-// a worker runs only from its CPU's first turn to the moment it has gone
-// offline and handed the turn back, before run_program's final oracles;
-// parked it executes no instrumented code (this loop and the turn functions
-// are on fuzz/coverage.ignorelist), so neither work nor coverage crosses
-// from one input to the next. AFL++'s fork server is not affected: the
+// wait and a context switch). libFuzzer needs every thread's work to end
+// with its input: a worker runs only from its CPU's first turn to the moment
+// it has gone offline and handed the turn back, before run_program's final
+// oracles; parked it executes no instrumented code (this loop and the turn
+// functions are on fuzz/coverage.ignorelist), so neither work nor coverage
+// crosses from one input to the next. AFL++'s fork server is not affected: the
 // workers start inside the first input, after the fork.
 [[noreturn]] void worker_main(int index) {
   for (;;) cpu_main(index, true);
