@@ -97,8 +97,8 @@ def rate_interval(finds, exposure):
     def loglik(r):
         return (finds * math.log(r) if finds else 0.0) - r * exposure
 
-    best = loglik(finds / exposure) if finds else 0.0
-    cut = best - CHI2_1_95 / 2
+    mle = rate_mle(finds, exposure)
+    cut = (loglik(mle) if finds else 0.0) - CHI2_1_95 / 2
 
     def bisect(lo, hi, inside_at_lo):
         for _ in range(200):
@@ -109,7 +109,6 @@ def rate_interval(finds, exposure):
                 hi = mid
         return (lo + hi) / 2
 
-    mle = finds / exposure
     # The upper end: beyond the maximum, the likelihood falls without bound.
     hi = max(mle, 1.0 / exposure)
     while loglik(hi) >= cut:

@@ -1355,18 +1355,13 @@ RunStats run_program(const TargetSpec& target, const Program& program, const Run
   lock_validator_forget();
   g.active = true;
 
-  if (g.ncpus == 1) {
-    cpu_main(0, false);
-  } else {
-    start_workers(g.ncpus);
-    g_turn.store(0, std::memory_order_relaxed);
-    cpu_main(0, false);  // returns once every CPU has finished and CPU 0 has gone offline
-    for (int c = 1; c < g.ncpus; ++c) {  // the others offline one by one, in order
-      give_turn(kExitTurnBase + c);
-      wait_turn(kMainTurn);
-    }
+  start_workers(g.ncpus);
+  g_turn.store(0, std::memory_order_relaxed);  // this thread runs CPU 0
+  cpu_main(0, false);  // returns once every CPU has finished and CPU 0 has gone offline (quiescing)
+  for (int c = 1; c < g.ncpus; ++c) {  // the others offline one by one, in order
+    give_turn(kExitTurnBase + c);
+    wait_turn(kMainTurn);
   }
-  g.quiescing = true;
   fault_plan_clear();
   final_oracles();
 
