@@ -1436,7 +1436,7 @@ int fuzz_one(const TargetSpec& target, const std::uint8_t* data, std::size_t siz
   // or not; planner.h, chain levels).
   if (PlanQueue* plans = fuzz_plans(); plans != nullptr && g_mutator_asked) {
     const int chain = plans->chain_of(data, size), tier = plans->tier_of(data, size);
-    if (tier == 1 || tier == 2) plans->add(plan_followup(target, program, stats.sites, g_last_input), chain + 1);
+    if (tier_adds_switch(tier)) plans->add(plan_followup(target, program, stats.sites, g_last_input), chain + 1);
     if (feedback::novel_interleaving()) {
       plans->add(plan(target, program, stats.sites, g_last_input), 0);
       remember_sites(g_last_input, stats.sites);  // planned: its first pick does not plan it again

@@ -18,9 +18,11 @@ namespace {
 // matters is often the second or third.
 constexpr int kSwitchNths = 4;
 
-// What the other CPU of a tier-2 switch runs: a copy of the switching CPU's
-// ops, a free of everything live, or a drain request.
-constexpr int kContendedEdits = 3;
+// The moments of tiers 2 and 4: tier 2 switches at each to a copy of the
+// switching CPU's ops and to a free of everything live, tier 4 to a drain
+// request where the section takes one.
+constexpr int kContendedMoments = kPlanPerInput[4];
+static_assert(kPlanPerInput[2] == 2 * kContendedMoments);
 
 // A moment of the run: the nth hit of a site on a CPU at a level.
 struct Moment {
@@ -158,8 +160,9 @@ void plan_injections(const TargetSpec& t, const Program& p, const SiteMap& sites
   }
   keep_ranked(points, room, rng, [](const Point& x) { return x.at.rank; },
               [](const Point& x) { return place_of(x.at.cpu, x.at.site, x.at.level, static_cast<int>(x.kind)); });
+  const int noise = plan_noise(p);
   for (const Point& at : points) {
-    Planned c{tier, p, at.at.site};
+    Planned c{tier, p, at.at.site, noise};
     if (add_echo_injection(t, c.program, at.at, at.kind, rng)) out.push_back(std::move(c));
   }
 }
@@ -224,24 +227,26 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
         }
       }
     }
+    const int noise = plan_noise(p);
     auto rank = [](const AnchoredSwitch& a) { return switch_rank(a.site); };
     auto place = [](const AnchoredSwitch& a) { return place_of(a.on, a.site, a.level, a.cpu); };
     keep_ranked(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng, rank, place);
     for (const AnchoredSwitch& a : switches) {
-      Planned c{1, p, a.site};
+      Planned c{1, p, a.site, noise};
       c.program.anchored.push_back(a);
       out.push_back(std::move(c));
     }
-    // Each moment three times: a copy of the CPU's ops on the other CPU;
-    // a free there of everything live (remote frees into the section);
-    // and, where the section is one a drain request reaches, a request.
-    keep_ranked(contended, static_cast<std::size_t>(kPlanPerInput[2]) / kContendedEdits, rng, rank, place);
+    // Each moment three times: a copy of the CPU's ops on the other CPU and
+    // a free there of everything live (remote frees into the section), at
+    // tier 2; where the section is one a drain request reaches, a request,
+    // at tier 4.
+    keep_ranked(contended, static_cast<std::size_t>(kContendedMoments), rng, rank, place);
     for (AnchoredSwitch a : contended) {
       int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
       if (to < ncpus && to >= a.on) ++to;
       a.cpu = static_cast<std::uint8_t>(to);
-      for (int edit = 0; edit < kContendedEdits; ++edit) {
-        Planned c{2, p, a.site};
+      for (int edit = 0; edit < 3; ++edit) {
+        Planned c{edit < 2 ? 2 : 4, p, a.site, noise};
         const bool made = edit == 0   ? mirror_ops(t, c.program, a.on, to, rng)
                           : edit == 1 ? remote_free_ops(t, c.program, a.on, to, rng)
                                       : request_ops(t, c.program, a.on, to, a.site, rng);
@@ -310,7 +315,8 @@ void PlanQueue::add(std::vector<Planned> candidates, int chain) {
       }
       --q.size;
     }
-    q.by_site[static_cast<std::size_t>(c.site)].push_back(std::move(c.program));
+    const int noise = c.base_noise >= 0 ? c.base_noise : plan_noise(c.program);
+    q.by_site[static_cast<std::size_t>(c.site)].push_back({std::move(c.program), noise});
     ++q.size;
   }
 }
@@ -325,9 +331,9 @@ bool PlanQueue::take(Program& out) {
       if (q.size == 0) continue;
       int site = q.next_site;
       while (q.by_site[static_cast<std::size_t>(site)].empty()) site = (site + 1) % kInjectionSites;
-      std::deque<Program>& list = q.by_site[static_cast<std::size_t>(site)];
+      std::deque<Queued>& list = q.by_site[static_cast<std::size_t>(site)];
       if (chain == 0) std::swap(list[draw_by_noise(list, Noisiness::kLeast)], list.back());
-      out = std::move(list.back());
+      out = std::move(list.back().program);
       list.pop_back();
       --q.size;
       q.next_site = (site + 1) % kInjectionSites;
@@ -341,13 +347,13 @@ bool PlanQueue::take(Program& out) {
   return false;
 }
 
-std::size_t PlanQueue::draw_by_noise(const std::deque<Program>& list, Noisiness which) {
+std::size_t PlanQueue::draw_by_noise(const std::deque<Queued>& list, Noisiness which) {
   const int sign = which == Noisiness::kMost ? 1 : -1;  // the draw with the greatest sign * noise
   std::size_t pick = rng_.below(static_cast<std::uint32_t>(list.size()));
-  int best = sign * plan_noise(list[pick]);
+  int best = sign * list[pick].base_noise;
   for (int d = 1; d < kNoiseDraws; ++d) {
     const std::size_t i = rng_.below(static_cast<std::uint32_t>(list.size()));
-    if (const int n = sign * plan_noise(list[i]); n > best) pick = i, best = n;
+    if (const int n = sign * list[i].base_noise; n > best) pick = i, best = n;
   }
   return pick;
 }

@@ -24,17 +24,21 @@
 //     to each other CPU that has ops.
 //   tier 2 (contention): the same switch to a copy of the switching CPU's
 //     ops on another CPU (mirror_ops: a new CPU when the target allows one),
-//     which meets the section open; to a free there of everything live
-//     (remote_free_ops: a remote free into the section); and, where the
-//     section is a memcg stock or a pcp, to ops there that ask it for a
-//     drain (request_ops), 36 at most (12 moments): the base a depth-3
-//     interleaving needs, two CPUs on one structure, which a program with
-//     one CPU, or two that touch different things, does not have.
+//     which meets the section open, and to a free there of everything live
+//     (remote_free_ops: a remote free into the section), 24 at most (12
+//     moments): the base a depth-3 interleaving needs, two CPUs on one
+//     structure, which a program with one CPU, or two that touch different
+//     things, does not have.
 //   tier 3 (depth 2, one CPU): an interrupt where its CPU holds a lock or is
 //     inside an update, at any of the first eight hits of the site.
+//   tier 4 (drain requests): at tier 2's moments where the section is a
+//     memcg stock or a pcp, the switch to ops that ask it for a drain
+//     (request_ops). A tier of their own: they are the only candidates that
+//     make another CPU wait for the section's owner, and inside tier 2 they
+//     were a third of the lists of a few of its sites.
 //
 // A candidate that reaches something new joins the corpus and is planned at
-// once; a switch planned at tier 1 or 2 that ran is followed, within a few
+// once; a switch planned at tier 1, 2 or 4 that ran is followed, within a few
 // runs, by the interrupts at the moments it opened (plan_followup: a chain).
 //
 // Contract:
@@ -70,8 +74,12 @@
 
 namespace anyctx::harness {
 
-inline constexpr int kPlanTiers = 4;
-inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 36, 12};
+inline constexpr int kPlanTiers = 5;
+inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 24, 12, 12};
+
+// Return: whether `tier`'s candidates add an anchored switch (tiers 1, 2
+// and 4), which plan_followup() completes.
+constexpr bool tier_adds_switch(int tier) { return tier == 1 || tier == 2 || tier == 4; }
 inline constexpr std::size_t kPlanQueueDepth = 1024;
 
 // Percent of custom-mutator calls that emit a planned candidate while one
@@ -106,14 +114,20 @@ struct Planned {
   int tier = 0;
   Program program;
   int site = kOpBoundary;  // the site of the moment it adds to the program
+  // plan_noise of the program it was planned on (before the planned edit),
+  // which the queue's draws compare: the candidates of one base tie, so a
+  // draw does not prefer the edit that adds fewer ops (a copy of one op
+  // over a drain request's limit and charge per subtree) to the one that
+  // adds more. -1: plan_noise(program).
+  int base_noise = -1;
 };
 
 // Return: the candidates for `p`, whose run went where `sites` says,
 // highest tier first.
 std::vector<Planned> plan(const TargetSpec& target, const Program& p, const SiteMap& sites, std::uint64_t seed);
 
-// The interrupts that complete the switch a tier-1 or tier-2 candidate
-// added (p.anchored.back()): an NMI, and an IRQ at task level, where the
+// The interrupts that complete the switch a candidate of a tier that adds
+// one (tier_adds_switch) added (p.anchored.back()): an NMI, and an IRQ at task level, where the
 // switched CPU resumed inside its section and where the CPU it switched to
 // met that section open (waiting for its lock first), at most kFollowUps,
 // half of them on each side while both have moments.
@@ -174,16 +188,21 @@ class PlanQueue {
 
  private:
   bool is_written(const std::uint8_t* data, std::size_t size) const;
-  // Which of kNoiseDraws random draws from a site list: the least noisy
-  // (plan_noise) is served, the noisiest dropped.
+  struct Queued {
+    Program program;
+    int base_noise = 0;
+  };
+  // Which of kNoiseDraws random draws from a site list: the one on the
+  // least noisy base (Planned::base_noise) is served, the one on the
+  // noisiest dropped.
   enum class Noisiness { kLeast, kMost };
   // Return: the index in `list` (not empty) of that draw.
-  std::size_t draw_by_noise(const std::deque<Program>& list, Noisiness which);
+  std::size_t draw_by_noise(const std::deque<Queued>& list, Noisiness which);
 
   // One tier of one level: a list per site of the moment the candidates
   // add; take() serves the sites in turn.
   struct TierQueue {
-    std::array<std::deque<Program>, kInjectionSites> by_site;
+    std::array<std::deque<Queued>, kInjectionSites> by_site;
     std::size_t size = 0;
     int next_site = 0;
   };
