@@ -33,6 +33,7 @@ constexpr std::uint8_t kWeights[] = {
     4,   // move_op_to_cpu
     3,   // mirror_ops
     2,   // remote_frees
+    3,   // release_held
     4,   // move_op_into_injection
     3,   // move_op_out_of_injection
     6,   // add_injection
@@ -139,6 +140,12 @@ const std::vector<OpKind>& kinds_for(const TargetSpec& t, Ctx ctx) {
 }
 
 bool produces_slot(OpKind k) { return k == K::kAllocPages || k == K::kKmalloc || k == K::kMemcgCharge; }
+
+// Return: the op kind that gives back what a producer of `kind` fills a
+// slot with (free_pages, kfree, memcg_uncharge).
+OpKind release_of(OpKind kind) {
+  return kind == K::kAllocPages ? K::kFreePages : kind == K::kKmalloc ? K::kKfree : K::kMemcgUncharge;
+}
 
 // Slots that some op of the program fills.
 std::uint8_t filled_slots(const Program& p) {
@@ -323,9 +330,7 @@ bool remote_free_ops(const TargetSpec& t, Program& p, int from, int to, Rng& rng
   std::vector<Op> ops;
   for (int s = 0; s < kSlots; ++s) {
     if (!any[s]) continue;
-    const OpKind release = filled[s] == K::kAllocPages ? K::kFreePages
-                           : filled[s] == K::kKmalloc  ? K::kKfree
-                                                       : K::kMemcgUncharge;
+    const OpKind release = release_of(filled[s]);
     if (!op_allowed(t, Ctx::kTask, release)) continue;
     Op op{release, rng.chance(50) ? Path::kNolock : Path::kSpinning, 0, 0, static_cast<std::uint8_t>(s)};
     ops.push_back(normalize_op(op, Ctx::kTask));
@@ -334,6 +339,29 @@ bool remote_free_ops(const TargetSpec& t, Program& p, int from, int to, Rng& rng
   if (to == static_cast<int>(p.cpus.size())) p.cpus.emplace_back();
   p.cpus[static_cast<std::size_t>(to)] = std::move(ops);
   return true;
+}
+
+bool release_held_ops(const TargetSpec& t, Program& p, int cpu) {
+  if (cpu < 0 || cpu >= static_cast<int>(p.cpus.size())) return false;
+  std::vector<Op>& ops = p.cpus[static_cast<std::size_t>(cpu)];
+  OpKind holds[kSlots];
+  bool held[kSlots] = {};
+  for (const Op& op : ops) {
+    if (produces_slot(op.kind)) {
+      held[op.slot] = true;
+      holds[op.slot] = op.kind;
+    } else if (op_has_slot(op.kind) && held[op.slot] && op.kind == release_of(holds[op.slot])) {
+      held[op.slot] = false;
+    }
+  }
+  bool added = false;
+  for (int slot = 0; slot < kSlots && static_cast<int>(ops.size()) < kMaxOps; ++slot) {
+    if (!held[slot] || !op_allowed(t, Ctx::kTask, release_of(holds[slot]))) continue;
+    ops.push_back(normalize_op(Op{release_of(holds[slot]), Path::kNolock, 0, 0, static_cast<std::uint8_t>(slot)},
+                               Ctx::kTask));
+    added = true;
+  }
+  return added;
 }
 
 namespace {
@@ -706,6 +734,14 @@ struct Mutator {
     return from >= 0 && remote_free_ops(t, p, from, other_cpu(from), rng);
   }
 
+  // A burst of frees on a busy CPU (release_held_ops). In a 20 s page_smp
+  // corpus, 58 of 669 programs had a CPU that allocated 13 pages or more of
+  // the orders a pcp keeps, and none of the 669 parked a batch.
+  bool release_held() {
+    const int c = pick_busy_cpu(p, rng, -1);
+    return c >= 0 && release_held_ops(t, p, c);
+  }
+
   // A CPU other than `from`: a new one 30 % of the time while the target
   // allows one (always when `from` is the only one).
   int other_cpu(int from) {
@@ -1057,6 +1093,7 @@ struct Mutator {
       case Mutation::kMoveOpToCpu: return move_op_to_cpu();
       case Mutation::kMirrorOps: return mirror();
       case Mutation::kRemoteFrees: return remote_frees();
+      case Mutation::kReleaseHeld: return release_held();
       case Mutation::kMoveOpIntoInjection: return move_op_into_injection();
       case Mutation::kMoveOpOutOfInjection: return move_op_out_of_injection();
       case Mutation::kAddInjection: return add_injection();
@@ -1149,6 +1186,10 @@ bool mutation_applies(const TargetSpec& t, Mutation m, bool have_byte_mutator) {
     case Mutation::kRemoteFrees:
       return smp && (op_allowed(t, Ctx::kTask, K::kFreePages) || op_allowed(t, Ctx::kTask, K::kKfree) ||
                      op_allowed(t, Ctx::kTask, K::kMemcgUncharge));
+    case Mutation::kReleaseHeld:
+      return (op_allowed(t, Ctx::kTask, K::kAllocPages) && op_allowed(t, Ctx::kTask, K::kFreePages)) ||
+             (op_allowed(t, Ctx::kTask, K::kKmalloc) && op_allowed(t, Ctx::kTask, K::kKfree)) ||
+             (op_allowed(t, Ctx::kTask, K::kMemcgCharge) && op_allowed(t, Ctx::kTask, K::kMemcgUncharge));
     case Mutation::kMoveOpToCpu: case Mutation::kMirrorOps: case Mutation::kAddAnchoredSwitch: case Mutation::kRetargetAnchoredSwitch:
     case Mutation::kDeleteAnchoredSwitch: case Mutation::kAddEventSwitch: case Mutation::kMoveEventSwitch:
     case Mutation::kDeleteEventSwitch: case Mutation::kTogglePct: case Mutation::kChangePct:

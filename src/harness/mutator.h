@@ -71,6 +71,7 @@ using ByteMutator = std::size_t (*)(std::uint8_t* data, std::size_t size, std::s
   X(kMoveOpToCpu, "move_op_to_cpu")                                                                \
   X(kMirrorOps, "mirror_ops")                       /* another CPU runs a copy of a CPU's ops */   \
   X(kRemoteFrees, "remote_frees")                   /* another CPU frees every slot filled */      \
+  X(kReleaseHeld, "release_held")                   /* a CPU frees, nolock, every slot it holds */ \
   X(kMoveOpIntoInjection, "move_op_into_injection") /* only where the context allows the op */     \
   X(kMoveOpOutOfInjection, "move_op_out_of_injection")                                             \
   X(kAddInjection, "add_injection")                                                                \
@@ -191,6 +192,15 @@ bool request_ops(const TargetSpec& target, Program& p, int from, int to, int sit
 // pushes while `from` holds zone.lock); a slot that is empty then is
 // skipped. Return: false when no op fills a slot or `to` is not allowed.
 bool remote_free_ops(const TargetSpec& target, Program& p, int from, int to, Rng& rng);
+
+// CPU `cpu` gets, after its last op and while it has room, a release of
+// every slot it still holds there (filled by one of its ops and not given
+// back by a later one), nolock where the kind has a path, in slot order: a
+// burst of frees that crosses the thresholds single frees rarely reach (a
+// pcp above `high`, where a nolock free parks a batch; a stock past its
+// batch). Return: whether it added one (false when `cpu` holds nothing the
+// target may release, or has no room).
+bool release_held_ops(const TargetSpec& target, Program& p, int cpu);
 
 // Applies one structural mutation to `p` (valid for `target`; still valid
 // after). `bytes` may be nullptr: the byte-level kinds are then skipped.

@@ -357,6 +357,49 @@ TEST(MutatorTest, MirroredOpsTouchTheSameThingsWithSlotsOfTheirOwn) {
   EXPECT_TRUE(p.cpus[1].empty()) << "a refusal changes nothing";
 }
 
+// The burst of frees: a CPU gives back, nolock, every slot it still holds
+// after its last op (not one it freed already, not another CPU's), and the
+// burst crosses the pcp's `high`: two order-3 pages freed nolock park a
+// batch, which the program without them never does.
+TEST(MutatorTest, ReleaseHeldFreesWhatACpuStillHoldsAndCrossesHigh) {
+  using test::parse_or_fail;
+  using test::site_of;
+  const TargetSpec& t = *target_spec("page_smp");
+  const Program base = parse_or_fail(R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=3 slot=1
+  alloc_pages spinning order=0 slot=2
+  alloc_pages spinning order=3 slot=5
+  free_pages spinning slot=2
+cpu 1
+  alloc_pages spinning order=0 slot=3
+  drain_local
+)");
+  Program p = base;
+  ASSERT_TRUE(release_held_ops(t, p, 0));
+  ASSERT_EQ(validate(t, p), "");
+  ASSERT_EQ(p.cpus[0].size(), base.cpus[0].size() + 2);
+  EXPECT_TRUE(std::equal(base.cpus[0].begin(), base.cpus[0].end(), p.cpus[0].begin())) << "its ops stay";
+  for (int i = 0; i < 2; ++i) {
+    const Op& op = p.cpus[0][base.cpus[0].size() + static_cast<std::size_t>(i)];
+    EXPECT_EQ(op.kind, OpKind::kFreePages);
+    EXPECT_EQ(op.path, Path::kNolock);
+    EXPECT_EQ(op.slot, i == 0 ? 1 : 5) << "the slots it holds, in order; not 2 (freed) nor 3 (cpu 1's)";
+  }
+  EXPECT_TRUE(p.cpus[1] == base.cpus[1]);
+  const int park = site_of("PcpPark");
+  EXPECT_EQ(run_program(t, base).sites.hits[0][park][0], 0u);
+  EXPECT_GT(run_program(t, p).sites.hits[0][park][0], 0u) << "the burst does not park";
+
+  Program again = p;
+  EXPECT_FALSE(release_held_ops(t, again, 0)) << "it holds nothing now";
+  EXPECT_TRUE(again == p) << "a refusal changes nothing";
+  Program empty;
+  EXPECT_FALSE(release_held_ops(t, empty, 0));
+  EXPECT_FALSE(release_held_ops(t, p, 7)) << "no such CPU";
+}
+
 // The remote frees: one release per slot the program fills, of the kind
 // that fills it (wherever: another CPU, an injection), in slot order, half
 // of them nolock; a target without the release skips it.
