@@ -245,15 +245,16 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
       int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
       if (to < ncpus && to >= a.on) ++to;
       a.cpu = static_cast<std::uint8_t>(to);
-      for (int edit = 0; edit < 3; ++edit) {
-        Planned c{edit < 2 ? 2 : 4, p, a.site, noise};
-        const bool made = edit == 0   ? mirror_ops(t, c.program, a.on, to, rng)
-                          : edit == 1 ? remote_free_ops(t, c.program, a.on, to, rng)
-                                      : request_ops(t, c.program, a.on, to, a.site, rng);
-        if (!made) continue;
+      // The candidate of `tier` that `edit` makes of p, switched at `a`.
+      auto contend = [&](int tier, auto edit) {
+        Planned c{tier, p, a.site, noise};
+        if (!edit(c.program)) return;
         c.program.anchored.push_back(a);
         out.push_back(std::move(c));
-      }
+      };
+      contend(2, [&](Program& q) { return mirror_ops(t, q, a.on, to, rng); });
+      contend(2, [&](Program& q) { return remote_free_ops(t, q, a.on, to, rng); });
+      contend(4, [&](Program& q) { return request_ops(t, q, a.on, to, a.site, rng); });
     }
   }
 

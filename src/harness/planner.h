@@ -126,11 +126,12 @@ struct Planned {
 // highest tier first.
 std::vector<Planned> plan(const TargetSpec& target, const Program& p, const SiteMap& sites, std::uint64_t seed);
 
-// The interrupts that complete the switch a candidate of a tier that adds
-// one (tier_adds_switch) added (p.anchored.back()): an NMI, and an IRQ at task level, where the
-// switched CPU resumed inside its section and where the CPU it switched to
-// met that section open (waiting for its lock first), at most kFollowUps,
-// half of them on each side while both have moments.
+// The interrupts that complete the switch that a candidate of a tier that
+// adds one (tier_adds_switch) added (p.anchored.back()): an NMI, and an IRQ
+// at task level, where the switched CPU resumed inside its section and
+// where the CPU it switched to met that section open (waiting for its lock
+// first), at most kFollowUps, half of them on each side while both have
+// moments.
 // Planned for every such candidate the fuzzer runs, new interleaving or
 // not: what makes the third event matter (a request pending in the section,
 // a push half done) is seldom an interleaving flag of its own, and the
