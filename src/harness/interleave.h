@@ -73,4 +73,14 @@ constexpr bool site_inside_update(int site) {
          site == static_cast<int>(Site::kPcpUnlock);
 }
 
+// Return: whether at `site` its frame has read the head of a list that
+// other frames push to and not yet published its change with the CAS
+// (a lock-free push's window). A second pusher that lands in the window
+// makes the CAS fail: the moment a CAS loop's retry exists for, which
+// nothing else reaches (no lock keeps the other CPUs out).
+constexpr bool site_in_cas_window(int site) {
+  return site == static_cast<int>(Site::kDeferredPush) || site == static_cast<int>(Site::kEventPush) ||
+         site == static_cast<int>(Site::kSlabDeferredPush);
+}
+
 }  // namespace anyctx::harness

@@ -24,6 +24,12 @@ constexpr int kSwitchNths = 4;
 constexpr int kContendedMoments = kPlanPerInput[4];
 static_assert(kPlanPerInput[2] == 2 * kContendedMoments);
 
+// Tier 5's moments inside a CAS window: each gets the copy and the free of
+// tier 2; the rest of the tier goes to switches there to the other CPUs.
+constexpr int kWindowMoments = 4;
+constexpr int kWindowSwitches = kPlanPerInput[5] - 2 * kWindowMoments;
+static_assert(kWindowSwitches > 0);
+
 // A moment of the run: the nth hit of a site on a CPU at a level.
 struct Moment {
   int cpu = 0;
@@ -204,14 +210,16 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
   // Tier 1: a switch where a CPU has just taken a lock or is mid-update.
   // Tier 2: the same switch to a copy of that CPU's ops on another CPU (a
   // new one when the target allows), which then meets the section open, and
-  // to ops there that ask that section for a drain.
+  // to ops there that ask that section for a drain (tier 4). Tier 5: the
+  // switches of both at moments inside a CAS window.
   if ((ncpus > 1 || t.max_cpus > 1) && !p.pct.on() && static_cast<int>(p.anchored.size()) < kMaxAnchoredSwitches) {
-    std::vector<AnchoredSwitch> switches, contended;
+    std::vector<AnchoredSwitch> switches, contended, window_switches, window_moments;
     for (int on = 0; on < ncpus; ++on) {
       if (p.cpus[on].empty()) continue;
       for (int site = 0; site < kSiteCount; ++site) {
         SiteEffect e = site_effect(site);
         if (e.takes == 0 && !e.mid_update) continue;
+        const bool window = site_in_cas_window(site);
         for (int l = 0; l < 3; ++l) {
           int n = std::min(hits(on, site, l), kMaxAnchorNth);
           for (int nth = 1; nth <= n; nth = nth < kSwitchNths || nth == n ? nth + 1 : n) {
@@ -220,9 +228,9 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
             for (int to = 0; to < ncpus; ++to)
               if (to != on && !p.cpus[to].empty()) {
                 a.cpu = static_cast<std::uint8_t>(to);
-                switches.push_back(a);
+                (window ? window_switches : switches).push_back(a);
               }
-            contended.push_back(a);  // .cpu: the copy's, chosen below
+            (window ? window_moments : contended).push_back(a);  // .cpu: the copy's, chosen below
           }
         }
       }
@@ -230,32 +238,43 @@ std::vector<Planned> plan(const TargetSpec& t, const Program& p, const SiteMap& 
     const int noise = plan_noise(p);
     auto rank = [](const AnchoredSwitch& a) { return switch_rank(a.site); };
     auto place = [](const AnchoredSwitch& a) { return place_of(a.on, a.site, a.level, a.cpu); };
+    // A CPU that pushes on the same list in its own run goes first: it is
+    // the second pusher.
+    auto pushes_too = [&](const AnchoredSwitch& a) {
+      return hits(a.cpu, a.site, 0) + hits(a.cpu, a.site, 1) + hits(a.cpu, a.site, 2) > 0 ? 0 : 1;
+    };
     keep_ranked(switches, static_cast<std::size_t>(kPlanPerInput[1]), rng, rank, place);
-    for (const AnchoredSwitch& a : switches) {
-      Planned c{1, p, a.site, noise};
-      c.program.anchored.push_back(a);
-      out.push_back(std::move(c));
-    }
+    keep_ranked(window_switches, static_cast<std::size_t>(kWindowSwitches), rng, pushes_too, place);
+    for (int tier : {1, 5})
+      for (const AnchoredSwitch& a : tier == 1 ? switches : window_switches) {
+        Planned c{tier, p, a.site, noise};
+        c.program.anchored.push_back(a);
+        out.push_back(std::move(c));
+      }
     // Each moment three times: a copy of the CPU's ops on the other CPU and
     // a free there of everything live (remote frees into the section), at
     // tier 2; where the section is one a drain request reaches, a request,
-    // at tier 4.
+    // at tier 4. A moment inside a CAS window: the copy and the free, at
+    // tier 5.
     keep_ranked(contended, static_cast<std::size_t>(kContendedMoments), rng, rank, place);
-    for (AnchoredSwitch a : contended) {
-      int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
-      if (to < ncpus && to >= a.on) ++to;
-      a.cpu = static_cast<std::uint8_t>(to);
-      // The candidate of `tier` that `edit` makes of p, switched at `a`.
-      auto contend = [&](int tier, auto edit) {
-        Planned c{tier, p, a.site, noise};
-        if (!edit(c.program)) return;
-        c.program.anchored.push_back(a);
-        out.push_back(std::move(c));
-      };
-      contend(2, [&](Program& q) { return mirror_ops(t, q, a.on, to, rng); });
-      contend(2, [&](Program& q) { return remote_free_ops(t, q, a.on, to, rng); });
-      contend(4, [&](Program& q) { return request_ops(t, q, a.on, to, a.site, rng); });
-    }
+    keep_ranked(window_moments, static_cast<std::size_t>(kWindowMoments), rng, rank, place);
+    for (std::vector<AnchoredSwitch>* moments : {&contended, &window_moments})
+      for (AnchoredSwitch a : *moments) {
+        int to = ncpus < t.max_cpus ? ncpus : static_cast<int>(rng.below(static_cast<std::uint32_t>(ncpus - 1)));
+        if (to < ncpus && to >= a.on) ++to;
+        a.cpu = static_cast<std::uint8_t>(to);
+        const int copy_tier = moments == &window_moments ? 5 : 2;
+        // The candidate of `tier` that `edit` makes of p, switched at `a`.
+        auto contend = [&](int tier, auto edit) {
+          Planned c{tier, p, a.site, noise};
+          if (!edit(c.program)) return;
+          c.program.anchored.push_back(a);
+          out.push_back(std::move(c));
+        };
+        contend(copy_tier, [&](Program& q) { return mirror_ops(t, q, a.on, to, rng); });
+        contend(copy_tier, [&](Program& q) { return remote_free_ops(t, q, a.on, to, rng); });
+        if (copy_tier == 2) contend(4, [&](Program& q) { return request_ops(t, q, a.on, to, a.site, rng); });
+      }
   }
 
   // Tier 3: an interrupt inside a lock or an update on its own CPU, at any

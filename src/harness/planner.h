@@ -36,9 +36,18 @@
 //     (request_ops). A tier of their own: they are the only candidates that
 //     make another CPU wait for the section's owner, and inside tier 2 they
 //     were a third of the lists of a few of its sites.
+//   tier 5 (CAS windows): the switches of tiers 1 and 2 at moments where a
+//     CPU is inside a lock-free push, between its read of the head and its
+//     CAS (site_in_cas_window), to the other CPUs (first those whose run
+//     pushed on the same list: the second pusher) and to a copy of its ops
+//     and a free of everything live on another CPU. A tier of their own:
+//     no lock keeps a second pusher out of the window, so every CAS loop
+//     has this race, and as one site among the dozen of tiers 1 and 2 its
+//     moments ran a few times a second in a page_smp run that queued
+//     thousands of candidates a second.
 //
 // A candidate that reaches something new joins the corpus and is planned at
-// once; a switch planned at tier 1, 2 or 4 that ran is followed, within a few
+// once; a switch planned at tier 1, 2, 4 or 5 that ran is followed, within a few
 // runs, by the interrupts at the moments it opened (plan_followup: a chain).
 //
 // Contract:
@@ -74,12 +83,12 @@
 
 namespace anyctx::harness {
 
-inline constexpr int kPlanTiers = 5;
-inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 24, 12, 12};
+inline constexpr int kPlanTiers = 6;
+inline constexpr std::array<int, kPlanTiers> kPlanPerInput = {24, 24, 24, 12, 12, 12};
 
-// Return: whether `tier`'s candidates add an anchored switch (tiers 1, 2
-// and 4), which plan_followup() completes.
-constexpr bool tier_adds_switch(int tier) { return tier == 1 || tier == 2 || tier == 4; }
+// Return: whether `tier`'s candidates add an anchored switch (tiers 1, 2,
+// 4 and 5), which plan_followup() completes.
+constexpr bool tier_adds_switch(int tier) { return tier == 1 || tier == 2 || tier == 4 || tier == 5; }
 inline constexpr std::size_t kPlanQueueDepth = 1024;
 
 // Percent of custom-mutator calls that emit a planned candidate while one

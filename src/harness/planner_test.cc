@@ -201,12 +201,14 @@ cpu 1
   ASSERT_EQ(stats.sites.hits[0][push][0], 1u) << "cpu 0's park pushes once";
   ASSERT_GE(stats.sites.hits[0][pcp_locked][0], 5u);
   // The places of the first rank (a lock of a class of its own, or inside
-  // an update): fewer than the tier's moments, so each must be planned.
+  // an update, not a CAS window: tier 5's): fewer than the tier's moments,
+  // so each must be planned.
   std::set<std::pair<int, int>> places;
   for (int on = 0; on < 2; ++on)
     for (int site = 0; site < kSiteCount; ++site) {
       const SiteEffect e = site_effect(site);
-      if (stats.sites.hits[on][site][0] != 0 && (e.mid_update || (e.takes != 0 && e.takes != kHeldLocal)))
+      if (stats.sites.hits[on][site][0] != 0 && !site_in_cas_window(site) &&
+          (e.mid_update || (e.takes != 0 && e.takes != kHeldLocal)))
         places.insert({on, site});
     }
   ASSERT_LE(places.size(), static_cast<std::size_t>(kPlanPerInput[2] / 2));
@@ -214,10 +216,10 @@ cpu 1
     std::set<std::pair<int, int>> planned;
     int at_push = 0;
     for (const Planned& c : plan(t, base, stats.sites, seed)) {
-      if (c.tier != 2) continue;
       const AnchoredSwitch& a = c.program.anchored.back();
+      if (c.tier == 5) at_push += a.on == 0 && a.site == push;
+      if (c.tier != 2) continue;
       planned.insert({a.on, a.site});
-      at_push += a.on == 0 && a.site == push;
     }
     for (const auto& [on, site] : places)
       EXPECT_EQ(planned.count({on, site}), 1u) << "seed " << seed << ": no switch at cpu " << on << " "
@@ -227,7 +229,7 @@ cpu 1
 }
 
 // An NMI on CPU 0 pushes a page on the deferred stack (its task holds
-// zone.lock in a pcp refill); among the contention tier's candidates, the
+// zone.lock in a pcp refill); among the CAS-window tier's candidates, the
 // switch there to a CPU that frees the order-4 page CPU 0 still holds,
 // nolock: that free finds zone.lock held too and pushes while the NMI's
 // push is half done (the race of the `deferred-push-single-pusher`
@@ -251,7 +253,7 @@ inject nmi cpu=0 site=PcpRefill level=task nth=6
   int met = 0;
   for (std::uint64_t seed = 0; seed < 16 && met == 0; ++seed)
     for (const Planned& c : plan(t, base, stats.sites, seed)) {
-      if (c.tier != 2 || c.site != push) continue;
+      if (c.tier != 5 || c.site != push) continue;
       const std::vector<Op>& other = c.program.cpus.back();
       const bool frees_big_page_nolock = std::any_of(other.begin(), other.end(), [](const Op& op) {
         return op.kind == OpKind::kFreePages && op.slot == 2 && op.path == Path::kNolock;
@@ -538,6 +540,57 @@ cpu 0
     }
     EXPECT_GT(requests, 0) << "seed " << seed;
   }
+}
+
+// The moments inside a CAS window are a tier of their own (5), and the
+// CPU that pushes on the same list goes first: both CPUs park a batch
+// (a nolock free above `high`); every seed plans the switch inside CPU 0's
+// push to CPU 1, whose park then lands in CPU 0's window (the race of the
+// `deferred-push-single-pusher` mutant, which the CAS retry makes
+// harmless here), and neither tier 1 nor 2 plans a CAS window.
+TEST(PlannerTest, CasWindowsAreATierOfTheirOwnAndTheSecondPusherGoesFirst) {
+  const TargetSpec& t = *target_spec("page_smp");
+  const Program base = parse_or_fail(R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=3 slot=0
+  alloc_pages spinning order=3 slot=1
+  free_pages nolock slot=0
+  free_pages nolock slot=1
+cpu 1
+  alloc_pages spinning order=3 slot=2
+  alloc_pages spinning order=3 slot=3
+  free_pages nolock slot=2
+  free_pages nolock slot=3
+)");
+  RunStats stats = run_program(t, base);
+  const int push = site_of("DeferredPush");
+  ASSERT_EQ(stats.sites.hits[0][push][0], 1u) << "cpu 0 parks";
+  ASSERT_EQ(stats.sites.hits[1][push][0], 1u) << "cpu 1 parks";
+  for (std::uint64_t seed = 0; seed < 8; ++seed) {
+    int second_pusher = 0, met = 0;
+    for (const Planned& c : plan(t, base, stats.sites, seed)) {
+      if (c.tier == 1 || c.tier == 2) EXPECT_FALSE(site_in_cas_window(c.program.anchored.back().site));
+      if (c.tier != 5) continue;
+      EXPECT_TRUE(tier_adds_switch(c.tier));
+      const AnchoredSwitch& a = c.program.anchored.back();
+      EXPECT_TRUE(site_in_cas_window(a.site));
+      if (a.on != 0 || a.cpu != 1 || c.program.cpus.size() != 2u) continue;
+      ++second_pusher;
+      RunStats r = run_program(t, c.program);
+      met += r.sites.held_elsewhere[1][push][0] != 0;
+    }
+    EXPECT_GT(second_pusher, 0) << "seed " << seed;
+    EXPECT_EQ(met, second_pusher) << "seed " << seed << ": cpu 1's park did not land inside cpu 0's push";
+  }
+}
+
+// The truth table of site_in_cas_window: the three lock-free pushes, and
+// no other site (kOpBoundary included).
+TEST(PlannerTest, CasWindowsAreTheThreeLockFreePushes) {
+  const std::set<std::string> windows = {"DeferredPush", "EventPush", "SlabDeferredPush"};
+  for (int site = 0; site < kInjectionSites; ++site)
+    EXPECT_EQ(site_in_cas_window(site), windows.count(injection_site_name(site)) == 1) << injection_site_name(site);
 }
 
 // A full level-0 tier drops the noisiest of its draws, not the oldest: a
