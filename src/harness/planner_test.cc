@@ -216,10 +216,10 @@ cpu 1
     std::set<std::pair<int, int>> planned;
     int at_push = 0;
     for (const Planned& c : plan(t, base, stats.sites, seed)) {
+      if (c.tier != 2 && c.tier != 5) continue;
       const AnchoredSwitch& a = c.program.anchored.back();
       if (c.tier == 5) at_push += a.on == 0 && a.site == push;
-      if (c.tier != 2) continue;
-      planned.insert({a.on, a.site});
+      if (c.tier == 2) planned.insert({a.on, a.site});
     }
     for (const auto& [on, site] : places)
       EXPECT_EQ(planned.count({on, site}), 1u) << "seed " << seed << ": no switch at cpu " << on << " "
