@@ -851,6 +851,22 @@ MemcgInvariantResult memcg_check_invariants() {
       fail(cg(m) + ": " + std::to_string(children[i]) + " live children, its count says " +
            std::to_string(A::children(m).load()));
   }
+
+  // The pending limit events: each live cgroup marked pending is on the
+  // list once, and nothing else is (a repeat also ends a cycle's walk).
+  std::vector<bool> listed(all.size(), false);
+  for (MemCgroup* m = g_event_pending.load(std::memory_order_acquire); m != nullptr && result.ok;
+       m = A::event_next(m).load(std::memory_order_relaxed)) {
+    auto it = index.find(m);
+    if (it == index.end()) fail("the pending limit-event list holds a cgroup that is not live (destroyed?)");
+    else if (listed[it->second]) fail(cg(m) + " is on the pending limit-event list twice");
+    else listed[it->second] = true;
+  }
+  for (std::size_t i = 0; i < all.size() && result.ok; ++i) {
+    const bool pending = A::event_queued(all[i]).load(std::memory_order_relaxed);
+    if (pending && !listed[i]) fail(cg(all[i]) + " has a limit event marked pending but is on no pending list (lost)");
+    if (!pending && listed[i]) fail(cg(all[i]) + " is on the pending limit-event list but not marked pending");
+  }
   return result;
 }
 

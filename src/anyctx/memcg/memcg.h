@@ -56,7 +56,9 @@
 //    pages charged by callers in its subtree plus the stock pages cached for
 //    cgroups of its subtree; usage <= max (or, after set_max() lowered max
 //    below usage, no more than the usage it found then); stocks within
-//    kMemcgStockMax; offline CPUs' stocks empty.
+//    kMemcgStockMax; offline CPUs' stocks empty; the pending limit-event
+//    list holds, once each, exactly the live cgroups marked pending (a
+//    cgroup marked pending but on no list never notifies again).
 //  - Misuse is a fatal report naming the cgroup: an uncharge that takes a
 //    level below zero, destroying a cgroup that still has pages charged,
 //    children or open scopes, set_max() on the root, scopes ending out of

@@ -535,6 +535,33 @@ TEST_F(MemcgTest, InvariantCheckNamesTheUnbalancedCgroup) {
   expect_invariants("rebalanced");
 }
 
+// A refused charge leaves its cgroup pending and listed until a flush: the
+// check accepts that, and names a cgroup marked pending on no list (the
+// state a lost push leaves: it never notifies again).
+TEST_F(MemcgTest, InvariantCheckNamesALostLimitEvent) {
+  MemCgroup a("a");
+  MemCgroup b("b", a);
+  a.set_max(1);
+  ASSERT_FALSE(memcg_try_charge(&b, kNolock, 2));  // refused at a: a limit event there
+  ASSERT_TRUE(memcg_events_pending());
+  expect_invariants("a pending event, listed");
+
+  MemcgTestAccess::event_queued(b).store(true);
+  MemcgInvariantResult r = memcg_check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.what, "memory cgroup 'root/a/b' has a limit event marked pending but is on no pending list (lost)");
+  MemcgTestAccess::event_queued(b).store(false);
+
+  MemcgTestAccess::event_queued(a).store(false);
+  r = memcg_check_invariants();
+  EXPECT_EQ(r.what, "memory cgroup 'root/a' is on the pending limit-event list but not marked pending");
+  MemcgTestAccess::event_queued(a).store(true);
+
+  EXPECT_EQ(memcg_flush_events(), 1);
+  expect_invariants("flushed");
+  a.set_max(kMemcgUnlimited);
+}
+
 // --- misuse reports ----------------------------------------------------------------
 
 TEST_F(MemcgTest, UnderflowIsReportedNamingTheCgroup) {

@@ -20,6 +20,7 @@ namespace anyctx {
 struct MemcgTestAccess {
   static std::atomic<std::uint64_t>& usage(MemCgroup& m) { return m.usage_; }
   static std::atomic<std::uint64_t>& max(MemCgroup& m) { return m.max_; }
+  static std::atomic<bool>& event_queued(MemCgroup& m) { return m.event_queued_; }
 };
 
 namespace testing {
