@@ -1298,6 +1298,11 @@ void final_oracles() {
                                             std::to_string(cg->usage()) + " pages charged with nothing allocated");
       if (!cg->is_root()) cg->set_max(kMemcgUnlimited);
     }
+    // A limit event the program left pending (a nolock charge refused and
+    // no spinning charge after it) would stay pending into the next run,
+    // where a refusal at that level then pushes nothing: runs would depend
+    // on the one before. Checked above, delivered here.
+    memcg_flush_events();
   }
   if (zone_free_pages() != arena_pages())
     final_failure("conservation: ", std::to_string(arena_pages() - zone_free_pages()) +

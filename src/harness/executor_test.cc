@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "anyctx/memcg/memcg.h"
 #include "anyctx/page/page_alloc.h"
 #include "harness/feedback.h"
 #include "harness/interleave.h"
@@ -206,6 +207,26 @@ TEST_F(ExecutorTest, SameProgramSameTrace) {
       ASSERT_EQ(a.events, b.events);
     }
   }
+}
+
+// A run leaves nothing pending for the next: a nolock charge refused at a
+// limit marks its level pending (no spinning charge delivers it), and the
+// same program run again pushes it again, as the first run did.
+TEST_F(ExecutorTest, ALimitEventLeftPendingDoesNotReachTheNextRun) {
+  const TargetSpec& t = *target_spec("memcg_ops");
+  const Program p = test::parse_or_fail(R"(# anyctx program v2
+target memcg_ops
+cpu 0
+  memcg_set_max cgroup=3 limit=1
+  memcg_charge nolock cgroup=3 pages=4 slot=0
+)");
+  const int push = test::site_of("EventPush");
+  RunStats a = run_program(t, p);
+  EXPECT_EQ(a.sites.hits[0][push][0], 1u) << "the refusal pushes its level";
+  EXPECT_FALSE(memcg_events_pending()) << "the run delivered what it left pending";
+  RunStats b = run_program(t, p);
+  EXPECT_EQ(b.sites.hits[0][push][0], 1u) << "the second run pushes it again";
+  EXPECT_EQ(a.trace_hash, b.trace_hash);
 }
 
 TEST_F(ExecutorTest, CpusHandOverWhereTheScheduleSaysAndWhileSpinning) {
