@@ -585,6 +585,46 @@ cpu 1
   }
 }
 
+// The truth table of tier_adds_switch, and what it stands for: a
+// candidate of a tier it names adds one anchored switch to its base, one of
+// any other tier adds none.
+TEST(PlannerTest, TierAddsSwitchIsTrueForTheTiersWhoseCandidatesAddOne) {
+  const bool expected[kPlanTiers] = {false, true, true, false, true, true};
+  for (int tier = 0; tier < kPlanTiers; ++tier) EXPECT_EQ(tier_adds_switch(tier), expected[tier]) << "tier " << tier;
+  const std::pair<const char*, const char*> bases[] = {
+      {"slab_ops", kTwoCpusOneCache},
+      {"page_smp", R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=3 slot=0
+  alloc_pages spinning order=3 slot=1
+  free_pages nolock slot=0
+  free_pages nolock slot=1
+cpu 1
+  alloc_pages spinning order=3 slot=2
+  free_pages nolock slot=2
+switch on=0 site=ZoneLocked level=task nth=1 cpu=1
+)"},
+      {"memcg_ops", R"(# anyctx program v2
+target memcg_ops
+cpu 0
+  memcg_charge spinning cgroup=2 pages=1 slot=0
+  memcg_charge spinning cgroup=3 pages=1 slot=1
+)"}};
+  bool seen[kPlanTiers] = {};
+  for (const auto& [name, text] : bases) {
+    const TargetSpec& t = *target_spec(name);
+    const Program base = parse_or_fail(text);
+    RunStats stats = run_program(t, base);
+    for (const Planned& c : plan(t, base, stats.sites, 1)) {
+      seen[c.tier] = true;
+      EXPECT_EQ(c.program.anchored.size(), base.anchored.size() + (tier_adds_switch(c.tier) ? 1u : 0u))
+          << name << " tier " << c.tier;
+    }
+  }
+  for (int tier = 0; tier < kPlanTiers; ++tier) EXPECT_TRUE(seen[tier]) << "no candidate of tier " << tier;
+}
+
 // The truth table of site_in_cas_window: the three lock-free pushes, and
 // no other site (kOpBoundary included).
 TEST(PlannerTest, CasWindowsAreTheThreeLockFreePushes) {
