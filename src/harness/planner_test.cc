@@ -51,6 +51,30 @@ cpu 0
   kfree spinning slot=0
 )";
 
+// Two CPUs that each free two order-3 pages nolock: each parks a batch on
+// the deferred stack.
+constexpr const char* kTwoCpusPark = R"(# anyctx program v2
+target page_smp
+cpu 0
+  alloc_pages spinning order=3 slot=0
+  alloc_pages spinning order=3 slot=1
+  free_pages nolock slot=0
+  free_pages nolock slot=1
+cpu 1
+  alloc_pages spinning order=3 slot=2
+  alloc_pages spinning order=3 slot=3
+  free_pages nolock slot=2
+  free_pages nolock slot=3
+)";
+
+// One CPU charges two cgroups: its stock switches cgroup in the second.
+constexpr const char* kOneCpuTwoCgroups = R"(# anyctx program v2
+target memcg_ops
+cpu 0
+  memcg_charge spinning cgroup=2 pages=1 slot=0
+  memcg_charge spinning cgroup=3 pages=1 slot=1
+)";
+
 TEST(PlannerTest, CandidatesAreValidAndAFunctionOfTheirArguments) {
   const char* names[] = {"page_ops", "page_smp", "slab_ops", "memcg_ops", "lock_ops"};
   std::mt19937 bytes_rng(23);
@@ -517,12 +541,7 @@ cpu 0
 // and charges over it, and every seed plans some.
 TEST(PlannerTest, DrainRequestsAreATierOfTheirOwn) {
   const TargetSpec& t = *target_spec("memcg_ops");
-  const Program base = parse_or_fail(R"(# anyctx program v2
-target memcg_ops
-cpu 0
-  memcg_charge spinning cgroup=2 pages=1 slot=0
-  memcg_charge spinning cgroup=3 pages=1 slot=1
-)");
+  const Program base = parse_or_fail(kOneCpuTwoCgroups);
   RunStats stats = run_program(t, base);
   for (std::uint64_t seed = 0; seed < 8; ++seed) {
     int requests = 0;
@@ -550,19 +569,7 @@ cpu 0
 // harmless here), and neither tier 1 nor 2 plans a CAS window.
 TEST(PlannerTest, CasWindowsAreATierOfTheirOwnAndTheSecondPusherGoesFirst) {
   const TargetSpec& t = *target_spec("page_smp");
-  const Program base = parse_or_fail(R"(# anyctx program v2
-target page_smp
-cpu 0
-  alloc_pages spinning order=3 slot=0
-  alloc_pages spinning order=3 slot=1
-  free_pages nolock slot=0
-  free_pages nolock slot=1
-cpu 1
-  alloc_pages spinning order=3 slot=2
-  alloc_pages spinning order=3 slot=3
-  free_pages nolock slot=2
-  free_pages nolock slot=3
-)");
+  const Program base = parse_or_fail(kTwoCpusPark);
   RunStats stats = run_program(t, base);
   const int push = site_of("DeferredPush");
   ASSERT_EQ(stats.sites.hits[0][push][0], 1u) << "cpu 0 parks";
@@ -591,26 +598,11 @@ cpu 1
 TEST(PlannerTest, TierAddsSwitchIsTrueForTheTiersWhoseCandidatesAddOne) {
   const bool expected[kPlanTiers] = {false, true, true, false, true, true};
   for (int tier = 0; tier < kPlanTiers; ++tier) EXPECT_EQ(tier_adds_switch(tier), expected[tier]) << "tier " << tier;
-  const std::pair<const char*, const char*> bases[] = {
+  const std::string park_switched =
+      std::string(kTwoCpusPark) + "switch on=0 site=ZoneLocked level=task nth=1 cpu=1\n";  // tier 0's moments
+  const std::pair<const char*, std::string> bases[] = {
       {"slab_ops", kTwoCpusOneCache},
-      {"page_smp", R"(# anyctx program v2
-target page_smp
-cpu 0
-  alloc_pages spinning order=3 slot=0
-  alloc_pages spinning order=3 slot=1
-  free_pages nolock slot=0
-  free_pages nolock slot=1
-cpu 1
-  alloc_pages spinning order=3 slot=2
-  free_pages nolock slot=2
-switch on=0 site=ZoneLocked level=task nth=1 cpu=1
-)"},
-      {"memcg_ops", R"(# anyctx program v2
-target memcg_ops
-cpu 0
-  memcg_charge spinning cgroup=2 pages=1 slot=0
-  memcg_charge spinning cgroup=3 pages=1 slot=1
-)"}};
+      {"page_smp", park_switched}, {"memcg_ops", kOneCpuTwoCgroups}};
   bool seen[kPlanTiers] = {};
   for (const auto& [name, text] : bases) {
     const TargetSpec& t = *target_spec(name);
