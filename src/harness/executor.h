@@ -121,11 +121,20 @@ MutatorMode fuzz_mutator_mode();
 
 // The fuzz targets' planned candidates (planner.h). The custom mutator takes
 // them, and adds the plans of a corpus input it picks for the first time;
-// fuzz_one adds the plans of a run that reached an interleaving state no run
-// before it did (feedback::novel_interleaving), at once, from that run's site
-// map, once a custom mutator has asked for a site map (so never where none
-// takes from the queue: AFL++, a replayer). Return: nullptr unless the mode
-// is kPlanned.
+// the plans of a run that reached an interleaving state no run before it did
+// (feedback::novel_interleaving), and the follow-ups of a run whose planned
+// switch ran, are added from that run's site map before the next mutation
+// (fuzz_plan_last_run), once a custom mutator has asked for a site map (so
+// never where none takes from the queue: AFL++, a replayer). Return: nullptr
+// unless the mode is kPlanned.
 PlanQueue* fuzz_plans();
+
+// Adds the plans fuzz_one left pending for its last run to fuzz_plans(), if
+// any. The custom mutator and cross-over call it first; fuzz_one calls it too, so two runs
+// without a mutation between them lose nothing. fuzz_one only marks them:
+// libFuzzer runs an input a second time, for a leak check, when the run
+// malloced more than it freed, and the queue's candidates are freed by the
+// mutator, outside any run. Context: task, between fuzz runs.
+void fuzz_plan_last_run(const TargetSpec& target);
 
 }  // namespace anyctx::harness

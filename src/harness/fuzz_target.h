@@ -46,6 +46,7 @@ extern "C" __attribute__((weak)) std::size_t LLVMFuzzerMutate(std::uint8_t* data
     using ::anyctx::harness::MutatorMode;                                                     \
     if (::anyctx::harness::fuzz_mutator_mode() == MutatorMode::kBytes && LLVMFuzzerMutate != nullptr) \
       return LLVMFuzzerMutate(data, size, max_size);                                          \
+    ::anyctx::harness::fuzz_plan_last_run(anyctx_fuzz_target());                              \
     return ::anyctx::harness::mutate_input(anyctx_fuzz_target(), data, size, max_size, seed,  \
                                            LLVMFuzzerMutate, nullptr,                         \
                                            ::anyctx::harness::fuzz_site_map,                  \
@@ -55,6 +56,7 @@ extern "C" __attribute__((weak)) std::size_t LLVMFuzzerMutate(std::uint8_t* data
                                                    const std::uint8_t* data2, std::size_t size2, \
                                                    std::uint8_t* out, std::size_t max_out_size, \
                                                    unsigned int seed) {                       \
+    ::anyctx::harness::fuzz_plan_last_run(anyctx_fuzz_target());                              \
     return ::anyctx::harness::cross_over(anyctx_fuzz_target(), data1, size1, data2, size2, out, \
                                          max_out_size, seed);                                 \
   }

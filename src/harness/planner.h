@@ -61,8 +61,9 @@
 //    when the other has none): at level 0 the tiers in turn, within a tier
 //    the sites of the moments in turn, within a site the least noisy
 //    (plan_noise) of kNoiseDraws draws (newest first, at level 1).
-//  - The fuzz targets plan a run that reached a new interleaving at once
-//    (fuzz_one, executor.h: fuzz_plans). Their custom mutator (mutate_input
+//  - The fuzz targets plan a run that reached a new interleaving before
+//    the next mutation (fuzz_one marks it, fuzz_plan_last_run plans it;
+//    executor.h: fuzz_plans). Their custom mutator (mutate_input
 //    with a PlanQueue) plans for an input when its SiteObserver ran it for
 //    the first time, and for its bare base (bare_base) when that differs and
 //    is new too, and emits a planned candidate instead of a random

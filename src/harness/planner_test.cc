@@ -815,9 +815,12 @@ TEST(PlannerTest, NovelInterleavingIsTrueOnlyForAnInterleavingFlagNotSeenBefore)
   feedback::reset();
 }
 
-// fuzz_one plans a run that reached a new interleaving at once (once a custom
-// mutator has asked for a site map), and not the same run again; a run of
-// one CPU without interrupts reaches none.
+// fuzz_one plans a run that reached a new interleaving before the next
+// mutation (once a custom mutator has asked for a site map), and not the
+// same run again; a run of one CPU without interrupts reaches none. The run
+// itself queues nothing (libFuzzer would take the queue's growth for a leak
+// and run the input again): its plans are added by fuzz_plan_last_run, which
+// the custom mutator calls first, or by the next fuzz_one.
 TEST(PlannerTest, FuzzOnePlansARunThatReachedANewInterleaving) {
   const TargetSpec& t = *target_spec("slab_ops");
   PlanQueue* q = fuzz_plans();
@@ -830,7 +833,10 @@ TEST(PlannerTest, FuzzOnePlansARunThatReachedANewInterleaving) {
   feedback::forget_interleavings();
   auto run = [&](const std::vector<std::uint8_t>& input) {
     feedback::reset();  // what libFuzzer does before each input
+    const std::size_t before = q->size();
     fuzz_one(t, input.data(), input.size());
+    EXPECT_EQ(q->size(), before) << "the run itself queues nothing";
+    fuzz_plan_last_run(t);  // what the custom mutator does first
     return q->size();
   };
   EXPECT_EQ(run(one_cpu), 0u);
@@ -856,6 +862,18 @@ TEST(PlannerTest, FuzzOnePlansARunThatReachedANewInterleaving) {
   ASSERT_TRUE(q->take(out));
   ASSERT_FALSE(out.injections.empty()) << "the unplanned input's plan came first";
   EXPECT_TRUE(out.anchored == switched.anchored) << "the follow-up builds on the switch";
+  while (q->take(out)) {
+  }
+
+  // Two runs without a mutation between them: the second adds the plans the
+  // first left pending before it runs.
+  feedback::forget_interleavings();
+  feedback::reset();
+  fuzz_one(t, input.data(), input.size());
+  ASSERT_EQ(q->size(), 0u);
+  feedback::reset();
+  fuzz_one(t, one_cpu.data(), one_cpu.size());
+  EXPECT_GT(q->size(), 0u) << "the first run's plans were lost";
   while (q->take(out)) {
   }
   feedback::reset();

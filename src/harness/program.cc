@@ -216,9 +216,45 @@ Program decode(const TargetSpec& t, std::span<const std::uint8_t> bytes) {
   return p;
 }
 
+namespace {
+
+// Op lists that decode_into dropped (a CPU or an injection fewer than the
+// program before), kept for the lists it adds later. A fuzz target decodes
+// every input into the same Program: without them, a run whose program has
+// more CPUs or injections than the one before allocates more than it frees,
+// and libFuzzer runs it a second time to look for a leak.
+thread_local std::vector<std::vector<Op>> t_spare_ops;
+
+// Sizes `v` to `n`, with `ops_of(element)` the element's op list: a dropped
+// element's list goes to t_spare_ops, an added element takes one from there.
+template <class T, class OpsOf>
+void resize_recycling_ops(std::vector<T>& v, std::size_t n, OpsOf ops_of) {
+  while (v.size() > n) {
+    t_spare_ops.push_back(std::move(ops_of(v.back())));
+    v.pop_back();
+  }
+  while (v.size() < n) {
+    v.emplace_back();
+    if (!t_spare_ops.empty()) {
+      ops_of(v.back()) = std::move(t_spare_ops.back());
+      t_spare_ops.pop_back();
+    }
+  }
+}
+
+// Clears `ops` and gives it room for `capacity` ops once, so that refilling
+// it never reallocates.
+void clear_for(std::vector<Op>& ops, std::size_t capacity) {
+  ops.clear();
+  if (ops.capacity() < capacity) ops.reserve(capacity);
+}
+
+}  // namespace
+
 void decode_into(const TargetSpec& t, std::span<const std::uint8_t> bytes, Program& p) {
   ByteReader r(bytes);
-  // Every field is written or cleared; the vectors keep their storage.
+  // Every field is written or cleared; the vectors keep their storage, and
+  // in steady state a decode allocates nothing.
   p.schedule.clear();
   p.anchored.clear();
   p.pct = PctSpec{};
@@ -231,16 +267,17 @@ void decode_into(const TargetSpec& t, std::span<const std::uint8_t> bytes, Progr
     p.fault.paths = static_cast<std::uint8_t>(1 + r.u8() % 3);
     p.fault.seed = r.u8();
   }
-  p.cpus.resize(static_cast<std::size_t>(ncpus));
+  resize_recycling_ops(p.cpus, static_cast<std::size_t>(ncpus), [](std::vector<Op>& ops) -> std::vector<Op>& { return ops; });
   for (auto& ops : p.cpus) {
-    ops.clear();
+    clear_for(ops, kMaxOps);
     int n = r.u8() % (kMaxOps + 1);
     for (int i = 0; i < n; ++i) ops.push_back(op_from_bytes(t, Ctx::kTask, OpBytes{r.u8(), r.u8(), r.u8()}));
   }
-  p.injections.resize(t.injections ? r.u8() % (kMaxInjections + 1) : 0);
+  resize_recycling_ops(p.injections, t.injections ? r.u8() % (kMaxInjections + 1) : 0,
+                       [](Injection& inj) -> std::vector<Op>& { return inj.ops; });
   for (Injection& inj : p.injections) {
     std::uint8_t b0 = r.u8();
-    inj.ops.clear();
+    clear_for(inj.ops, kMaxInjectionOps);
     inj.kind = (b0 & 1) != 0 ? Ctx::kNmi : Ctx::kIrq;
     inj.level = (b0 & 2) != 0 ? Ctx::kIrq : Ctx::kTask;
     inj.nth = static_cast<std::uint8_t>(1 + ((b0 >> 2) & 7));
