@@ -18,6 +18,7 @@ namespace {
 
 std::mutex g_registry_mu;
 pthread_t g_cpu_thread[kMaxCpus]{};      // guarded by g_registry_mu
+pid_t g_cpu_tid[kMaxCpus]{};             // guarded by g_registry_mu
 std::atomic<bool> g_online[kMaxCpus]{};  // written under g_registry_mu
 std::atomic<CpuOfflineFn> g_offline_fns[kMaxOfflineCallbacks]{};  // written under g_registry_mu
 std::atomic<int> g_ids_used{0};  // written under g_registry_mu
@@ -134,6 +135,7 @@ CpuScope::CpuScope() {
   }
   t_altstack.attach(id);
   g_cpu_thread[id] = pthread_self();
+  g_cpu_tid[id] = detail::this_thread_tid();
   t.cpu = id;
   if (id >= g_ids_used.load(std::memory_order_relaxed)) g_ids_used.store(id + 1, std::memory_order_release);
   g_generation[id].store(g_generation[id].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -222,11 +224,11 @@ bool cpu_offline_callback_remove(CpuOfflineFn fn) {
 bool send_interrupt(int cpu, InterruptKind kind) {
   int signo = detail::interrupt_signal(kind);
   if (cpu == current_cpu() && cpu != kNoCpu) {
-    return pthread_kill(pthread_self(), signo) == 0;
+    return detail::signal_thread(pthread_self(), detail::this_thread_tid(), signo);
   }
   std::lock_guard<std::mutex> guard(g_registry_mu);
   if (!cpu_is_online(cpu)) return false;
-  return pthread_kill(g_cpu_thread[cpu], signo) == 0;
+  return detail::signal_thread(g_cpu_thread[cpu], g_cpu_tid[cpu], signo);
 }
 
 namespace detail {

@@ -2,6 +2,8 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -114,9 +116,28 @@ void install_one(int signo, void (*entry)(int, siginfo_t*, void*), const sigset_
   }
 }
 
+// The kernel's ids of this process and of the calling thread, asked once
+// and asked again in the child of a fork (whose one thread has new ones).
+std::atomic<pid_t> g_pid{0};
+thread_local constinit pid_t t_tid = 0;
+
+void forget_ids_in_fork_child() {
+  g_pid.store(0, std::memory_order_relaxed);
+  t_tid = 0;
+}
+
+pid_t process_id() {
+  pid_t pid = g_pid.load(std::memory_order_relaxed);
+  if (ANYCTX_UNLIKELY(pid == 0)) {
+    pid = getpid();
+    g_pid.store(pid, std::memory_order_relaxed);
+  }
+  return pid;
+}
+
 void send_to_self(int signo) {
-  int rc = pthread_kill(pthread_self(), signo);
-  if (rc != 0) (Report("interrupt delivery") << "pthread_kill failed, error " << rc).fatal();
+  if (!detail::signal_thread(pthread_self(), detail::this_thread_tid(), signo))
+    (Report("interrupt delivery") << "signal " << signo << " to the calling thread failed, errno " << errno).fatal();
 }
 
 }  // namespace
@@ -168,6 +189,8 @@ void interrupts_install() {
   sigaddset(&nmi_mask, nmi);
   install_one(irq, irq_signal_entry, irq_mask, &g_old_irq);
   install_one(nmi, nmi_signal_entry, nmi_mask, &g_old_nmi);
+  if (int rc = pthread_atfork(nullptr, nullptr, forget_ids_in_fork_child); rc != 0)
+    (Report("interrupt setup") << "pthread_atfork failed, error " << rc).fatal();
   g_installed = true;
 }
 
@@ -223,6 +246,23 @@ void irq_replay_pending() { run_irqs_then_unmask(this_thread()); }
 int interrupt_signal(InterruptKind kind) {
   InterruptConfig c = interrupts_config();
   return kind == InterruptKind::kIrq ? c.irq_signal : c.nmi_signal;
+}
+
+pid_t this_thread_tid() {
+  if (ANYCTX_UNLIKELY(t_tid == 0)) t_tid = gettid();
+  return t_tid;
+}
+
+bool signal_thread(pthread_t thread, pid_t tid, int signo) {
+#if ANYCTX_TSAN
+  (void)tid;
+  int rc = pthread_kill(thread, signo);
+  if (rc != 0) errno = rc;
+  return rc == 0;
+#else
+  (void)thread;
+  return syscall(SYS_tgkill, process_id(), tid, signo) == 0;
+#endif
 }
 }  // namespace detail
 

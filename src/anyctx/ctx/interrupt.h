@@ -24,6 +24,9 @@
 //    enter the NMI handler directly in that one case.
 #pragma once
 
+#include <pthread.h>
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -86,6 +89,22 @@ std::uint64_t interrupts_dropped();
 // NMI: nolock entry points only. Context: a signal handler.
 namespace detail {
 int interrupt_signal(InterruptKind kind);
+
+// Return: the kernel's id of the calling thread (asked once per thread, and
+// again in a fork's child). Context: any.
+pid_t this_thread_tid();
+
+// Sends `signo` to a thread of this process, `thread` as pthreads knows it
+// and `tid` as the kernel does. One tgkill system call: glibc's pthread_kill
+// asks for both ids each time it signals the calling thread (three calls)
+// and blocks every signal around one to another thread (four). TSan builds
+// call pthread_kill: TSan runs a signal the thread sends itself inside its
+// pthread_kill interceptor, and one that arrives by a bare tgkill only at its
+// next interceptor, after raise_irq() has returned. The caller keeps the
+// thread alive (it is the caller, or an online CPU under the registry lock).
+// Return: whether the signal was sent (errno says why not).
+// Context: any.
+bool signal_thread(pthread_t thread, pid_t tid, int signo);
 }  // namespace detail
 
 class NmiScope {

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <thread>
@@ -121,6 +123,37 @@ TEST_F(InterruptTest, SendInterruptReachesTheOtherCpu) {
   EXPECT_FALSE(send_interrupt(target.load(), InterruptKind::kIrq)) << "the CPU is offline";
   EXPECT_FALSE(send_interrupt(-1, InterruptKind::kIrq));
   EXPECT_FALSE(send_interrupt(kMaxCpus, InterruptKind::kIrq));
+}
+
+// The sender keeps the process's and the thread's ids: a fork's child, whose
+// one thread has new ones, must not use the parent's, or its interrupts
+// would go to the parent's thread. The child raises an IRQ and an NMI as a
+// CPU and exits with what its handlers saw.
+TEST_F(InterruptTest, AForksChildInterruptsItselfNotItsParent) {
+  {
+    CpuScope cpu;
+    raise_irq();  // the ids of this process and thread are now known
+    ASSERT_EQ(g_irqs.load(), 1);
+  }
+  const std::uint64_t dropped = interrupts_dropped();
+  pid_t child = fork();
+  ASSERT_NE(child, -1);
+  if (child == 0) {
+    g_irqs = 0;
+    g_nmis = 0;
+    {
+      CpuScope cpu;
+      raise_irq();
+      raise_nmi();
+    }
+    _exit(g_irqs.load() == 1 && g_nmis.load() == 1 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's handlers did not run";
+  EXPECT_EQ(interrupts_dropped(), dropped) << "the parent (no CPU now) was sent the child's interrupts";
+  EXPECT_EQ(g_irqs.load(), 1);
 }
 
 // A user's own signal (a profiler's SIGPROF, say) marked as NMI context.
