@@ -11,10 +11,10 @@
 //   invariants
 #include "anyctx/memcg/memcg.h"
 
+#include <algorithm>
 #include <chrono>
 #include <mutex>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "anyctx/ctx/context.h"
@@ -790,30 +790,44 @@ MemcgInvariantResult memcg_check_invariants() {
   auto cg = [](const MemCgroup* m) { return "memory cgroup '" + path_of(m) + "'"; };
 
   std::lock_guard<std::mutex> guard(g_registry_mu);
-  std::vector<MemCgroup*> all{root_mem_cgroup()};
-  for (MemCgroup* m = g_registry_head; m != nullptr; m = A::registry_next(m)) all.push_back(m);
-  std::unordered_map<const MemCgroup*, std::size_t> index;
-  for (std::size_t i = 0; i < all.size(); ++i) index.emplace(all[i], i);
+  // What is tallied per live cgroup, in the thread's scratch: a fuzzer
+  // checks after every program, and under ASan every allocation of a check
+  // costs as much as a step of the program.
+  struct Tally {
+    MemCgroup* cgroup;
+    std::int64_t charged = 0;   // by callers, over the subtree
+    std::uint64_t stocked = 0;  // in stocks, over the subtree
+    int children = 0;
+    bool listed = false;        // on the pending limit-event list
+  };
+  thread_local std::vector<Tally> all;  // the root, then the registry's order
+  thread_local std::vector<std::pair<const MemCgroup*, std::size_t>> by_address;
+  all.clear();
+  all.push_back(Tally{root_mem_cgroup()});
+  for (MemCgroup* m = g_registry_head; m != nullptr; m = A::registry_next(m)) all.push_back(Tally{m});
+  by_address.clear();
+  for (std::size_t i = 0; i < all.size(); ++i) by_address.emplace_back(all[i].cgroup, i);
+  std::sort(by_address.begin(), by_address.end());
+  // Return: the tally of `c`, or nullptr when `c` is no live cgroup.
+  auto tally_of = [&](const MemCgroup* c) -> Tally* {
+    auto it = std::lower_bound(by_address.begin(), by_address.end(), std::make_pair(c, std::size_t{0}));
+    return it != by_address.end() && it->first == c ? &all[it->second] : nullptr;
+  };
 
-  std::vector<std::int64_t> charged(all.size(), 0);  // by callers, over the subtree
-  std::vector<std::uint64_t> stocked(all.size(), 0);  // in stocks, over the subtree
-  std::vector<int> children(all.size(), 0);
-  for (std::size_t i = 0; i < all.size(); ++i) {
-    MemCgroup* m = all[i];
+  for (Tally& t : all) {
+    MemCgroup* m = t.cgroup;
     std::int64_t own = A::stat_sum(m, A::kStatCharged);
     if (own < 0) fail(cg(m) + ": " + std::to_string(-own) + " more pages uncharged than charged");
     for (const MemCgroup* c = m; c != nullptr; c = c->parent()) {
-      auto it = index.find(c);
-      if (it == index.end()) {
+      Tally* up = tally_of(c);
+      if (up == nullptr) {
         fail(cg(m) + " has an ancestor that is not a live cgroup");
         break;
       }
-      charged[it->second] += own;
+      up->charged += own;
     }
-    if (m->parent() != nullptr) {
-      auto it = index.find(m->parent());
-      if (it != index.end()) ++children[it->second];
-    }
+    if (m->parent() != nullptr)
+      if (Tally* parent = tally_of(m->parent())) ++parent->children;
   }
 
   for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu) {
@@ -826,46 +840,53 @@ MemcgInvariantResult memcg_check_invariants() {
       if (v.pages != 0) fail(where() + " holds " + std::to_string(v.pages) + " pages but caches no cgroup");
       continue;
     }
-    auto it = index.find(v.cached);
-    if (it == index.end()) {
+    if (tally_of(v.cached) == nullptr) {
       fail(where() + " caches a cgroup that is not live (destroyed?)");
       continue;
     }
     if (!cpu_is_online(cpu))
       fail("cpu " + std::to_string(cpu) + " is offline but its stock caches " + cg(v.cached) + " with " +
            std::to_string(v.pages) + " pages");
-    for (const MemCgroup* c = v.cached; c != nullptr; c = c->parent()) stocked[index.at(c)] += v.pages;
+    for (const MemCgroup* c = v.cached; c != nullptr; c = c->parent()) {
+      Tally* up = tally_of(c);
+      if (up == nullptr) {
+        fail(where() + " caches " + cg(v.cached) + ", which has an ancestor that is not a live cgroup");
+        break;
+      }
+      up->stocked += v.pages;
+    }
   }
 
   for (std::size_t i = 0; i < all.size() && result.ok; ++i) {
-    MemCgroup* m = all[i];
+    const Tally& t = all[i];
+    MemCgroup* m = t.cgroup;
     std::uint64_t usage = m->usage();
-    std::int64_t expected = charged[i] + static_cast<std::int64_t>(stocked[i]);
+    std::int64_t expected = t.charged + static_cast<std::int64_t>(t.stocked);
     if (static_cast<std::int64_t>(usage) != expected)
-      fail(cg(m) + ": usage " + std::to_string(usage) + " but its subtree has " + std::to_string(charged[i]) +
-           " pages charged by callers + " + std::to_string(stocked[i]) + " in stocks = " + std::to_string(expected));
+      fail(cg(m) + ": usage " + std::to_string(usage) + " but its subtree has " + std::to_string(t.charged) +
+           " pages charged by callers + " + std::to_string(t.stocked) + " in stocks = " + std::to_string(expected));
     std::uint64_t max = m->max();
     if (usage > max && usage > A::usage_at_set_max(m).load(std::memory_order_relaxed))
       fail(cg(m) + ": usage " + std::to_string(usage) + " above its max " + std::to_string(max));
-    if (children[i] != A::children(m).load(std::memory_order_relaxed))
-      fail(cg(m) + ": " + std::to_string(children[i]) + " live children, its count says " +
+    if (t.children != A::children(m).load(std::memory_order_relaxed))
+      fail(cg(m) + ": " + std::to_string(t.children) + " live children, its count says " +
            std::to_string(A::children(m).load()));
   }
 
   // The pending limit events: each live cgroup marked pending is on the
   // list once, and nothing else is (a repeat also ends a cycle's walk).
-  std::vector<bool> listed(all.size(), false);
   for (MemCgroup* m = g_event_pending.load(std::memory_order_acquire); m != nullptr && result.ok;
        m = A::event_next(m).load(std::memory_order_relaxed)) {
-    auto it = index.find(m);
-    if (it == index.end()) fail("the pending limit-event list holds a cgroup that is not live (destroyed?)");
-    else if (listed[it->second]) fail(cg(m) + " is on the pending limit-event list twice");
-    else listed[it->second] = true;
+    Tally* t = tally_of(m);
+    if (t == nullptr) fail("the pending limit-event list holds a cgroup that is not live (destroyed?)");
+    else if (t->listed) fail(cg(m) + " is on the pending limit-event list twice");
+    else t->listed = true;
   }
   for (std::size_t i = 0; i < all.size() && result.ok; ++i) {
-    const bool pending = A::event_queued(all[i]).load(std::memory_order_relaxed);
-    if (pending && !listed[i]) fail(cg(all[i]) + " has a limit event marked pending but is on no pending list (lost)");
-    if (!pending && listed[i]) fail(cg(all[i]) + " is on the pending limit-event list but not marked pending");
+    const Tally& t = all[i];
+    const bool pending = A::event_queued(t.cgroup).load(std::memory_order_relaxed);
+    if (pending && !t.listed) fail(cg(t.cgroup) + " has a limit event marked pending but is on no pending list (lost)");
+    if (!pending && t.listed) fail(cg(t.cgroup) + " is on the pending limit-event list but not marked pending");
   }
   return result;
 }

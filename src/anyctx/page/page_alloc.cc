@@ -1547,7 +1547,8 @@ InvariantResult check_free_lists() {
 InvariantResult check_invariants() ANYCTX_NO_TSA {
   InvariantFailure f;
   const std::size_t n = g_arena.pages;
-  std::vector<std::uint8_t> seen(n, 0);
+  thread_local std::vector<std::uint8_t> seen;  // kept: a fuzzer checks after every program
+  seen.assign(n, 0);
   std::size_t accounted = 0;
   // Marks the 2^order frames of a block as found in one place (the head
   // was checked in range and aligned).
