@@ -2,9 +2,10 @@
 // and frees of each input and runs the input a second time, for a leak
 // check, when it malloced more than it freed; a harness whose runs leave
 // buffers behind (a queue that grows, a decoder that reallocates) pays for
-// that in most runs. This binary replaces operator new and delete to count
-// them (it has its own process so that the other harness tests keep the
-// sanitizers' own new and delete).
+// that in most runs. The count: under a sanitizer, its malloc and free hooks
+// (what libFuzzer itself uses; operator new goes through them); otherwise a
+// replaced operator new and delete, in this binary of its own so that the
+// other harness tests keep the allocator they have.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -17,24 +18,44 @@
 #include "harness/planner.h"
 #include "harness/program.h"
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define ANYCTX_COUNT_BY_SANITIZER_HOOKS 1
+#endif
+#endif
+
 namespace {
 
 thread_local bool t_counting = false;
-thread_local long t_news = 0;
-thread_local long t_deletes = 0;
+thread_local long t_allocs = 0;
+thread_local long t_frees = 0;
 
 }  // namespace
 
+#ifdef ANYCTX_COUNT_BY_SANITIZER_HOOKS
+#include <sanitizer/allocator_interface.h>
+
+namespace {
+void count_alloc(const volatile void*, std::size_t) {
+  if (t_counting) ++t_allocs;
+}
+void count_free(const volatile void* p) {
+  if (t_counting && p != nullptr) ++t_frees;
+}
+const int kHooksInstalled = __sanitizer_install_malloc_and_free_hooks(count_alloc, count_free);
+}  // namespace
+#else
 void* operator new(std::size_t n) {
-  if (t_counting) ++t_news;
+  if (t_counting) ++t_allocs;
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
   throw std::bad_alloc();
 }
 void operator delete(void* p) noexcept {
-  if (t_counting && p != nullptr) ++t_deletes;
+  if (t_counting && p != nullptr) ++t_frees;
   std::free(p);
 }
 void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
+#endif
 
 namespace anyctx::harness {
 namespace {
@@ -46,6 +67,15 @@ namespace {
 // forgotten before each pass, so the same runs are new and planned), no run
 // may allocate more than it frees.
 TEST(FuzzAllocTest, ASecondPassOverTheSameInputsAllocatesNothingThatOutlivesARun) {
+#ifdef ANYCTX_COUNT_BY_SANITIZER_HOOKS
+  ASSERT_NE(kHooksInstalled, 0) << "the sanitizer took no malloc hook";
+#endif
+  t_allocs = t_frees = 0;
+  t_counting = true;
+  ::operator delete(::operator new(16));
+  t_counting = false;
+  ASSERT_EQ(t_allocs, 1) << "the count misses operator new";
+  ASSERT_EQ(t_frees, 1) << "the count misses operator delete";
   for (const char* name : {"page_ops", "page_smp", "slab_ops", "memcg_ops", "lock_ops"}) {
     SCOPED_TRACE(name);
     const TargetSpec& t = *target_spec(name);
@@ -62,11 +92,11 @@ TEST(FuzzAllocTest, ASecondPassOverTheSameInputsAllocatesNothingThatOutlivesARun
       feedback::forget_interleavings();
       for (std::size_t i = 0; i < inputs.size(); ++i) {
         feedback::reset();
-        t_news = t_deletes = 0;
+        t_allocs = t_frees = 0;
         t_counting = true;
         fuzz_one(t, inputs[i].data(), inputs[i].size());
         t_counting = false;
-        if (pass == 1) EXPECT_LE(t_news, t_deletes) << "input " << i << " left " << t_news - t_deletes << " blocks";
+        if (pass == 1) EXPECT_LE(t_allocs, t_frees) << "input " << i << " left " << t_allocs - t_frees << " blocks";
         const std::size_t before = fuzz_plans()->size();
         fuzz_plan_last_run(t);
         planned += fuzz_plans()->size() != before;
