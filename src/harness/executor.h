@@ -12,7 +12,7 @@
 //    the nth hit of a site in a context (AnchoredSwitch), or, under a PCT
 //    schedule, whenever a CPU of higher priority can run (a CPU spinning on
 //    a held lock cannot).
-//    Interrupts are real signals raised synchronously (pthread_kill to
+//    Interrupts are real signals raised synchronously (a tgkill to
 //    itself) at the injection's site hit; one that a CPU sends another
 //    (memcg's drain request) is held until the receiver runs again. Same
 //    program, same execution: the trace hash is a function of the program
