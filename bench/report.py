@@ -335,9 +335,14 @@ def targets(rows, lock, peers):
             growth = two["anyctx_ns"] / one["anyctx_ns"] - 1
             paired = paired_ratio(two["anyctx_rounds"], one["anyctx_rounds"])
             paired_text = "-" if paired is None else f"{100 * (paired - 1):+.1f} %"
+            # The peers' same step, for the reader: on a machine whose two
+            # vCPUs share a core, every row slows down at 2 threads.
+            peer_growth = ", ".join(f"{p} {100 * (two['peer_ns'][p] / one['peer_ns'][p] - 1):+.1f} %"
+                                    for p in peers if two["peer_ns"].get(p) and one["peer_ns"].get(p))
             out.append((f"{what} at 2 threads within 10 % of 1 thread",
                         f"{verdict(growth <= 0.10)}: {fmt_ns(two['anyctx_ns'])} ns vs {fmt_ns(one['anyctx_ns'])} ns, "
-                        f"{100 * growth:+.1f} % (median of the rounds' ratios {paired_text})"))
+                        f"{100 * growth:+.1f} % (median of the rounds' ratios {paired_text}; "
+                        f"the peers' {peer_op} from 1 to 2 threads: {peer_growth or '-'})"))
     for r in rows:
         if r["anyctx_op"].startswith("prodcons/"):
             nul = r["nullptr_fraction"]

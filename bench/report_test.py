@@ -83,12 +83,24 @@ class Ratios(unittest.TestCase):
         self.assertTrue(verdict.startswith("MET"), verdict)
         self.assertIn("+5.0 %", verdict)
 
+    def test_the_two_thread_target_names_the_peers_own_step(self):
+        # anyctx +25 %, tcmalloc +50 %, jemalloc -10 %: the verdict is
+        # anyctx's own; the peers' steps are context, not a correction.
+        values = {"anyctx": {("small/kmalloc/64", 1): {1: 4.0}, ("small/kmalloc/64", 2): {1: 5.0}},
+                  "tcmalloc": {("small/malloc/64", 1): {1: 2.0}, ("small/malloc/64", 2): {1: 3.0}},
+                  "jemalloc": {("small/malloc/64", 1): {1: 3.0}, ("small/malloc/64", 2): {1: 2.7}}}
+        rows, peers = report.ratio_table(values, {})
+        verdict = dict(report.targets(rows, {}, peers))["64 B kmalloc pair at 2 threads within 10 % of 1 thread"]
+        self.assertTrue(verdict.startswith("MISSED"), verdict)
+        self.assertIn("+25.0 %", verdict)
+        self.assertIn("the peers' malloc(64)+free from 1 to 2 threads: jemalloc -10.0 %, tcmalloc +50.0 %", verdict)
+
     def test_the_two_thread_target_without_common_rounds(self):
         values = {"anyctx": {("small/kmalloc/64", 1): {1: 4.0}, ("small/kmalloc/64", 2): {2: 4.8}}}
         rows, peers = report.ratio_table(values, {})
         verdict = dict(report.targets(rows, {}, peers))["64 B kmalloc pair at 2 threads within 10 % of 1 thread"]
         self.assertTrue(verdict.startswith("MISSED"), verdict)
-        self.assertIn("median of the rounds' ratios -)", verdict)
+        self.assertIn("median of the rounds' ratios -; the peers' malloc(64)+free from 1 to 2 threads: -)", verdict)
 
 
 if __name__ == "__main__":
