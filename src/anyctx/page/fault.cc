@@ -32,6 +32,7 @@ std::uint64_t mix(std::uint64_t x) {
 
 void fault_plan_set(const FaultPlan& plan) {
   detail::g_fault_plan_active.store(false, std::memory_order_relaxed);
+  detail::pcp_fault_plan_set(false);
   g_fail_nth.store(plan.fail_nth, std::memory_order_relaxed);
   g_probability_ppm.store(plan.probability_ppm, std::memory_order_relaxed);
   for (unsigned o = 0; o <= kMaxOrder; ++o)
@@ -42,8 +43,9 @@ void fault_plan_set(const FaultPlan& plan) {
   g_calls.store(0, std::memory_order_relaxed);
   g_fired.store(0, std::memory_order_relaxed);
   g_first_fired.store(0, std::memory_order_relaxed);
-  detail::g_fault_plan_active.store(plan.fail_nth != 0 || plan.probability_ppm != 0,
-                                    std::memory_order_release);
+  bool active = plan.fail_nth != 0 || plan.probability_ppm != 0;
+  detail::g_fault_plan_active.store(active, std::memory_order_release);
+  detail::pcp_fault_plan_set(active);
 }
 
 void fault_plan_clear() { fault_plan_set(FaultPlan{}); }

@@ -12,7 +12,9 @@
 //    allocation), so it also covers the nolock path from NMI context.
 //  - fault_plan_stats() records the matching calls seen and the failures
 //    injected, and the call number of the first one ("did it fire, where").
-//  - With no plan set, the cost at each allocation is one relaxed load.
+//  - With no plan set, the cost at each allocation is one relaxed load (on
+//    alloc_pages' fast path, of its CPU's copy of the flag, on a line the
+//    call loads anyway).
 // Context: fault_should_fail() any; set / clear task, while no allocation runs.
 #pragma once
 
@@ -57,6 +59,9 @@ FaultStats fault_plan_stats();
 namespace detail {
 extern std::atomic<bool> g_fault_plan_active;
 bool fault_should_fail_slow(unsigned order, FaultPath path);
+// Sets every CPU's pcp copy of g_fault_plan_active (page_alloc.cc), which
+// alloc_pages' fast path tests instead. Context: as fault_plan_set().
+void pcp_fault_plan_set(bool active);
 }  // namespace detail
 
 // Context: any. Return: true when this allocation must fail.

@@ -36,6 +36,27 @@ TEST_F(PageAllocTest, FailsExactlyTheNthCall) {
   expect_everything_free();
 }
 
+// alloc_pages' fast path tests its CPU's pcp copy of the flag: a plan set
+// after the pcp is stocked still fails its fast-path hits, and the
+// invariant check compares each copy with the flag.
+TEST_F(PageAllocTest, APlanReachesTheFastPathThroughEachPcpsCopyOfTheFlag) {
+  init(config_of(256));
+  free_pages(alloc_pages(kGfpKernel, 0), 0);  // stock this CPU's pcp
+  FaultPlan plan;
+  plan.fail_nth = 1;
+  fault_plan_set(plan);
+  EXPECT_EQ(alloc_pages(kGfpKernel, 0), nullptr);
+  EXPECT_TRUE(check_invariants().ok) << check_invariants().what;
+  detail::g_fault_plan_active.store(false);  // behind the copies' back
+  InvariantResult r = check_invariants();
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.what.find("cpu 0's pcp copy of the fault-plan flag says active, the flag says inactive"), std::string::npos)
+      << r.what;
+  fault_plan_clear();
+  EXPECT_TRUE(check_invariants().ok) << check_invariants().what;
+  expect_everything_free();
+}
+
 TEST_F(PageAllocTest, ProbabilityIsDeterministicPerSeed) {
   init(config_of(256));
   auto pattern = [](std::uint64_t seed) {
