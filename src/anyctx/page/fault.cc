@@ -31,8 +31,12 @@ std::uint64_t mix(std::uint64_t x) {
 }  // namespace
 
 void fault_plan_set(const FaultPlan& plan) {
-  detail::g_fault_plan_active.store(false, std::memory_order_relaxed);
-  detail::pcp_fault_plan_set(false);
+  // The pcps' copies follow the flag; they are swept only when it changes
+  // (a harness clears the plan after every run, most of them planless).
+  if (detail::g_fault_plan_active.load(std::memory_order_relaxed)) {
+    detail::g_fault_plan_active.store(false, std::memory_order_relaxed);
+    detail::pcp_fault_plan_set(false);
+  }
   g_fail_nth.store(plan.fail_nth, std::memory_order_relaxed);
   g_probability_ppm.store(plan.probability_ppm, std::memory_order_relaxed);
   for (unsigned o = 0; o <= kMaxOrder; ++o)
@@ -45,7 +49,7 @@ void fault_plan_set(const FaultPlan& plan) {
   g_first_fired.store(0, std::memory_order_relaxed);
   bool active = plan.fail_nth != 0 || plan.probability_ppm != 0;
   detail::g_fault_plan_active.store(active, std::memory_order_release);
-  detail::pcp_fault_plan_set(active);
+  if (active) detail::pcp_fault_plan_set(true);
 }
 
 void fault_plan_clear() { fault_plan_set(FaultPlan{}); }
