@@ -44,6 +44,11 @@
 #define ANYCTX_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define ANYCTX_COLD __attribute__((cold, noinline))
 #define ANYCTX_ALWAYS_INLINE inline __attribute__((always_inline))
+// On a variable that inline fast paths in the headers read: hidden
+// visibility, so a position-independent caller addresses it PC-relative
+// instead of loading its address from the GOT (libanyctx is static, so it
+// is always part of the caller's module).
+#define ANYCTX_FAST_PATH_DATA __attribute__((visibility("hidden")))
 
 #if defined(__has_feature)
 #if __has_feature(thread_sanitizer)

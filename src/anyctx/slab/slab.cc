@@ -72,23 +72,6 @@ void stat_add(int cache, int stat, std::uint64_t delta = 1) {
 }
 
 
-// The size class of every multiple of 8 bytes up to kKmallocMaxSize, by
-// (size + 7) / 8: one load instead of a bit scan and its corrections.
-constexpr auto kSizeClassOf = [] {
-  std::array<std::uint8_t, kKmallocMaxSize / kKmallocMinSize + 1> t{};
-  for (std::size_t i = 0; i < t.size(); ++i) {
-    std::size_t size = std::max<std::size_t>(i * kKmallocMinSize, 1);
-    t[i] = static_cast<std::uint8_t>(std::bit_width(size - 1) < 3 ? 0 : std::bit_width(size - 1) - 3);
-  }
-  return t;
-}();
-
-ANYCTX_ALWAYS_INLINE int size_index(std::size_t size, Gfp gfp) {
-  if (ANYCTX_UNLIKELY(size > kKmallocMaxSize)) return -1;
-  int cls = kSizeClassOf[(size + kKmallocMinSize - 1) / kKmallocMinSize];
-  return gfp.has(kGfpAccount) ? cls + kKmallocClasses : cls;
-}
-
 std::size_t block_pages(const KmemCache& c) { return std::size_t{1} << c.order; }
 
 // --- reports -----------------------------------------------------------------
@@ -161,21 +144,11 @@ ANYCTX_COLD void deferred_corrupt(std::uintptr_t obj, std::uintptr_t next) {
   finish_report(r);
 }
 
-[[noreturn, maybe_unused]] ANYCTX_COLD void report_context(const char* what) { (Report("context rule") << what).fatal(); }
-
 [[noreturn]] ANYCTX_COLD void report_bad_gfp(Gfp gfp) {
   (Report("bad gfp") << "kmalloc_nolock(): gfp may carry only kGfpZero and kGfpAccount, got ").hex(gfp.bits()).fatal();
 }
 
 // --- freelists ---------------------------------------------------------------
-
-ANYCTX_ALWAYS_INLINE void site(Site s) {
-#if ANYCTX_SITES
-  site_hit(s);
-#else
-  (void)s;
-#endif
-}
 
 ANYCTX_ALWAYS_INLINE void freelist_push(const KmemCache& c, Freelist& fl, std::uintptr_t obj, Site at) {
   store_link_word(obj, encode_link(c.secret, fl.head, obj));
@@ -215,21 +188,6 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at,
   return obj;
 }
 
-ANYCTX_ALWAYS_INLINE std::uint64_t object_bit(unsigned index) { return std::uint64_t{1} << (index & 63); }
-
-// The allocation bits (kSlabExactFree builds only).
-// Return: false when the object's bit was already set.
-ANYCTX_ALWAYS_INLINE bool mark_allocated(Slab* s, unsigned index) {
-  std::uint64_t bit = object_bit(index);
-  return (s->allocated[index >> 6].fetch_or(bit, std::memory_order_relaxed) & bit) == 0;
-}
-
-// Return: false when the object's bit was already clear (a double free).
-ANYCTX_ALWAYS_INLINE bool mark_free(Slab* s, unsigned index) {
-  std::uint64_t bit = object_bit(index);
-  return (s->allocated[index >> 6].fetch_and(~bit, std::memory_order_relaxed) & bit) != 0;
-}
-
 // Takes the first object off `fl`, a freelist of `s` (under the lock that
 // guards it); with kSlabExactFree, marks it allocated. Return: the object,
 // or 0 when the list is empty (or was found corrupt and abandoned).
@@ -250,31 +208,6 @@ std::uintptr_t slab_pop(Slab* s, Freelist& fl, Site at, const char* which) {
 std::uintptr_t cpu_pop(CpuSlab& cs) {
   std::uintptr_t obj = slab_pop(cs.slab, cs.free, Site::kSlabFreelistEdit, "CPU freelist");
   if (obj != 0) count_one(cs.allocs);
-  return obj;
-}
-
-// kmalloc's pop (the CPU lock held), counted. The checks of slab_pop, with
-// the cache's constants and the slab's base read from `cs` (copies).
-// Return: the object, or 0 when the list is empty or anything is wrong with
-// it (the slow path pops again and reports).
-ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
-  std::uintptr_t obj = cs.free.head;
-  if (ANYCTX_UNLIKELY(obj == 0)) return 0;
-  std::uintptr_t next = decode_link(cs.secret, load_link_word(obj), obj);
-  site(Site::kSlabFreelistEdit);
-  // link_ok() with the common case first: more follow and `next` is an
-  // object of the slab (next == 0 fails that test too: 0 - base, for any
-  // base in the address space, has bits set above the largest block).
-  std::uint32_t count = cs.free.count;
-  if (ANYCTX_LIKELY(count > 1)) {
-    if (ANYCTX_UNLIKELY(((next - cs.base) & cs.object_mask) != 0)) return 0;
-  } else if (ANYCTX_UNLIKELY(count != 1 || next != 0)) {
-    return 0;
-  }
-  if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
-  cs.free.head = next;
-  --cs.free.count;
-  count_one(cs.allocs);
   return obj;
 }
 
@@ -308,18 +241,6 @@ void list_unlock(KmemCache& c, IrqFlags flags) ANYCTX_NO_TSA {
   c.list_lock.unlock_irqrestore(flags);
 }
 
-// The CPU slab lock: a LocalTryLock taken without masking IRQs, so the
-// fast paths make neither an atomic RMW nor an IRQ mask. Only this CPU's
-// frames take it, and they nest strictly: a try_lock fails only in a frame
-// that interrupted the holder (IRQ or NMI), which must then leave the CPU
-// slab alone and go around it (alloc_around_cpu_slab, free_slow, the
-// deferred list). Return: whether it was taken.
-ANYCTX_ALWAYS_INLINE bool cpu_trylock(CpuSlab& cs) ANYCTX_NO_TSA {
-  if (ANYCTX_UNLIKELY(!cs.lock.try_lock())) return false;
-  ANYCTX_SITE(kSlabCpuLocked);
-  return true;
-}
-
 // The CPU slab lock for a frame that no frame below it can hold it in:
 // task context (nothing interrupted), or a frame that held it a moment ago
 // and let it go (the frames it interrupted did not hold it then, and they
@@ -329,11 +250,6 @@ ANYCTX_ALWAYS_INLINE bool cpu_trylock(CpuSlab& cs) ANYCTX_NO_TSA {
 // critical section: lock() reports it with both sites.
 void cpu_lock_unheld(CpuSlab& cs) ANYCTX_NO_TSA {
   if (ANYCTX_UNLIKELY(!cpu_trylock(cs))) cs.lock.lock();  // reports the nesting
-}
-
-ANYCTX_ALWAYS_INLINE void cpu_unlock(CpuSlab& cs) ANYCTX_NO_TSA {
-  ANYCTX_SITE(kSlabCpuUnlock);
-  cs.lock.unlock();
 }
 
 // --- slabs -------------------------------------------------------------------
@@ -644,22 +560,7 @@ ANYCTX_COLD std::uintptr_t alloc_around_cpu_slab(KmemCache& c, Gfp gfp) ANYCTX_N
   return obj;
 }
 
-// Hands out `obj`, just allocated from `c` for `size` bytes: opens it,
-// clears the encoded link (it stays ours) or the whole object with
-// `zero`, poisons the bytes past `size`. The fast paths pass false: a
-// memset call would make them save registers.
-ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, std::size_t size, bool zero) {
-  void* p = reinterpret_cast<void*>(obj);
-  ANYCTX_SLAB_UNPOISON(p, c.size);
-  if (zero) {
-    std::memset(p, 0, c.size);
-  } else {
-    std::memset(p, 0, sizeof(std::uintptr_t));
-  }
-  if (size == 0) size = 1;
-  ANYCTX_SLAB_POISON(static_cast<char*>(p) + size, c.size - size);
-  return p;
-}
+}  // namespace
 
 // Everything kmalloc's fast path does not do: kGfpZero, not a CPU, too
 // large, the CPU slab held by the frame this call interrupted
@@ -667,7 +568,7 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
 // this CPU's deferred objects first (the fast paths never look: the IRQ
 // their first push raised frees them once the pushing frame is done; here
 // they may refill the CPU freelist before a new slab is taken).
-ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
+void* detail::kmalloc_slow(std::size_t size, Gfp gfp) {
   int cpu = require_cpu("kmalloc");
   int idx = size_index(size, gfp);
   if (idx < 0) return nullptr;
@@ -692,7 +593,7 @@ ANYCTX_COLD void* kmalloc_slow(std::size_t size, Gfp gfp) {
 // Everything kmalloc_nolock's fast path does not do: kGfpZero, a bad gfp,
 // not a CPU, too large, the CPU lock held by the interrupted frame (then
 // the next size class, once), an empty CPU freelist (alloc_slow).
-ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
+void* detail::kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
   if (!(gfp & ~(kGfpZero | kGfpAccount)).empty()) report_bad_gfp(gfp);
   int idx = size_index(size, gfp);
   int cpu = current_cpu();
@@ -720,6 +621,8 @@ ANYCTX_COLD void* kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
   }
   return finish_alloc(c, obj, size, gfp.has(kGfpZero));
 }
+
+namespace {
 
 // --- free --------------------------------------------------------------------
 
@@ -754,38 +657,6 @@ ANYCTX_COLD void free_slow(KmemCache& c, Slab* s, std::uintptr_t obj) {
   if (release != nullptr) release_slabs(release, kGfpKernel);
 }
 
-// The fast free of `p` on `cpu` (current_cpu(), maybe kNoCpu): onto the
-// CPU freelist when p is an object of a live slab (the checks of
-// free_prepare, without reporting), that slab is the CPU slab, no frame
-// below this one holds its lock and p is not on top of the CPU freelist
-// (with kSlabExactFree: its allocation bit is set). Anything else returns
-// false untouched: the slow path frees again and reports. It reads no
-// KmemCache (the slab's and the CpuSlab's copies of its constants), keeps
-// the CpuSlab in one register and has an early out per test. Return:
-// whether it was freed.
-ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
-  if (ANYCTX_UNLIKELY(cpu == kNoCpu)) return false;
-  Slab* s = slab_of(p);  // nullptr for nullptr
-  if (ANYCTX_UNLIKELY(s == nullptr)) return false;
-  std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
-  if (ANYCTX_UNLIKELY(((obj - reinterpret_cast<std::uintptr_t>(s->base)) & s->object_mask) != 0)) return false;
-  CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[s->cache_index]);
-  if (ANYCTX_UNLIKELY(!cpu_trylock(cs))) return false;
-  if (ANYCTX_UNLIKELY(cs.slab != s) || ANYCTX_UNLIKELY(obj == cs.free.head) ||
-      (kSlabExactFree && ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj))))) {
-    cpu_unlock(cs);
-    return false;
-  }
-  ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
-  store_link_word(obj, encode_link(cs.secret, cs.free.head, obj));
-  site(Site::kSlabFreelistEdit);
-  cs.free.head = obj;
-  ++cs.free.count;
-  count_one(cs.frees);
-  cpu_unlock(cs);
-  return true;
-}
-
 // The slow frees' CPU slab attempt, after free_prepare(): onto the CPU
 // freelist when `s` is the CPU slab of `cs` and no frame below this one
 // (an interrupted one) holds its lock. Return: whether it was.
@@ -800,10 +671,12 @@ bool cpu_free_prepared(const char* entry, CpuSlab& cs, Slab* s, std::uintptr_t o
   return in_cpu_slab;
 }
 
+}  // namespace
+
 // Everything kfree's fast path does not do: nullptr, not a CPU, bad input,
 // an object outside the CPU slab (counted, into its slab under list_lock).
 // Frees this CPU's deferred objects first, as kmalloc_slow does.
-ANYCTX_COLD void kfree_slow(const void* p) {
+void detail::kfree_slow(const void* p) {
   if (p == nullptr) return;
   int cpu = require_cpu("kfree");
   CpuSlabs& mine = g_cpu_slabs.on(cpu);
@@ -816,6 +689,8 @@ ANYCTX_COLD void kfree_slow(const void* p) {
   stat_add(c.index, kSlabStatFrees);
   free_slow(c, s, obj);
 }
+
+namespace {
 
 // A deferred object (counted as freed when it was deferred): onto this CPU's
 // freelist when it is the CPU slab and no interrupted frame holds its lock
@@ -834,6 +709,8 @@ void free_deferred(Slab* s, std::uintptr_t obj, int cpu) {
   free_slow(c, s, obj);
 }
 
+}  // namespace
+
 // Everything kfree_nolock's fast path does not do: nullptr, bad input, an
 // object outside the CPU slab or a CPU lock held by the interrupted frame:
 // counted, into the slab under list_lock by trylock. When that is busy,
@@ -841,7 +718,7 @@ void free_deferred(Slab* s, std::uintptr_t obj, int cpu) {
 // an IRQ here, whose exit drains the list once this frame is done (so
 // nothing is stranded on a CPU that makes no further slab call). A thread
 // that is not a CPU defers on the shared list.
-ANYCTX_COLD void kfree_nolock_slow(const void* p) {
+void detail::kfree_nolock_slow(const void* p) {
   if (p == nullptr) return;
   Slab* s = free_prepare("kfree_nolock", p);
   if (s == nullptr) return;
@@ -862,6 +739,8 @@ ANYCTX_COLD void kfree_nolock_slow(const void* p) {
   }
   if (deferred_push(g_cpu_slabs.on(cpu).deferred, obj, c.index)) raise_irq();
 }
+
+namespace {
 
 // --- hooks -------------------------------------------------------------------
 
@@ -955,6 +834,8 @@ std::uint64_t cpu_slab_count(int cache, int stat) {
 
 void slab_stat_add(int cache, int stat, std::uint64_t delta) { stat_add(cache, stat, delta); }
 
+void report_slab_context(const char* what) { (Report("context rule") << what).fatal(); }
+
 }  // namespace detail
 
 int kmalloc_cache_index(std::size_t size, Gfp gfp) { return size_index(size, gfp); }
@@ -962,63 +843,6 @@ int kmalloc_cache_index(std::size_t size, Gfp gfp) { return size_index(size, gfp
 std::size_t kmalloc_object_size(const void* p) {
   Slab* s = slab_of(p);
   return s != nullptr ? s->cache->size : 0;
-}
-
-// The fast paths: one CPU, context and slab lookup each, shared by the lock,
-// the counters and the freelist; anything unusual goes to the one *_slow.
-
-void* kmalloc(std::size_t size, Gfp gfp) {
-  if constexpr (kDebug) {
-    if (ANYCTX_UNLIKELY(in_nmi())) report_context("kmalloc() in NMI context: use kmalloc_nolock()");
-    if (ANYCTX_UNLIKELY(allows_direct_reclaim(gfp) && !in_task()))
-      report_context("kmalloc() with kGfpDirectReclaim in irq context: reclaim runs only in task context (use kGfpAtomic)");
-  }
-  // kGfpZero goes to the slow path too: its memset is a call, and a fast
-  // path without calls (other than the tail call to the slow path) saves
-  // no registers.
-  if (ANYCTX_UNLIKELY(gfp.has(kGfpZero))) return kmalloc_slow(size, gfp);
-  int cpu = current_cpu();
-  int idx = size_index(size, gfp);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
-    CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
-    if (ANYCTX_LIKELY(cpu_trylock(cs))) {
-      std::uintptr_t obj = cpu_pop_fast(cs);
-      cpu_unlock(cs);
-      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(g_caches[idx], obj, size, false);
-    }
-  }
-  return kmalloc_slow(size, gfp);
-}
-
-void* kmalloc_nolock(std::size_t size, Gfp gfp) {
-  NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
-  // kGfpZero (as in kmalloc) and a bad gfp go to the slow path.
-  if (ANYCTX_UNLIKELY(!(gfp & ~kGfpAccount).empty())) return kmalloc_nolock_slow(size, gfp);
-  int cpu = current_cpu();
-  int idx = size_index(size, gfp);
-  if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
-    CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
-    if (ANYCTX_LIKELY(cpu_trylock(cs))) {
-      std::uintptr_t obj = cpu_pop_fast(cs);
-      cpu_unlock(cs);
-      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(g_caches[idx], obj, size, false);
-    }
-  }
-  return kmalloc_nolock_slow(size, gfp);
-}
-
-void kfree(const void* p) {
-  if constexpr (kDebug) {
-    if (ANYCTX_UNLIKELY(in_nmi() && p != nullptr)) report_context("kfree() in NMI context: use kfree_nolock()");
-  }
-  if (ANYCTX_LIKELY(free_fast(p, current_cpu()))) return;
-  kfree_slow(p);
-}
-
-void kfree_nolock(const void* p) {
-  NolockScope nolock("kfree_nolock");
-  if (ANYCTX_LIKELY(free_fast(p, current_cpu()))) return;
-  kfree_nolock_slow(p);
 }
 
 std::size_t slab_drain_local() {

@@ -101,17 +101,17 @@ void slab_shutdown();
 // Context: task or IRQ, on a CPU (kGfpDirectReclaim: task). Return: an
 // object of at least `size` bytes (zeroed with kGfpZero), or nullptr when
 // size > kKmallocMaxSize or memory is exhausted.
-void* kmalloc(std::size_t size, Gfp gfp);
+inline void* kmalloc(std::size_t size, Gfp gfp);
 // Frees an object from kmalloc or kmalloc_nolock; nullptr is ignored.
 // Context: task or IRQ, on a CPU. Return: nothing (bad input is reported).
-void kfree(const void* p);
+inline void kfree(const void* p);
 
 // Context: any; gfp may carry only kGfpZero and kGfpAccount. Return: an
 // object of at least `size` bytes, or nullptr (no memory in this context).
-void* kmalloc_nolock(std::size_t size, Gfp gfp);
+inline void* kmalloc_nolock(std::size_t size, Gfp gfp);
 // Frees like kfree without ever waiting; nullptr is ignored. Context: any,
 // also a thread that is not a CPU. Return: nothing.
-void kfree_nolock(const void* p);
+inline void kfree_nolock(const void* p);
 
 // Context: any (arithmetic). Return: the cache index (0..kKmallocCaches-1)
 // kmalloc(size, gfp) uses, or -1 above kKmallocMaxSize.
@@ -172,3 +172,8 @@ std::uint64_t slab_deferred_pending();
 InvariantResult slab_check_invariants();
 
 }  // namespace anyctx
+
+// The four entry points above are inline: their fast paths, and the
+// internals those read, follow (slab_fast.h, slab_internal.h).
+#define ANYCTX_SLAB_DECLARED 1
+#include "anyctx/slab/slab_fast.h"

@@ -41,6 +41,12 @@
 //    (slab_drain_all); it is one exchange.
 #pragma once
 
+// slab.h includes this header (through slab_fast.h) after its declarations,
+// which the types below use; it does not include slab.h itself.
+#ifndef ANYCTX_SLAB_DECLARED
+#error "include anyctx/slab/slab.h instead: it includes slab_internal.h after its declarations"
+#endif
+
 #include <atomic>
 #include <bit>
 #include <cstddef>
@@ -53,7 +59,6 @@
 #include "anyctx/lock/local_lock.h"
 #include "anyctx/lock/spinlock.h"
 #include "anyctx/page/page.h"
-#include "anyctx/slab/slab.h"
 
 // Exact double-free detection: on in debug and sanitizer builds, the CMake
 // option ANYCTX_SLAB_EXACT_FREE in release builds.
@@ -178,17 +183,17 @@ struct SlabStatSlots {
   std::atomic<std::uint64_t> v[3][kKmallocCaches][kSlabStatCount]{};
 };
 
-extern KmemCache g_caches[kKmallocCaches];
-extern PerCpu<CpuSlabs> g_cpu_slabs;
+extern ANYCTX_FAST_PATH_DATA KmemCache g_caches[kKmallocCaches];
+extern ANYCTX_FAST_PATH_DATA PerCpu<CpuSlabs> g_cpu_slabs;
 extern std::atomic<std::uintptr_t> g_shared_deferred;
 extern std::uintptr_t g_deferred_secret;
-extern Slab* g_slab_table;
-extern std::size_t g_slab_table_entries;
+extern ANYCTX_FAST_PATH_DATA Slab* g_slab_table;
+extern ANYCTX_FAST_PATH_DATA std::size_t g_slab_table_entries;
 // The page arena as slab_init found it, so that kfree finds a slab without
 // a call into the page allocator: frame n's descriptor is g_arena_descs + n.
-extern std::uintptr_t g_arena_base;
-extern std::size_t g_arena_bytes;
-extern Page* g_arena_descs;
+extern ANYCTX_FAST_PATH_DATA std::uintptr_t g_arena_base;
+extern ANYCTX_FAST_PATH_DATA std::size_t g_arena_bytes;
+extern ANYCTX_FAST_PATH_DATA Page* g_arena_descs;
 extern PerCpu<SlabStatSlots> g_stats;  // a slot per CPU (see SlabStatSlots)
 extern SlabStatSlots g_shared_stats;   // threads that are not CPUs
 
