@@ -34,20 +34,16 @@
 #include "anyctx/memcg/memcg.h"
 #include "anyctx/page/fault.h"
 
-#if ANYCTX_ASAN
-#include <sanitizer/asan_interface.h>
-#define ANYCTX_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
-#define ANYCTX_UNPOISON(addr, size) ASAN_UNPOISON_MEMORY_REGION(addr, size)
-#else
-#define ANYCTX_POISON(addr, size) ((void)(addr), (void)(size))
-#define ANYCTX_UNPOISON(addr, size) ((void)(addr), (void)(size))
-#endif
-
 namespace anyctx {
-namespace {
 
-using detail::count_one;
-using detail::one_register;
+namespace detail {
+Arena g_arena;
+PerCpu<Pcp> g_pcp;
+}  // namespace detail
+
+using namespace detail;
+
+namespace {
 
 // --- lists -----------------------------------------------------------------
 
@@ -99,24 +95,6 @@ struct PageList {
   }
 };
 
-// A CPU's free blocks of one order: a stack through Page::next, so the block
-// freed last (cache-warm) goes out first, and push and pop touch the block
-// and the head only. Guarded by the pcp lock.
-struct PcpList {
-  Page* head = nullptr;
-
-  bool empty() const { return head == nullptr; }
-  void push(Page* p) {
-    p->next = head;
-    head = p;
-  }
-  Page* pop() {
-    Page* p = head;
-    head = p->next;
-    return p;
-  }
-};
-
 // --- state -----------------------------------------------------------------
 
 struct Zone {
@@ -134,70 +112,7 @@ struct Zone {
   long park_limit = 0;  // twice the config's pcp_high (deferred_park)
 };
 
-// Statistics without an atomic RMW on the fast paths: a slot per CPU and
-// context level. On one CPU only one frame of each level runs at a time
-// (interrupts nest strictly and never at their own level), so each slot has
-// a single writer and load + store is exact. Threads that are not CPUs share
-// slots updated with fetch_add.
-enum Stat : int {
-  kStatAllocOk,  // + path index (0 spinning, 1 nolock)
-  kStatAllocFailed = kStatAllocOk + 2,
-  kStatFreed = kStatAllocFailed + 2,
-  kStatDeferredPushed = kStatFreed + 2,
-  kStatDeferredDrained,
-  kStatDeferredTaken,   // deferred blocks a nolock refill kept for its pcp
-  kStatPcpRefills,
-  kStatPcpBulkFrees,
-  kStatReclaimRuns,
-  kStatDrainRequests,   // drain requests sent to other CPUs
-  kStatDrainsServed,    // requests this CPU served
-  kStatDrainTimeouts,   // requests not served within the config's drain_timeout_ms
-  kStatChargeFailed,  // + path index: kGfpAccount allocations the cgroup refused
-  kStatCount = kStatChargeFailed + 2
-};
-
-struct StatSlots {
-  std::atomic<std::uint64_t> v[3][kStatCount]{};
-};
-
-// A CPU's page lists. Only that CPU touches them, from any of its frames
-// (task, IRQ, NMI), so the lock is a LocalTryLock: no atomic RMW, and a
-// frame that interrupted the holder fails its try_lock instead of nesting.
-// Other CPUs never take it: they ask the owner to drain (drain_requested +
-// an IRQ, DESIGN.md "pcp drain requests") and wait for `drains` to move.
-struct Pcp {
-  LocalTryLock lock{"pcp.lock"};
-  std::atomic<int> count{0};  // pages on the lists; written under lock, read anywhere (a snapshot)
-  int high = 0;
-  int batch = 0;
-  // A copy of detail::g_fault_plan_active, written for every CPU (used or
-  // not, so page_allocator_init() need not) by fault_plan_set() when the
-  // flag changes (plans change while no allocation runs): alloc_pages'
-  // fast path tests it on the line it loads for the lock rather than on a
-  // line of its own, which cost 0.4 ns of a 4.5 ns pair (docs/benchmarks.md).
-  // check_invariants() compares it with the flag.
-  std::atomic<bool> fault_plan{false};
-  PcpList lists[kPcpMaxOrder + 1];  // guarded by lock
-  // Set by a requester (release), cleared by the owner under lock before it
-  // drains; any frame that unlocks the pcp, the IRQ-exit callback and the
-  // offline drain serve it.
-  std::atomic<bool> drain_requested{false};
-  // Completed drains and the pages they moved: stores by the owner under
-  // lock (one writer at a time, so no RMW), loads by requesters.
-  std::atomic<std::uint32_t> drains{0};
-  std::atomic<std::uint64_t> drained_pages{0};
-  StatSlots stats;  // this CPU's statistics, beside the lists the fast paths touch
-};
-
-struct Arena {
-  char* base = nullptr;
-  Page* descs = nullptr;
-  std::size_t pages = 0;
-};
-
-Arena g_arena;
 Zone g_zone;
-PerCpu<Pcp> g_pcp;
 StatSlots g_shared_stats;
 std::atomic<BadPagePolicy> g_policy{kDebug || ANYCTX_ASAN || ANYCTX_TSAN ? BadPagePolicy::kAbort
                                                                        : BadPagePolicy::kReportAndLeak};
@@ -205,15 +120,10 @@ std::atomic<std::uint64_t> g_bad_page_reports{0};
 
 constexpr int kMaxReclaimRetries = 3;
 
-// Whether a free takes the last reference with a compare-exchange (see
-// free_pages_prepare).
-constexpr bool kExactDoubleFree = kDebug || ANYCTX_ASAN || ANYCTX_TSAN;
-
 // How long drain_all_pages() waits for the other CPUs (the config's
 // drain_timeout_ms).
 std::chrono::milliseconds g_drain_timeout{1000};
 
-std::size_t block_pages(unsigned order) { return std::size_t{1} << order; }
 int path_index(Gfp gfp) { return allows_spinning(gfp) ? 0 : 1; }
 
 // Where a call runs, looked up once per entry point and shared by the pcp,
@@ -242,18 +152,6 @@ std::uint64_t stat_sum(int stat, int ctx) {
 }
 
 std::uint64_t stat_sum(int stat) { return stat_sum(stat, 0) + stat_sum(stat, 1) + stat_sum(stat, 2); }
-
-
-constexpr int kTaskSlot = static_cast<int>(ContextLevel::kTask);
-
-PageState state_of(const Page* p) { return p->state.load(std::memory_order_relaxed); }
-unsigned order_of(const Page* p) { return p->order.load(std::memory_order_relaxed); }
-void set_head(Page* p, PageState s, unsigned order) {
-  p->order.store(static_cast<std::uint8_t>(order), std::memory_order_relaxed);
-  p->state.store(s, std::memory_order_relaxed);
-}
-
-void poison_block(Page* p, unsigned order) { ANYCTX_POISON(page_address(p), block_pages(order) * kPageSize); }
 
 // --- buddy (zone.lock held) -----------------------------------------------------
 
@@ -429,10 +327,6 @@ void deferred_return(Page* first, Page* last, long pages) {
 
 // --- pcp (pcp.lock held) -------------------------------------------------------
 
-void pcp_count_add(Pcp& pcp, long delta) {
-  pcp.count.store(static_cast<int>(pcp.count.load(std::memory_order_relaxed) + delta),
-                  std::memory_order_relaxed);
-}
 
 // Takes the next block of a round-robin walk over the orders (`order` is
 // where the walk stands; each list from its top) off the pcp. Return:
@@ -580,20 +474,6 @@ ANYCTX_COLD bool pcp_serve_request_locked(Pcp& pcp, Gfp gfp) {
   return true;
 }
 
-bool pcp_trylock(Pcp& pcp) ANYCTX_NO_TSA {
-  if (!pcp.lock.try_lock()) return false;
-  ANYCTX_SITE(kPcpLocked);
-  return true;
-}
-
-ANYCTX_COLD void pcp_serve_request(Pcp& pcp, Gfp gfp);
-
-void pcp_release(Pcp& pcp) ANYCTX_NO_TSA {
-  ANYCTX_SITE(kPcpUnlock);
-  pcp.lock.unlock();
-  ANYCTX_SITE(kPcpUnlocked);
-}
-
 // Releases the pcp, then serves a drain request that arrived meanwhile. The
 // check comes after the release: an IRQ carrying a request that lands before
 // it finds the pcp held and leaves the request to this check; one that lands
@@ -603,13 +483,15 @@ void pcp_unlock(Pcp& pcp, Gfp gfp) {
   if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed))) pcp_serve_request(pcp, gfp);
 }
 
+}  // namespace
+
 // Serves a drain request from a frame that does not hold the pcp (it just
 // released it, or it is the IRQ exit): the try_lock fails only when the
 // interrupted frame holds it, whose unlock then serves. A nolock frame that
 // cannot serve the request (zone.lock busy) raises an IRQ on this CPU: it
 // runs once this frame and those it interrupted allow, and serves the
 // request at its exit (pcp_irq_exit).
-void pcp_serve_request(Pcp& pcp, Gfp gfp) {
+void detail::pcp_serve_request(Pcp& pcp, Gfp gfp) {
   if (!pcp_trylock(pcp)) return;
   if (pcp_serve_request_locked(pcp, gfp)) {
     pcp_unlock(pcp, gfp);  // a request that came during the drain is served too
@@ -618,6 +500,8 @@ void pcp_serve_request(Pcp& pcp, Gfp gfp) {
   pcp_release(pcp);
   raise_irq();
 }
+
+namespace {
 
 // Returns all of this CPU's pcp pages to the buddy lists and serves any
 // request. Context: task (or the offline path), on `cpu`. Return: pages moved.
@@ -763,15 +647,6 @@ ANYCTX_ALWAYS_INLINE Page* rmqueue(Gfp gfp, unsigned order, int cpu, std::size_t
   return rmqueue_buddy_slow(gfp, order, mark);
 }
 
-Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
-  set_head(page, PageState::kAllocated, order);
-  page->refcount.store(1, std::memory_order_relaxed);
-  void* addr = page_address(page);
-  ANYCTX_UNPOISON(addr, block_pages(order) * kPageSize);
-  if (gfp.has(kGfpZero)) std::memset(addr, 0, block_pages(order) * kPageSize);
-  return page;
-}
-
 // The pcp was busy or the block too large: to the buddy lists, or — nolock
 // and zone.lock busy — onto the deferred stack.
 ANYCTX_COLD void free_block_slow(Page* page, unsigned order, Gfp gfp) {
@@ -822,12 +697,16 @@ ANYCTX_COLD void pcp_trim_locked(Pcp& pcp, Gfp gfp) {
   pcp_free_bulk_locked(pcp, pages, gfp, &moved);
 }
 
+}  // namespace
+
 // A free took the pcp above `high`: trim it, release it, serve a request.
 // Every free path (free_block, the fast path of free_pages_common) ends here.
-ANYCTX_COLD void pcp_trim_unlock_slow(Pcp& pcp, Gfp gfp) {
+void detail::pcp_trim_unlock_slow(Pcp& pcp, Gfp gfp) {
   pcp_trim_locked(pcp, gfp);
   pcp_unlock(pcp, gfp);
 }
+
+namespace {
 
 // A block whose last reference is gone goes back: to this CPU's pcp when
 // free (trimmed above `high`), else through free_block_slow().
@@ -905,45 +784,33 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order, Caller at) {
   return prep_new_page(page, order, nolock);
 }
 
-// The common alloc_pages(): a block from this CPU's list of `order`, which
-// has one and is not held, counted in the task slot of the spinning path
-// (the caller made sure of both). The caller serves a drain request that came
-// meanwhile (pcp_serve_request_then) once it has prepared the block, so the
-// fast path makes no call. Return: nullptr for anything else (an empty list
-// or a pcp held by an interrupted frame), which the slow path handles.
-ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order) {
-  if (ANYCTX_UNLIKELY(!pcp_trylock(pcp))) return nullptr;
-  PcpList& list = pcp.lists[order];
-  Page* page = list.head;
-  if (ANYCTX_LIKELY(page != nullptr)) {
-    list.pop();
-    ANYCTX_SITE(kPcpListEdit);
-    pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
-    count_one(pcp.stats.v[kTaskSlot][kStatAllocOk + 0]);
-  }
-  pcp_release(pcp);
-  return page;
-}
+}  // namespace
 
 // pcp_unlock()'s request check, for a fast path that released the pcp and
 // finished its work first. Return: `page`.
-ANYCTX_COLD Page* pcp_serve_request_then(Pcp& pcp, Gfp gfp, Page* page) {
+Page* detail::pcp_serve_request_then(Pcp& pcp, Gfp gfp, Page* page) {
   pcp_serve_request(pcp, gfp);
   // Hidden: a caller that knows `page` comes back keeps it in a callee-saved
   // register across a call instead of making a tail call.
   return one_register(page);
 }
 
+namespace {
+
 Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, Caller at);
+
+}  // namespace
 
 // Everything alloc_pages() does but the pcp hit: accounting, zeroing, fault
 // plans, refills, the buddy lists, reclaim.
-ANYCTX_COLD Page* alloc_pages_slow(Gfp gfp, unsigned order, int cpu) {
+Page* detail::alloc_pages_slow(Gfp gfp, unsigned order, int cpu) {
   if (ANYCTX_UNLIKELY(cpu == kNoCpu)) require_cpu("alloc_pages");  // reports
   Caller at{cpu, static_cast<int>(context_level())};
   if (gfp.has(kGfpAccount)) return alloc_pages_accounted_slow(gfp, order, at);
   return alloc_pages_core(gfp, order, at);
 }
+
+namespace {
 
 // kGfpAccount: charge current_mem_cgroup() 2^order pages first (on the path
 // gfp says: spinning, or nolock), give the charge back when no block is
@@ -1032,8 +899,10 @@ bool page_in_arena(const Page* page) {
   return page != nullptr && off < g_arena.pages * sizeof(Page) && off % sizeof(Page) == 0;
 }
 
+}  // namespace
+
 // A free that failed free_pages_take(): names what is wrong. Return: false.
-ANYCTX_COLD bool free_pages_bad(const char* entry, Page* page, unsigned order) {
+bool detail::free_pages_bad(const char* entry, Page* page, unsigned order) {
   if (!page_in_arena(page)) return bad_page(entry, page, "not a page descriptor of the arena");
   if (order > kMaxOrder) return bad_page(entry, page, "order ", order, " above kMaxOrder");
   std::size_t pfn = page_to_pfn(page);
@@ -1061,50 +930,15 @@ ANYCTX_COLD bool free_pages_bad(const char* entry, Page* page, unsigned order) {
   return bad_page(entry, page, "freed with references left: refcount ", static_cast<unsigned>(refs));
 }
 
-// Validates a free of `page` at `order` and takes the last reference; any
-// doubt goes to free_pages_bad(). The caller owns the block, so release
-// builds take the reference with a plain check and store; debug and
-// sanitizer builds with a compare-exchange, so that two CPUs freeing one
-// block at once are reported exactly (a block freed twice in sequence is
-// kAllocated no more, and that is checked in every build).
-// Alignment to the order: checked builds test it; release builds test that
-// `page` is a descriptor of the arena (the rotate sends an offset that is
-// not a multiple of sizeof(Page) above the bound) and trust that a head in
-// state kAllocated with `order` is aligned to it (every block the buddy
-// lists hand out is; check_invariants() checks it). A misaligned free in
-// release is still reported when the frame is a tail or heads a block of
-// another order, which it is unless descriptors were corrupted.
-// Return: true when the block is now the caller's to free.
-ANYCTX_ALWAYS_INLINE bool free_pages_take(const char* entry, Page* page, unsigned order) {
-  std::uintptr_t off = reinterpret_cast<std::uintptr_t>(page) - reinterpret_cast<std::uintptr_t>(g_arena.descs);
-  bool in_place;
-  if constexpr (kExactDoubleFree) {
-    // In the arena, on a descriptor, aligned to the order: one mask.
-    in_place = order <= kMaxOrder && off < g_arena.pages * sizeof(Page) &&
-               (off & ((sizeof(Page) << order) - 1)) == 0;
-  } else {
-    static_assert(sizeof(Page) == 64);
-    in_place = order <= kMaxOrder && std::rotr(off, 6) < g_arena.pages;
-  }
-  // The order compared as the byte it is stored in (in_place bounds it).
-  if (ANYCTX_LIKELY(in_place && state_of(page) == PageState::kAllocated &&
-                    page->order.load(std::memory_order_relaxed) == static_cast<std::uint8_t>(order))) {
-    if constexpr (kExactDoubleFree) {
-      std::int32_t one = 1;
-      if (ANYCTX_LIKELY(page->refcount.compare_exchange_strong(one, 0, std::memory_order_acq_rel))) return true;
-    } else if (ANYCTX_LIKELY(page->refcount.load(std::memory_order_relaxed) == 1)) {
-      page->refcount.store(0, std::memory_order_relaxed);
-      return true;
-    }
-  }
-  return free_pages_bad(entry, page, order);
-}
+namespace {
 
-// --- fast paths -------------------------------------------------------------------
+}  // namespace
+
+// --- free slow paths ---------------------------------------------------------------
 
 // A free whose last reference is taken: uncharge, count and return the
 // block, any context, any CPU or none (the fast path's other cases).
-ANYCTX_COLD void free_taken_slow(Page* page, unsigned order, Gfp gfp, int path) {
+void detail::free_taken_slow(Page* page, unsigned order, Gfp gfp, int path) {
   uncharge_page(page, order);
   Caller at = this_caller();
   stat_inc(at, kStatFreed + path);
@@ -1112,37 +946,10 @@ ANYCTX_COLD void free_taken_slow(Page* page, unsigned order, Gfp gfp, int path) 
 }
 
 // Everything free_pages() and free_pages_nolock() do.
-ANYCTX_COLD void free_pages_slow(const char* entry, Page* page, unsigned order, Gfp gfp, int path) {
+void detail::free_pages_slow(const char* entry, Page* page, unsigned order, Gfp gfp, int path) {
   if (!free_pages_take(entry, page, order)) return;
   free_taken_slow(page, order, gfp, path);
 }
-
-// The shared free: the common case (a CPU in task context, order <= 3, no
-// cgroup, the pcp free and within `high` after the push) inline, without
-// calls but tail calls; the rest in the *_slow functions above. Statistics
-// of the fast path go to the task slot of this CPU, like stat_inc().
-ANYCTX_ALWAYS_INLINE void free_pages_common(const char* entry, Page* page, unsigned order, Gfp gfp, int path) {
-  int cpu = current_cpu();
-  if (ANYCTX_UNLIKELY(order > kPcpMaxOrder || cpu == kNoCpu || !in_task()))
-    return free_pages_slow(entry, page, order, gfp, path);
-  if (ANYCTX_UNLIKELY(!free_pages_take(entry, page, order))) return;
-  if (ANYCTX_UNLIKELY(page->memcg.load(std::memory_order_relaxed) != nullptr))
-    return free_taken_slow(page, order, gfp, path);
-  Pcp& pcp = *one_register(&g_pcp.on(cpu));
-  if (ANYCTX_UNLIKELY(!pcp_trylock(pcp))) return free_taken_slow(page, order, gfp, path);
-  count_one(pcp.stats.v[kTaskSlot][kStatFreed + path]);
-  poison_block(page, order);
-  set_head(page, PageState::kPcp, order);
-  pcp.lists[order].push(page);
-  ANYCTX_SITE(kPcpListEdit);
-  int count = pcp.count.load(std::memory_order_relaxed) + (1 << order);
-  pcp.count.store(count, std::memory_order_relaxed);
-  if (ANYCTX_UNLIKELY(count > pcp.high)) return pcp_trim_unlock_slow(pcp, gfp);
-  pcp_release(pcp);
-  if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed))) return pcp_serve_request(pcp, gfp);
-}
-
-}  // namespace
 
 // --- arena --------------------------------------------------------------------
 
@@ -1157,9 +964,7 @@ const char* page_state_name(PageState state) {
   return "?";
 }
 
-void* page_address(const Page* page) {
-  return g_arena.base + static_cast<std::size_t>(page - g_arena.descs) * kPageSize;
-}
+void* page_address(const Page* page) { return block_address(page); }
 
 Page* virt_to_page(const void* addr) {
   std::uintptr_t off = reinterpret_cast<std::uintptr_t>(addr) - reinterpret_cast<std::uintptr_t>(g_arena.base);
@@ -1233,7 +1038,7 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
     pfn += block_pages(order);
   }
   g_zone.lock.unlock_irqrestore(flags);
-  ANYCTX_POISON(g_arena.base, bytes);
+  ANYCTX_PAGE_POISON(g_arena.base, bytes);
 
   if (!cpu_offline_callback_add(drain_on_offline) || !irq_exit_callback_add(pcp_irq_exit) ||
       !reclaim_register(drain_shrinker)) {
@@ -1248,7 +1053,7 @@ void page_allocator_shutdown() {
   irq_exit_callback_remove(pcp_irq_exit);
   reclaim_unregister(drain_shrinker);
   if (g_arena.base == nullptr) return;
-  ANYCTX_UNPOISON(g_arena.base, g_arena.pages * kPageSize);
+  ANYCTX_PAGE_UNPOISON(g_arena.base, g_arena.pages * kPageSize);
   munmap(g_arena.base, g_arena.pages * kPageSize);
   munmap(g_arena.descs, g_arena.pages * sizeof(Page));
   g_arena = Arena{};
@@ -1260,42 +1065,17 @@ void detail::pcp_fault_plan_set(bool active) {
 
 // --- entry points ---------------------------------------------------------------
 
-Page* alloc_pages(Gfp gfp, unsigned order) {
-  int cpu = current_cpu();  // a thread that is not a CPU: reported by the slow path
-  if constexpr (kDebug) {
-    require_cpu("alloc_pages");
-    if (in_nmi())
-      (Report("context rule") << "alloc_pages() in NMI context: use alloc_pages_nolock()").fatal();
-    if (allows_direct_reclaim(gfp) && !in_task())
-      (Report("context rule") << "alloc_pages() with kGfpDirectReclaim in " << context_name(context_level())
-                              << " context: reclaim runs only in task context (use kGfpAtomic)")
-          .fatal();
-  }
-  // The common case first, one test each: the kswapd bit set (every
-  // spinning composite has it; a gfp with the direct bit alone spins too and
-  // takes the slow path), neither zeroed nor accounted, order <= 3, a CPU
-  // in task context (the statistics' slot is known), then no fault plan
-  // (the pcp's copy of the flag).
-  if (ANYCTX_LIKELY((gfp & (kGfpAccount | kGfpZero | kGfpKswapdReclaim)) == kGfpKswapdReclaim &&
-                    order <= kPcpMaxOrder && cpu != kNoCpu && in_task())) {
-    Pcp& pcp = *one_register(&g_pcp.on(cpu));
-    Page* page;
-    if (ANYCTX_LIKELY(!pcp.fault_plan.load(std::memory_order_relaxed)) &&
-        ANYCTX_LIKELY((page = pcp_alloc_hit(pcp, order)) != nullptr)) {
-      prep_new_page(page, order, Gfp{});  // kGfpZero went to the slow path
-      if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
-        return pcp_serve_request_then(pcp, gfp, page);
-      return page;
-    }
-  }
-  return alloc_pages_slow(gfp, order, cpu);
+void detail::alloc_pages_check_context(Gfp gfp) {
+  require_cpu("alloc_pages");
+  if (in_nmi()) (Report("context rule") << "alloc_pages() in NMI context: use alloc_pages_nolock()").fatal();
+  if (allows_direct_reclaim(gfp) && !in_task())
+    (Report("context rule") << "alloc_pages() with kGfpDirectReclaim in " << context_name(context_level())
+                            << " context: reclaim runs only in task context (use kGfpAtomic)")
+        .fatal();
 }
 
-void free_pages(Page* page, unsigned order) {
-  if constexpr (kDebug) {
-    if (in_nmi()) (Report("context rule") << "free_pages() in NMI context: use free_pages_nolock()").fatal();
-  }
-  free_pages_common("free_pages", page, order, kGfpKernel, 0);
+void detail::free_pages_check_context() {
+  if (in_nmi()) (Report("context rule") << "free_pages() in NMI context: use free_pages_nolock()").fatal();
 }
 
 Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
@@ -1306,11 +1086,6 @@ Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
   Caller at = this_caller();
   if (ANYCTX_UNLIKELY(gfp.has(kGfpAccount))) return alloc_pages_nolock_accounted_slow(gfp, order, at);
   return alloc_pages_nolock_core(order, at);
-}
-
-void free_pages_nolock(Page* page, unsigned order) {
-  NolockScope nolock("free_pages_nolock");
-  free_pages_common("free_pages_nolock", page, order, Gfp{}, 1);
 }
 
 void get_page(Page* page) {

@@ -97,12 +97,12 @@ void page_allocator_shutdown();
 // frames with refcount 1 (zeroed with kGfpZero), or nullptr when memory is
 // exhausted even after reclaim, the cgroup refused the charge, or
 // order > kMaxOrder.
-Page* alloc_pages(Gfp gfp, unsigned order);
+inline Page* alloc_pages(Gfp gfp, unsigned order);
 // Frees a block from alloc_pages / alloc_pages_nolock; the caller holds the
 // last reference. A charged block is uncharged from its cgroup (on every
 // free path: free_pages, free_pages_nolock, the last put_page). Context:
 // task or IRQ.
-void free_pages(Page* page, unsigned order);
+inline void free_pages(Page* page, unsigned order);
 
 // With kGfpAccount the charge of current_mem_cgroup() is nolock as well:
 // exactly 2^order pages, no reclaim, refused at once at the limit.
@@ -112,7 +112,7 @@ void free_pages(Page* page, unsigned order);
 // limit, order > 3, or the thread is not a CPU).
 Page* alloc_pages_nolock(Gfp gfp, unsigned order);
 // Frees like free_pages without ever waiting. Context: any.
-void free_pages_nolock(Page* page, unsigned order);
+inline void free_pages_nolock(Page* page, unsigned order);
 
 // Adds a reference. Context: any.
 void get_page(Page* page);
@@ -192,3 +192,7 @@ InvariantResult check_invariants();
 InvariantResult check_free_lists();
 
 }  // namespace anyctx
+
+// alloc_pages, free_pages and free_pages_nolock are inline: their fast
+// paths, and the internals those read, follow.
+#include "anyctx/page/page_alloc_fast.h"

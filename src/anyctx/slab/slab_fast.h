@@ -204,7 +204,7 @@ ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
 // lock, the counters and the freelist; anything unusual goes to the one
 // *_slow.
 
-inline void* kmalloc(std::size_t size, Gfp gfp) {
+ANYCTX_ALWAYS_INLINE void* kmalloc(std::size_t size, Gfp gfp) {
   if constexpr (kDebug) {
     if (ANYCTX_UNLIKELY(in_nmi())) detail::report_slab_context("kmalloc() in NMI context: use kmalloc_nolock()");
     if (ANYCTX_UNLIKELY(allows_direct_reclaim(gfp) && !in_task()))
@@ -220,7 +220,7 @@ inline void* kmalloc(std::size_t size, Gfp gfp) {
   return detail::kmalloc_slow(size, gfp);
 }
 
-inline void* kmalloc_nolock(std::size_t size, Gfp gfp) {
+ANYCTX_ALWAYS_INLINE void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   NolockScope nolock("kmalloc_nolock");  // the lock validator: nothing below may wait
   // kGfpZero (as in kmalloc) and a bad gfp go to the slow path.
   if (ANYCTX_LIKELY((gfp & ~kGfpAccount).empty())) {
@@ -229,7 +229,7 @@ inline void* kmalloc_nolock(std::size_t size, Gfp gfp) {
   return detail::kmalloc_nolock_slow(size, gfp);
 }
 
-inline void kfree(const void* p) {
+ANYCTX_ALWAYS_INLINE void kfree(const void* p) {
   if constexpr (kDebug) {
     if (ANYCTX_UNLIKELY(in_nmi() && p != nullptr))
       detail::report_slab_context("kfree() in NMI context: use kfree_nolock()");
@@ -238,7 +238,7 @@ inline void kfree(const void* p) {
   detail::kfree_slow(p);
 }
 
-inline void kfree_nolock(const void* p) {
+ANYCTX_ALWAYS_INLINE void kfree_nolock(const void* p) {
   NolockScope nolock("kfree_nolock");
   if (ANYCTX_LIKELY(detail::free_fast(p, current_cpu()))) return;
   detail::kfree_nolock_slow(p);
