@@ -3,10 +3,13 @@
 // machine this runs on):
 //
 //   valgrind --tool=callgrind --callgrind-out-file=cg.out build/release/bench/pair_loop 100000
-//   callgrind_annotate cg.out | grep -E 'alloc_pages|free_pages|kmalloc|kfree'
+//   callgrind_annotate --inclusive=yes cg.out | grep -E '_pairs\('
 //
-// Each function's count divided by N + 1000 (the warm-up) is its cost per
-// call. The nolock page pair zeroes its page: its count is mostly memset.
+// The fast paths are inline, so each loop below holds its pair's
+// instructions: a loop's inclusive count divided by N + 1000 (the warm-up)
+// is the cost of one pair, loop included. alloc_pages_nolock and the slow
+// paths are calls, counted inclusively; the nolock page pair zeroes its
+// page, so its count is mostly memset.
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>

@@ -81,13 +81,10 @@
 
 #include "anyctx/ctx/gfp.h"
 #include "anyctx/page/page_alloc.h"
+#include "anyctx/slab/slab_classes.h"
 
 namespace anyctx {
 
-inline constexpr std::size_t kKmallocMinSize = 8;
-inline constexpr std::size_t kKmallocMaxSize = 8192;
-inline constexpr int kKmallocClasses = 11;                    // 8, 16, ..., 8192
-inline constexpr int kKmallocCaches = 2 * kKmallocClasses;  // plain, then accounted
 inline constexpr int kSlabKeepPartial = 2;
 
 // Sets up the kmalloc caches over the page allocator's arena and registers
@@ -175,5 +172,4 @@ InvariantResult slab_check_invariants();
 
 // The four entry points above are inline: their fast paths, and the
 // internals those read, follow (slab_fast.h, slab_internal.h).
-#define ANYCTX_SLAB_DECLARED 1
 #include "anyctx/slab/slab_fast.h"

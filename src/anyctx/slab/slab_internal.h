@@ -1,6 +1,7 @@
 // anyctx/slab/slab_internal.h — internal: the slab layer's data structures
-// and small helpers, shared by slab.cc, slab_check.cc and the slab tests.
-// Not part of the API.
+// and small helpers, shared by slab.cc, slab_check.cc, the slab tests and
+// the inline fast paths (slab_fast.h, which slab.h includes). Not part of
+// the API.
 //
 // Metadata placement: out of band. A slab's descriptor (Slab) lives in a
 // table with one entry per page frame, indexed by the pfn of the slab's head
@@ -41,12 +42,6 @@
 //    (slab_drain_all); it is one exchange.
 #pragma once
 
-// slab.h includes this header (through slab_fast.h) after its declarations,
-// which the types below use; it does not include slab.h itself.
-#ifndef ANYCTX_SLAB_DECLARED
-#error "include anyctx/slab/slab.h instead: it includes slab_internal.h after its declarations"
-#endif
-
 #include <atomic>
 #include <bit>
 #include <cstddef>
@@ -56,9 +51,11 @@
 #include "anyctx/ctx/config.h"
 #include "anyctx/ctx/context.h"
 #include "anyctx/ctx/cpu.h"
+#include "anyctx/ctx/gfp.h"
 #include "anyctx/lock/local_lock.h"
 #include "anyctx/lock/spinlock.h"
 #include "anyctx/page/page.h"
+#include "anyctx/slab/slab_classes.h"
 
 // Exact double-free detection: on in debug and sanitizer builds, the CMake
 // option ANYCTX_SLAB_EXACT_FREE in release builds.
