@@ -1078,8 +1078,10 @@ void detail::free_pages_check_context() {
   if (in_nmi()) (Report("context rule") << "free_pages() in NMI context: use free_pages_nolock()").fatal();
 }
 
-Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
-  NolockScope nolock("alloc_pages_nolock");  // the lock validator: nothing below may wait
+// Everything alloc_pages_nolock() does but the pcp hit (inside its
+// NolockScope): a bad gfp, accounting, order > 3, not a CPU, fault plans,
+// refills.
+Page* detail::alloc_pages_nolock_slow(Gfp gfp, unsigned order) {
   if (ANYCTX_UNLIKELY(!(gfp & ~kGfpAccount).empty())) {
     (Report("bad gfp") << "alloc_pages_nolock(): gfp may carry only kGfpAccount, got ").hex(gfp.bits()).fatal();
   }

@@ -110,7 +110,7 @@ inline void free_pages(Page* page, unsigned order);
 // Return: a zeroed block with refcount 1, or nullptr (no memory in this
 // context: a lock was busy, the lists were empty, the cgroup is at its
 // limit, order > 3, or the thread is not a CPU).
-Page* alloc_pages_nolock(Gfp gfp, unsigned order);
+inline Page* alloc_pages_nolock(Gfp gfp, unsigned order);
 // Frees like free_pages without ever waiting. Context: any.
 inline void free_pages_nolock(Page* page, unsigned order);
 
@@ -193,6 +193,6 @@ InvariantResult check_free_lists();
 
 }  // namespace anyctx
 
-// alloc_pages, free_pages and free_pages_nolock are inline: their fast
-// paths, and the internals those read, follow.
+// alloc_pages, free_pages, alloc_pages_nolock and free_pages_nolock are
+// inline: their fast paths, and the internals those read, follow.
 #include "anyctx/page/page_alloc_fast.h"

@@ -1,13 +1,15 @@
 // anyctx/page/page_alloc_fast.h — internal: the inline fast paths of
-// alloc_pages, free_pages and free_pages_nolock (page_alloc.h includes this
-// header at its end, so a call site inlines them). Not part of the API.
+// alloc_pages, free_pages, alloc_pages_nolock and free_pages_nolock
+// (page_alloc.h includes this header at its end, so a call site inlines
+// them). Not part of the API.
 //
 // Contract (the entry points' own is in page_alloc.h):
 //  - Each entry point is one fast path, inline, that completes on this
 //    CPU's pcp or falls back to one out-of-line, cold slow path in
-//    page_alloc.cc (alloc_pages_slow; free_pages_slow before the last
-//    reference is taken, free_taken_slow after it). A fast path that gives
-//    up before it takes the reference has changed nothing.
+//    page_alloc.cc (alloc_pages_slow, alloc_pages_nolock_slow;
+//    free_pages_slow before the last reference is taken, free_taken_slow
+//    after it). A fast path that gives up before it takes the reference
+//    has changed nothing.
 //  - The pcp is taken by try_lock (no atomic RMW, no IRQ mask): it fails
 //    only in a frame that interrupted the holder, which then goes to the
 //    buddy lists. A drain request that came meanwhile is served after the
@@ -35,6 +37,7 @@ namespace detail {
 
 // The slow paths and what the fast paths call out of line (page_alloc.cc).
 ANYCTX_COLD Page* alloc_pages_slow(Gfp gfp, unsigned order, int cpu);
+ANYCTX_COLD Page* alloc_pages_nolock_slow(Gfp gfp, unsigned order);
 ANYCTX_COLD Page* pcp_serve_request_then(Pcp& pcp, Gfp gfp, Page* page);
 ANYCTX_COLD void pcp_serve_request(Pcp& pcp, Gfp gfp);
 ANYCTX_COLD void pcp_trim_unlock_slow(Pcp& pcp, Gfp gfp);
@@ -66,13 +69,14 @@ inline Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
   return page;
 }
 
-// The common alloc_pages(): a block from this CPU's list of `order`, which
-// has one and is not held, counted in the task slot of the spinning path
-// (the caller made sure of both). The caller serves a drain request that came
-// meanwhile (pcp_serve_request_then) once it has prepared the block, so the
-// fast path makes no call. Return: nullptr for anything else (an empty list
-// or a pcp held by an interrupted frame), which the slow path handles.
-ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order) {
+// The common alloc_pages() and alloc_pages_nolock(): a block from this
+// CPU's list of `order` (<= kPcpMaxOrder), counted in `ok`, the caller's
+// slot of kStatAllocOk for its path and context level in this pcp's
+// statistics. The caller serves a drain request that came meanwhile
+// (pcp_serve_request_then) once it has prepared the block, so this makes no
+// call. Return: nullptr for anything else (an empty list or a pcp held by
+// an interrupted frame), which the slow path handles.
+ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order, std::atomic<std::uint64_t>& ok) {
   if (ANYCTX_UNLIKELY(!pcp_trylock(pcp))) return nullptr;
   PcpList& list = pcp.lists[order];
   Page* page = list.head;
@@ -80,7 +84,7 @@ ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order) {
     list.pop();
     ANYCTX_SITE(kPcpListEdit);
     pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
-    count_one(pcp.stats.v[kTaskSlot][kStatAllocOk + 0]);
+    count_one(ok);
   }
   pcp_release(pcp);
   return page;
@@ -165,7 +169,8 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages(Gfp gfp, unsigned order) {
     detail::Pcp& pcp = *detail::one_register(&detail::g_pcp.on(cpu));
     Page* page;
     if (ANYCTX_LIKELY(!pcp.fault_plan.load(std::memory_order_relaxed)) &&
-        ANYCTX_LIKELY((page = detail::pcp_alloc_hit(pcp, order)) != nullptr)) {
+        ANYCTX_LIKELY((page = detail::pcp_alloc_hit(pcp, order, pcp.stats.v[detail::kTaskSlot][detail::kStatAllocOk + 0])) !=
+                      nullptr)) {
       detail::prep_new_page(page, order, Gfp{});  // kGfpZero went to the slow path
       if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
         return detail::pcp_serve_request_then(pcp, gfp, page);
@@ -178,6 +183,28 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages(Gfp gfp, unsigned order) {
 ANYCTX_ALWAYS_INLINE void free_pages(Page* page, unsigned order) {
   if constexpr (kDebug) detail::free_pages_check_context();
   detail::free_pages_common("free_pages", page, order, kGfpKernel, 0);
+}
+
+ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
+  NolockScope nolock("alloc_pages_nolock");  // the lock validator: nothing below may wait
+  // The common case: no gfp bit (kGfpAccount and bad bits go to the slow
+  // path), order <= 3, a CPU, no fault plan; any context, counted in the
+  // slot of the context level it runs at.
+  int cpu = current_cpu();
+  if (ANYCTX_LIKELY(gfp.empty() && order <= kPcpMaxOrder && cpu != kNoCpu)) {
+    detail::Pcp& pcp = *detail::one_register(&detail::g_pcp.on(cpu));
+    std::atomic<std::uint64_t>& ok = pcp.stats.v[static_cast<int>(context_level())][detail::kStatAllocOk + 1];
+    Page* page;
+    if (ANYCTX_LIKELY(!pcp.fault_plan.load(std::memory_order_relaxed)) &&
+        ANYCTX_LIKELY((page = detail::pcp_alloc_hit(pcp, order, ok)) != nullptr)) {
+      detail::prep_new_page(page, order, kGfpZero);
+      // Gfp{}: no reclaim bit, so serving the request never waits.
+      if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
+        return detail::pcp_serve_request_then(pcp, Gfp{}, page);
+      return page;
+    }
+  }
+  return detail::alloc_pages_nolock_slow(gfp, order);
 }
 
 ANYCTX_ALWAYS_INLINE void free_pages_nolock(Page* page, unsigned order) {
