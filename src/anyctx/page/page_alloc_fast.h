@@ -167,10 +167,10 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages(Gfp gfp, unsigned order) {
   if (ANYCTX_LIKELY((gfp & (kGfpAccount | kGfpZero | kGfpKswapdReclaim)) == kGfpKswapdReclaim &&
                     order <= kPcpMaxOrder && cpu != kNoCpu && in_task())) {
     detail::Pcp& pcp = *detail::one_register(&detail::g_pcp.on(cpu));
+    std::atomic<std::uint64_t>& ok = pcp.stats.v[detail::kTaskSlot][detail::kStatAllocOk + 0];
     Page* page;
     if (ANYCTX_LIKELY(!pcp.fault_plan.load(std::memory_order_relaxed)) &&
-        ANYCTX_LIKELY((page = detail::pcp_alloc_hit(pcp, order, pcp.stats.v[detail::kTaskSlot][detail::kStatAllocOk + 0])) !=
-                      nullptr)) {
+        ANYCTX_LIKELY((page = detail::pcp_alloc_hit(pcp, order, ok)) != nullptr)) {
       detail::prep_new_page(page, order, Gfp{});  // kGfpZero went to the slow path
       if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
         return detail::pcp_serve_request_then(pcp, gfp, page);

@@ -144,6 +144,8 @@ inline void* block_address(const Page* p) {
   return g_arena.base + static_cast<std::size_t>(p - g_arena.descs) * kPageSize;
 }
 
-inline void poison_block(Page* p, unsigned order) { ANYCTX_PAGE_POISON(block_address(p), block_pages(order) * kPageSize); }
+inline void poison_block(Page* p, unsigned order) {
+  ANYCTX_PAGE_POISON(block_address(p), block_pages(order) * kPageSize);
+}
 
 }  // namespace anyctx::detail

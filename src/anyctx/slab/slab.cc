@@ -152,7 +152,7 @@ ANYCTX_COLD void deferred_corrupt(std::uintptr_t obj, std::uintptr_t next) {
 
 ANYCTX_ALWAYS_INLINE void freelist_push(const KmemCache& c, Freelist& fl, std::uintptr_t obj, Site at) {
   store_link_word(obj, encode_link(c.secret, fl.head, obj));
-  site(at);
+  slab_site(at);
   fl.head = obj;
   ++fl.count;
 }
@@ -174,7 +174,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t freelist_pop(Slab* s, Freelist& fl, Site at,
   std::uintptr_t obj = fl.head;
   if (obj == 0) return 0;
   std::uintptr_t next = decode_link(s->cache->secret, load_link_word(obj), obj);
-  site(at);
+  slab_site(at);
   if (ANYCTX_UNLIKELY(!link_ok(s, fl, next))) {
     bool last = fl.count == 1;
     freelist_corrupt(s, fl, which, obj, next,

@@ -65,7 +65,8 @@ ANYCTX_ALWAYS_INLINE int size_index(std::size_t size, Gfp gfp) {
   return gfp.has(kGfpAccount) ? cls + kKmallocClasses : cls;
 }
 
-ANYCTX_ALWAYS_INLINE void site(Site s) {
+// A site hit where the site is a value, not a name (ANYCTX_SITE's case).
+ANYCTX_ALWAYS_INLINE void slab_site(Site s) {
 #if ANYCTX_SITES
   site_hit(s);
 #else
@@ -113,7 +114,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
   std::uintptr_t obj = cs.free.head;
   if (ANYCTX_UNLIKELY(obj == 0)) return 0;
   std::uintptr_t next = decode_link(cs.secret, load_link_word(obj), obj);
-  site(Site::kSlabFreelistEdit);
+  slab_site(Site::kSlabFreelistEdit);
   // link_ok() with the common case first: more follow and `next` is an
   // object of the slab (next == 0 fails that test too: 0 - base, for any
   // base in the address space, has bits set above the largest block).
@@ -190,7 +191,7 @@ ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
   }
   ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
   store_link_word(obj, encode_link(cs.secret, cs.free.head, obj));
-  site(Site::kSlabFreelistEdit);
+  slab_site(Site::kSlabFreelistEdit);
   cs.free.head = obj;
   ++cs.free.count;
   count_one(cs.frees);
