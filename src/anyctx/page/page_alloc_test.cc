@@ -479,6 +479,46 @@ TEST_F(PageAllocTest, NmiInsideADeferredPushLosesNothing) {
   EXPECT_EQ(deferred_free_pages(), 0u);
 }
 
+// The statistics count every call in the slot of its path and of the
+// context it ran in, whichever way it went: the fast paths (a pcp hit, a
+// push) count in their own slots, the slow paths (an empty list refilled,
+// IRQ and NMI frames, a second order) through stat_inc.
+void pairs_in_this_context(InterruptKind) {
+  Page* a[2];
+  if (!in_nmi()) {
+    for (unsigned order : {0u, 1u}) {
+      for (Page*& p : a) p = alloc_pages(kGfpAtomic, order);
+      for (Page* p : a) free_pages(p, order);
+    }
+  }
+  for (unsigned order : {0u, 1u}) {
+    for (Page*& p : a) p = alloc_pages_nolock(Gfp{}, order);
+    for (Page* p : a) free_pages_nolock(p, order);
+  }
+}
+
+TEST_F(PageAllocTest, EveryCallIsCountedInTheSlotOfItsPathAndContext) {
+  init(config_of(1024));
+  set_interrupt_handler(InterruptKind::kIrq, pairs_in_this_context);
+  set_interrupt_handler(InterruptKind::kNmi, pairs_in_this_context);
+  PageStats before = page_stats();
+  pairs_in_this_context(InterruptKind::kIrq);  // task context (the kind is not read)
+  raise_irq();
+  raise_nmi();
+  PageStats after = page_stats();
+  for (int path = 0; path < 2; ++path) {
+    for (int ctx = 0; ctx < 3; ++ctx) {
+      // Two pairs of each of two orders, except spinning calls in NMI context.
+      std::uint64_t expected = path == 0 && ctx == static_cast<int>(ContextLevel::kNmi) ? 0 : 4;
+      SCOPED_TRACE("path " + std::to_string(path) + ", " + context_name(static_cast<ContextLevel>(ctx)));
+      EXPECT_EQ(after.alloc_ok[path][ctx] - before.alloc_ok[path][ctx], expected);
+      EXPECT_EQ(after.freed[path][ctx] - before.freed[path][ctx], expected);
+      EXPECT_EQ(after.alloc_failed[path][ctx], before.alloc_failed[path][ctx]);
+    }
+  }
+  expect_everything_free();
+}
+
 // Above `high` every free returns a batch: a spinning free waits for
 // zone.lock and returns it to the buddy lists; a nolock free parks it on the
 // deferred stack, needing no lock, so it trims while zone.lock is busy too.
