@@ -65,6 +65,17 @@
 #define ANYCTX_ASAN 0
 #endif
 
+// ASan's poisoning of memory the allocator holds (free pages, free slab
+// objects, the bytes past a kmalloc's size); nothing in other builds.
+#if ANYCTX_ASAN
+#include <sanitizer/asan_interface.h>
+#define ANYCTX_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
+#define ANYCTX_UNPOISON(addr, size) ASAN_UNPOISON_MEMORY_REGION(addr, size)
+#else
+#define ANYCTX_POISON(addr, size) ((void)(addr), (void)(size))
+#define ANYCTX_UNPOISON(addr, size) ((void)(addr), (void)(size))
+#endif
+
 // Clang thread-safety analysis (-Wthread-safety).
 #if defined(__clang__)
 #define ANYCTX_TSA(x) __attribute__((x))

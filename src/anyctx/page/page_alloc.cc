@@ -784,6 +784,8 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock_core(unsigned order, Caller at) {
   return prep_new_page(page, order, nolock);
 }
 
+Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, Caller at);
+
 }  // namespace
 
 // pcp_unlock()'s request check, for a fast path that released the pcp and
@@ -794,12 +796,6 @@ Page* detail::pcp_serve_request_then(Pcp& pcp, Gfp gfp, Page* page) {
   // register across a call instead of making a tail call.
   return one_register(page);
 }
-
-namespace {
-
-Page* alloc_pages_accounted_slow(Gfp gfp, unsigned order, Caller at);
-
-}  // namespace
 
 // Everything alloc_pages() does but the pcp hit: accounting, zeroing, fault
 // plans, refills, the buddy lists, reclaim.
@@ -930,10 +926,6 @@ bool detail::free_pages_bad(const char* entry, Page* page, unsigned order) {
   return bad_page(entry, page, "freed with references left: refcount ", static_cast<unsigned>(refs));
 }
 
-namespace {
-
-}  // namespace
-
 // --- free slow paths ---------------------------------------------------------------
 
 // A free whose last reference is taken: uncharge, count and return the
@@ -1038,7 +1030,7 @@ std::string_view page_allocator_init(const PageAllocatorConfig& c) {
     pfn += block_pages(order);
   }
   g_zone.lock.unlock_irqrestore(flags);
-  ANYCTX_PAGE_POISON(g_arena.base, bytes);
+  ANYCTX_POISON(g_arena.base, bytes);
 
   if (!cpu_offline_callback_add(drain_on_offline) || !irq_exit_callback_add(pcp_irq_exit) ||
       !reclaim_register(drain_shrinker)) {
@@ -1053,7 +1045,7 @@ void page_allocator_shutdown() {
   irq_exit_callback_remove(pcp_irq_exit);
   reclaim_unregister(drain_shrinker);
   if (g_arena.base == nullptr) return;
-  ANYCTX_PAGE_UNPOISON(g_arena.base, g_arena.pages * kPageSize);
+  ANYCTX_UNPOISON(g_arena.base, g_arena.pages * kPageSize);
   munmap(g_arena.base, g_arena.pages * kPageSize);
   munmap(g_arena.descs, g_arena.pages * sizeof(Page));
   g_arena = Arena{};

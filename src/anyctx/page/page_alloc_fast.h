@@ -64,19 +64,22 @@ inline Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
   set_head(page, PageState::kAllocated, order);
   page->refcount.store(1, std::memory_order_relaxed);
   void* addr = block_address(page);
-  ANYCTX_PAGE_UNPOISON(addr, block_pages(order) * kPageSize);
+  ANYCTX_UNPOISON(addr, block_pages(order) * kPageSize);
   if (gfp.has(kGfpZero)) std::memset(addr, 0, block_pages(order) * kPageSize);
   return page;
 }
 
-// The common alloc_pages() and alloc_pages_nolock(): a block from this
-// CPU's list of `order` (<= kPcpMaxOrder), counted in `ok`, the caller's
-// slot of kStatAllocOk for its path and context level in this pcp's
-// statistics. The caller serves a drain request that came meanwhile
-// (pcp_serve_request_then) once it has prepared the block, so this makes no
-// call. Return: nullptr for anything else (an empty list or a pcp held by
-// an interrupted frame), which the slow path handles.
-ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order, std::atomic<std::uint64_t>& ok) {
+// The pcp hit shared by alloc_pages() and alloc_pages_nolock(): a block
+// from `cpu`'s list of `order` (<= kPcpMaxOrder) when no fault plan is set,
+// counted in the pcp's slot of kStatAllocOk for `path` and context level
+// `ctx`, prepared with `gfp` (its kGfpZero), and a drain request that came
+// meanwhile served after that with `gfp` (its reclaim bits say whether the
+// drain may wait), so the hit itself makes no call. Return: the block, or
+// nullptr for anything else (a plan, an empty list, a pcp held by an
+// interrupted frame), which the slow path handles.
+ANYCTX_ALWAYS_INLINE Page* pcp_alloc_fast(int cpu, unsigned order, int ctx, int path, Gfp gfp) {
+  Pcp& pcp = *one_register(&g_pcp.on(cpu));
+  if (ANYCTX_UNLIKELY(pcp.fault_plan.load(std::memory_order_relaxed))) return nullptr;
   if (ANYCTX_UNLIKELY(!pcp_trylock(pcp))) return nullptr;
   PcpList& list = pcp.lists[order];
   Page* page = list.head;
@@ -84,9 +87,13 @@ ANYCTX_ALWAYS_INLINE Page* pcp_alloc_hit(Pcp& pcp, unsigned order, std::atomic<s
     list.pop();
     ANYCTX_SITE(kPcpListEdit);
     pcp_count_add(pcp, -static_cast<long>(block_pages(order)));
-    count_one(ok);
+    count_one(pcp.stats.v[ctx][kStatAllocOk + path]);
   }
   pcp_release(pcp);
+  if (ANYCTX_UNLIKELY(page == nullptr)) return nullptr;
+  prep_new_page(page, order, gfp);
+  if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
+    return pcp_serve_request_then(pcp, gfp, page);
   return page;
 }
 
@@ -166,16 +173,9 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages(Gfp gfp, unsigned order) {
   // (the pcp's copy of the flag).
   if (ANYCTX_LIKELY((gfp & (kGfpAccount | kGfpZero | kGfpKswapdReclaim)) == kGfpKswapdReclaim &&
                     order <= kPcpMaxOrder && cpu != kNoCpu && in_task())) {
-    detail::Pcp& pcp = *detail::one_register(&detail::g_pcp.on(cpu));
-    std::atomic<std::uint64_t>& ok = pcp.stats.v[detail::kTaskSlot][detail::kStatAllocOk + 0];
-    Page* page;
-    if (ANYCTX_LIKELY(!pcp.fault_plan.load(std::memory_order_relaxed)) &&
-        ANYCTX_LIKELY((page = detail::pcp_alloc_hit(pcp, order, ok)) != nullptr)) {
-      detail::prep_new_page(page, order, Gfp{});  // kGfpZero went to the slow path
-      if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
-        return detail::pcp_serve_request_then(pcp, gfp, page);
+    // gfp has no kGfpZero here, and its reclaim bits let a drain wait.
+    if (Page* page = detail::pcp_alloc_fast(cpu, order, detail::kTaskSlot, 0, gfp); ANYCTX_LIKELY(page != nullptr))
       return page;
-    }
   }
   return detail::alloc_pages_slow(gfp, order, cpu);
 }
@@ -192,17 +192,9 @@ ANYCTX_ALWAYS_INLINE Page* alloc_pages_nolock(Gfp gfp, unsigned order) {
   // slot of the context level it runs at.
   int cpu = current_cpu();
   if (ANYCTX_LIKELY(gfp.empty() && order <= kPcpMaxOrder && cpu != kNoCpu)) {
-    detail::Pcp& pcp = *detail::one_register(&detail::g_pcp.on(cpu));
-    std::atomic<std::uint64_t>& ok = pcp.stats.v[static_cast<int>(context_level())][detail::kStatAllocOk + 1];
-    Page* page;
-    if (ANYCTX_LIKELY(!pcp.fault_plan.load(std::memory_order_relaxed)) &&
-        ANYCTX_LIKELY((page = detail::pcp_alloc_hit(pcp, order, ok)) != nullptr)) {
-      detail::prep_new_page(page, order, kGfpZero);
-      // Gfp{}: no reclaim bit, so serving the request never waits.
-      if (ANYCTX_UNLIKELY(pcp.drain_requested.load(std::memory_order_relaxed)))
-        return detail::pcp_serve_request_then(pcp, Gfp{}, page);
-      return page;
-    }
+    // kGfpZero zeroes the block; without a reclaim bit a drain never waits.
+    int ctx = static_cast<int>(context_level());
+    if (Page* page = detail::pcp_alloc_fast(cpu, order, ctx, 1, kGfpZero); ANYCTX_LIKELY(page != nullptr)) return page;
   }
   return detail::alloc_pages_nolock_slow(gfp, order);
 }

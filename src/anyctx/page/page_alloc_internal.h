@@ -26,15 +26,6 @@
 #include "anyctx/lock/local_lock.h"
 #include "anyctx/page/page.h"
 
-#if ANYCTX_ASAN
-#include <sanitizer/asan_interface.h>
-#define ANYCTX_PAGE_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
-#define ANYCTX_PAGE_UNPOISON(addr, size) ASAN_UNPOISON_MEMORY_REGION(addr, size)
-#else
-#define ANYCTX_PAGE_POISON(addr, size) ((void)(addr), (void)(size))
-#define ANYCTX_PAGE_UNPOISON(addr, size) ((void)(addr), (void)(size))
-#endif
-
 namespace anyctx::detail {
 
 // A CPU's free blocks of one order: a stack through Page::next, so the block
@@ -145,7 +136,7 @@ inline void* block_address(const Page* p) {
 }
 
 inline void poison_block(Page* p, unsigned order) {
-  ANYCTX_PAGE_POISON(block_address(p), block_pages(order) * kPageSize);
+  ANYCTX_POISON(block_address(p), block_pages(order) * kPageSize);
 }
 
 }  // namespace anyctx::detail

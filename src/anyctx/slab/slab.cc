@@ -307,7 +307,7 @@ Slab* new_slab(KmemCache& c, Gfp gfp) {
     next = obj;
   }
   s->free = Freelist{base, c.objects};
-  ANYCTX_SLAB_POISON(s->base, std::size_t{c.objects} << c.shift);
+  ANYCTX_POISON(s->base, std::size_t{c.objects} << c.shift);
   for (std::size_t i = 0; i < block_pages(c); ++i) pfn_to_page(pfn + i)->owner_private.store(s, std::memory_order_release);
   stat_add(c.index, kSlabStatSlabsAllocated);
   ANYCTX_SITE(kSlabNewSlab);
@@ -643,7 +643,7 @@ ANYCTX_ALWAYS_INLINE Slab* free_prepare(const char* entry, const void* p) {
     bad_free(entry, p, BadFree::kDoubleFree);
     return nullptr;
   }
-  ANYCTX_SLAB_POISON(const_cast<void*>(p), s->cache->size);
+  ANYCTX_POISON(const_cast<void*>(p), s->cache->size);
   return s;
 }
 

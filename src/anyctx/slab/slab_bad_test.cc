@@ -108,10 +108,10 @@ TEST_F(SlabTest, ReportAndLeakPolicyCountsAndLeavesTheObjectAlone) {
 // allocation that follows it reports the cache and slab instead of handing
 // out a pointer of the attacker's choosing.
 void corrupt_link(void* obj) {
-  ANYCTX_SLAB_UNPOISON(obj, sizeof(std::uintptr_t));
+  ANYCTX_UNPOISON(obj, sizeof(std::uintptr_t));
   auto* link = static_cast<volatile std::uintptr_t*>(obj);
   *link = *link ^ 0x0000100000000040ull;
-  ANYCTX_SLAB_POISON(obj, sizeof(std::uintptr_t));
+  ANYCTX_POISON(obj, sizeof(std::uintptr_t));
 }
 
 TEST_F(SlabTest, CorruptedFreelistLinkIsReportedNotFollowed) {

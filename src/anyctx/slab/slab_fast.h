@@ -137,14 +137,14 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
 // memset call would make them save registers.
 ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, std::size_t size, bool zero) {
   void* p = reinterpret_cast<void*>(obj);
-  ANYCTX_SLAB_UNPOISON(p, c.size);
+  ANYCTX_UNPOISON(p, c.size);
   if (zero) {
     std::memset(p, 0, c.size);
   } else {
     std::memset(p, 0, sizeof(std::uintptr_t));
   }
   if (size == 0) size = 1;
-  ANYCTX_SLAB_POISON(static_cast<char*>(p) + size, c.size - size);
+  ANYCTX_POISON(static_cast<char*>(p) + size, c.size - size);
   return p;
 }
 
@@ -189,7 +189,7 @@ ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
     cpu_unlock(cs);
     return false;
   }
-  ANYCTX_SLAB_POISON(reinterpret_cast<void*>(obj), s->cache->size);
+  ANYCTX_POISON(reinterpret_cast<void*>(obj), s->cache->size);
   store_link_word(obj, encode_link(cs.secret, cs.free.head, obj));
   slab_site(Site::kSlabFreelistEdit);
   cs.free.head = obj;

@@ -63,15 +63,6 @@
 #define ANYCTX_SLAB_EXACT_FREE (ANYCTX_DEBUG || ANYCTX_ASAN || ANYCTX_TSAN)
 #endif
 
-#if ANYCTX_ASAN
-#include <sanitizer/asan_interface.h>
-#define ANYCTX_SLAB_POISON(addr, size) ASAN_POISON_MEMORY_REGION(addr, size)
-#define ANYCTX_SLAB_UNPOISON(addr, size) ASAN_UNPOISON_MEMORY_REGION(addr, size)
-#else
-#define ANYCTX_SLAB_POISON(addr, size) ((void)(addr), (void)(size))
-#define ANYCTX_SLAB_UNPOISON(addr, size) ((void)(addr), (void)(size))
-#endif
-
 namespace anyctx::detail {
 
 inline constexpr bool kSlabExactFree = ANYCTX_SLAB_EXACT_FREE != 0;
@@ -215,17 +206,17 @@ inline std::uintptr_t decode_link(std::uintptr_t secret, std::uintptr_t stored, 
 // Free objects stay poisoned; only the link word is opened around an access.
 ANYCTX_ALWAYS_INLINE std::uintptr_t load_link_word(std::uintptr_t slot) {
   void* p = reinterpret_cast<void*>(slot);
-  ANYCTX_SLAB_UNPOISON(p, sizeof(std::uintptr_t));
+  ANYCTX_UNPOISON(p, sizeof(std::uintptr_t));
   std::uintptr_t v;
   std::memcpy(&v, p, sizeof v);
-  ANYCTX_SLAB_POISON(p, sizeof(std::uintptr_t));
+  ANYCTX_POISON(p, sizeof(std::uintptr_t));
   return v;
 }
 ANYCTX_ALWAYS_INLINE void store_link_word(std::uintptr_t slot, std::uintptr_t v) {
   void* p = reinterpret_cast<void*>(slot);
-  ANYCTX_SLAB_UNPOISON(p, sizeof(std::uintptr_t));
+  ANYCTX_UNPOISON(p, sizeof(std::uintptr_t));
   std::memcpy(p, &v, sizeof v);
-  ANYCTX_SLAB_POISON(p, sizeof(std::uintptr_t));
+  ANYCTX_POISON(p, sizeof(std::uintptr_t));
 }
 
 // Return: whether `addr` is the start of an object of `s`.
