@@ -13,8 +13,10 @@
 //   prodcons/kmalloc_nolock/64              prodcons/malloc/64
 //   prodcons/alloc_pages                    prodcons/malloc_4096
 //   prodcons/alloc_pages_nolock             prodcons/calloc_4096
-//   ref/atomic_or_and_pair, ref/memset_4096 (anyctx binary only: what two
-//   atomic RMWs and zeroing a page cost here, to explain the rows above)
+//   ref/atomic_or_and_pair, ref/memset_4096, ref/clear_pages_4096 (anyctx
+//   binary only: what two atomic RMWs, the C library's memset of a page and
+//   the page allocator's own zeroing of one (page_clear.h, the method this
+//   machine gets) cost here, to explain the rows above)
 //
 // Pair rows: each thread allocates and frees one object per iteration
 // (threads independent; for anyctx each thread is its own CPU). Prodcons
@@ -42,6 +44,7 @@
 #if ANYCTX_BENCH_ANYCTX
 #include "anyctx/ctx/cpu.h"
 #include "anyctx/page/page_alloc.h"
+#include "anyctx/page/page_clear.h"
 #include "anyctx/slab/slab.h"
 #endif
 
@@ -134,6 +137,17 @@ void BM_RefZero4096(benchmark::State& state) {
   void* addr = page_address(p);
   for (auto _ : state) {
     std::memset(addr, 0, kPage);
+    benchmark::ClobberMemory();
+  }
+  free_pages(p, 0);
+}
+
+void BM_RefClearPage(benchmark::State& state) {
+  ThreadCpu cpu;
+  Page* p = alloc_pages(kGfpKernel, 0);
+  void* addr = page_address(p);
+  for (auto _ : state) {
+    detail::clear_pages(addr, 1);
     benchmark::ClobberMemory();
   }
   free_pages(p, 0);
@@ -309,6 +323,7 @@ void register_all(const std::vector<int>& threads) {
   RegisterBenchmark("prodcons/alloc_pages_nolock", BM_PcAllocPagesNolock)->Threads(2)->UseRealTime();
   RegisterBenchmark("ref/atomic_or_and_pair", BM_RefRmwPair)->UseRealTime();
   RegisterBenchmark("ref/memset_4096", BM_RefZero4096)->UseRealTime();
+  RegisterBenchmark("ref/clear_pages_4096", BM_RefClearPage)->UseRealTime();
 #else
   pairs.push_back(RegisterBenchmark("page/malloc_4096", BM_Malloc4096));
   pairs.push_back(RegisterBenchmark("page/calloc_4096", BM_Calloc4096));

@@ -13,7 +13,9 @@
 //  - The pcp is taken by try_lock (no atomic RMW, no IRQ mask): it fails
 //    only in a frame that interrupted the holder, which then goes to the
 //    buddy lists. A drain request that came meanwhile is served after the
-//    release (pcp_serve_request), the fast paths' only other call.
+//    release (pcp_serve_request); that and the zeroing of a kGfpZero block
+//    (clear_pages, every alloc_pages_nolock block) are the fast paths'
+//    only other calls.
 //  - What it reads and writes is the layout of page_alloc_internal.h, which
 //    the ABI switches of ctx/config.h fix; every file that includes
 //    page_alloc.h must be built with the library's values, as config.h
@@ -22,7 +24,6 @@
 #pragma once
 
 #include <bit>
-#include <cstring>
 
 #include "anyctx/ctx/context.h"
 #include "anyctx/ctx/cpu.h"
@@ -31,6 +32,7 @@
 #include "anyctx/lock/validator.h"
 #include "anyctx/page/page_alloc.h"
 #include "anyctx/page/page_alloc_internal.h"
+#include "anyctx/page/page_clear.h"
 
 namespace anyctx {
 namespace detail {
@@ -65,7 +67,7 @@ inline Page* prep_new_page(Page* page, unsigned order, Gfp gfp) {
   page->refcount.store(1, std::memory_order_relaxed);
   void* addr = block_address(page);
   ANYCTX_UNPOISON(addr, block_pages(order) * kPageSize);
-  if (gfp.has(kGfpZero)) std::memset(addr, 0, block_pages(order) * kPageSize);
+  if (gfp.has(kGfpZero)) clear_pages(addr, block_pages(order));
   return page;
 }
 
