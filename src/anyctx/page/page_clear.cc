@@ -47,6 +47,17 @@ bool cpu_has_avx2() { return false; }
 // same.
 const PageClear g_method = cpu_has_avx2() ? PageClear::kAvx2 : PageClear::kMemset;
 
+// Zeroes with `method`, which runs here (unchecked: the hot path).
+void clear_with(PageClear method, char* page, std::size_t pages) {
+#if defined(__x86_64__)
+  if (method == PageClear::kAvx2) {
+    for (std::size_t i = 0; i < pages; ++i) clear_page_avx2(page + i * kPageSize);
+    return;
+  }
+#endif
+  std::memset(page, 0, pages * kPageSize);
+}
+
 }  // namespace
 
 PageClear page_clear_method() { return g_method; }
@@ -60,24 +71,14 @@ bool page_clear_runs_here(PageClear method) {
 }
 
 void clear_pages_with(PageClear method, void* addr, std::size_t pages) {
-  char* page = static_cast<char*>(addr);
-  switch (method) {
-    case PageClear::kMemset:
-      std::memset(page, 0, pages * kPageSize);
-      return;
-    case PageClear::kAvx2:
-#if defined(__x86_64__)
-      for (std::size_t i = 0; i < pages; ++i) clear_page_avx2(page + i * kPageSize);
-      return;
-#else
-      break;
-#endif
+  if (!page_clear_runs_here(method)) {
+    (Report("page misuse") << "clear_pages_with(): method " << static_cast<int>(method)
+                           << " does not run on this machine (page_clear_runs_here() says which do)")
+        .fatal();
   }
-  (Report("page misuse") << "clear_pages_with(): method " << static_cast<int>(method)
-                         << " does not run on this machine")
-      .fatal();
+  clear_with(method, static_cast<char*>(addr), pages);
 }
 
-void clear_pages(void* addr, std::size_t pages) { clear_pages_with(g_method, addr, pages); }
+void clear_pages(void* addr, std::size_t pages) { clear_with(g_method, static_cast<char*>(addr), pages); }
 
 }  // namespace anyctx::detail

@@ -32,8 +32,9 @@ PageClear page_clear_method();
 // Return: whether `method` runs on this machine (kMemset: always).
 bool page_clear_runs_here(PageClear method);
 
-// clear_pages() with `method`, which must run here (tests: every method
-// that runs on the machine is checked, not only the one chosen).
+// clear_pages() with `method` (tests: every method that runs on the
+// machine is checked, not only the one chosen). A method that does not run
+// here is a fatal report (page misuse), not an illegal instruction.
 void clear_pages_with(PageClear method, void* addr, std::size_t pages);
 
 }  // namespace anyctx::detail
