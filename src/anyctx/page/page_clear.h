@@ -5,9 +5,9 @@
 //  - clear_pages(addr, pages) writes zero to `pages` whole pages starting at
 //    `addr`, which is page-aligned, and nothing else.
 //  - How is chosen once, when the library is loaded, from what the CPU has:
-//    32-byte vector stores where it has AVX2 (about twice as fast as the C
-//    library's memset for one 4 KiB page on the machines measured, which
-//    use `rep stosb` there: docs/benchmarks.md), else memset.
+//    32-byte vector stores where it has AVX2 (on the AMD EPYC measured,
+//    twice as fast as glibc's memset of a 4 KiB page, which uses
+//    `rep stosb` there: docs/benchmarks.md), else memset.
 //  - The page arrives unpoisoned (prep_new_page): the stores are ordinary
 //    ones, so ASan and TSan see them as they see memset's.
 // Context: any. No lock, no allocation, no call that could take one.
