@@ -18,8 +18,14 @@ namespace {
 // Four aligned 32-byte stores per turn, 32 turns (not unrolled further:
 // 1 KiB of stores would buy nothing a loop branch costs). no_builtin keeps
 // clang from seeing a loop of zero stores and calling memset instead, which
-// is what this function exists to avoid.
-[[gnu::target("avx2")]] __attribute__((no_builtin("memset"))) void clear_page_avx2(void* addr) {
+// is what this function exists to avoid (GCC keeps the loop as written, and
+// does not know the attribute).
+#if defined(__clang__)
+#define ANYCTX_NO_MEMSET_CALL __attribute__((no_builtin("memset")))
+#else
+#define ANYCTX_NO_MEMSET_CALL
+#endif
+[[gnu::target("avx2")]] ANYCTX_NO_MEMSET_CALL void clear_page_avx2(void* addr) {
   auto* p = static_cast<__m256i*>(addr);
   const __m256i zero = _mm256_setzero_si256();
 #if defined(__clang__)
