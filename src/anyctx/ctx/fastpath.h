@@ -1,10 +1,12 @@
 // ctx/fastpath.h — two helpers the per-CPU fast paths (page_alloc.cc's pcp,
 // slab.cc's CPU slab) share. Internal: not part of the library's API.
 //
-//  - one_register(p): `p`, hidden from the optimiser, so that it stays one
-//    register. Left visible, a fast path folds the per-CPU base and the
-//    structure's offset into every access, keeps both live and runs out of
-//    caller-saved registers (three pushes and pops on kmalloc).
+//  - one_register(v): `v`, hidden from the optimiser, so that it stays one
+//    register, computed where it is. Left visible, a fast path folds the
+//    per-CPU base and the structure's offset into every access, keeps both
+//    live and runs out of caller-saved registers (three pushes and pops on
+//    kmalloc); a key folded into the XOR that applies it adds an XOR to the
+//    chain it sits on (slab_internal.h's link_key).
 //  - count_one(c): c + 1 by a relaxed load and store, no RMW. Only for a
 //    counter with one writer at a time (a per-CPU slot written under that
 //    CPU's local lock, or by its task context alone); readers may see it
@@ -20,9 +22,9 @@
 namespace anyctx::detail {
 
 template <class T>
-ANYCTX_ALWAYS_INLINE T* one_register(T* p) {
-  asm("" : "+r"(p));
-  return p;
+ANYCTX_ALWAYS_INLINE T one_register(T v) {
+  asm("" : "+r"(v));
+  return v;
 }
 
 ANYCTX_ALWAYS_INLINE void count_one(std::atomic<std::uint64_t>& counter) {

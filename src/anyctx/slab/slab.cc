@@ -206,8 +206,10 @@ std::uintptr_t slab_pop(Slab* s, Freelist& fl, Site at, const char* which) {
 // Takes an object off the CPU freelist (the CPU lock held) and counts it.
 // Return: the object, or 0 (see slab_pop).
 std::uintptr_t cpu_pop(CpuSlab& cs) {
-  std::uintptr_t obj = slab_pop(cs.slab, cs.free, Site::kSlabFreelistEdit, "CPU freelist");
+  Freelist fl = cpu_freelist(cs);
+  std::uintptr_t obj = slab_pop(cs.slab, fl, Site::kSlabFreelistEdit, "CPU freelist");
   if (obj != 0) count_one(cs.allocs);
+  set_cpu_freelist(cs, fl);
   return obj;
 }
 
@@ -219,8 +221,10 @@ ANYCTX_ALWAYS_INLINE void cpu_push(const char* entry, const KmemCache& c, CpuSla
     bad_free(entry, reinterpret_cast<const void*>(obj), BadFree::kDoubleFree);
     return;
   }
-  freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+  Freelist fl = cpu_freelist(cs);
+  freelist_push(c, fl, obj, Site::kSlabFreelistEdit);
   count_one(cs.frees);
+  set_cpu_freelist(cs, fl);
 }
 
 // --- locks -------------------------------------------------------------------
@@ -341,7 +345,7 @@ std::size_t release_slabs(Slab* chain, Gfp gfp) {
 void freeze(CpuSlab& cs, Slab* s, int cpu) {
   s->cpu = static_cast<std::int16_t>(cpu);
   set_cpu_slab(cs, s);
-  cs.free = s->free;
+  set_cpu_freelist(cs, s->free);
   s->free = Freelist{};
 }
 
@@ -394,13 +398,14 @@ void deactivate_locked(KmemCache& c, CpuSlab& cs, EmptySlab empty, Slab*& releas
   unfreeze_retired_locked(c, cs, empty, release);
   Slab* s = cs.slab;
   if (s == nullptr) return;
+  Freelist fl = cpu_freelist(cs);
   if (s->free.count == 0) {
-    s->free = cs.free;
+    s->free = fl;
   } else {
-    while (std::uintptr_t obj = freelist_pop(s, cs.free, Site::kSlabFreelistEdit, "CPU freelist"))
+    while (std::uintptr_t obj = freelist_pop(s, fl, Site::kSlabFreelistEdit, "CPU freelist"))
       freelist_push(c, s->free, obj, Site::kSlabListEdit);
   }
-  cs.free = Freelist{};
+  set_cpu_freelist(cs, Freelist{});
   set_cpu_slab(cs, nullptr);
   unfreeze_locked(c, s, empty, release);
 }
@@ -472,7 +477,7 @@ ANYCTX_COLD std::uintptr_t alloc_slow(KmemCache& c, CpuSlab& cs, int cpu, Gfp gf
     if (ANYCTX_UNLIKELY(cs.retired != nullptr)) unfreeze_retired_locked(c, cs, EmptySlab::kKeepSpare, release);
     Slab* s = cs.slab;
     if (s != nullptr && s->free.count > 0) {
-      cs.free = s->free;  // remote frees come home
+      set_cpu_freelist(cs, s->free);  // remote frees come home
       s->free = Freelist{};
       ANYCTX_SITE(kSlabListEdit);
     } else {
@@ -701,7 +706,11 @@ void free_deferred(Slab* s, std::uintptr_t obj, int cpu) {
     CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
     if (cpu_trylock(cs)) {
       bool in_cpu_slab = cs.slab == s;
-      if (in_cpu_slab) freelist_push(c, cs.free, obj, Site::kSlabFreelistEdit);
+      if (in_cpu_slab) {
+        Freelist fl = cpu_freelist(cs);
+        freelist_push(c, fl, obj, Site::kSlabFreelistEdit);
+        set_cpu_freelist(cs, fl);
+      }
       cpu_unlock(cs);
       if (in_cpu_slab) return;
     }
@@ -911,9 +920,9 @@ void reset_state() {
     for (CpuSlab& cs : cpu.caches) {
       set_cpu_slab(cs, nullptr);
       cs.retired = nullptr;
-      cs.free = Freelist{};
       cs.allocs.store(0);
       cs.frees.store(0);
+      set_cpu_freelist(cs, Freelist{});
     }
     cpu.deferred.store(0);
   });

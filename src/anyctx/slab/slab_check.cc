@@ -238,7 +238,7 @@ class SlabChecker {
       if (cs.base != (cs.slab != nullptr ? reinterpret_cast<std::uintptr_t>(cs.slab->base) : 0))
         return fail(str(list) + ": its copy of the slab's base differs from the slab's");
       if (cs.slab == nullptr) {
-        if (cs.free.head != 0 || cs.free.count != 0) return fail(str(list) + " is not empty but cpu has no slab");
+        if (cs.free.head != 0 || cpu_free_count(cs) != 0) return fail(str(list) + " is not empty but cpu has no slab");
         continue;
       }
       if (cs.slab->cache != &c) return fail(str(list) + ": its slab is not a live slab of the cache");
@@ -246,7 +246,7 @@ class SlabChecker {
         return fail(slab_str(cs.slab) + ": cpu " + std::to_string(cpu) + "'s slab, but the slab says cpu " +
                     std::to_string(cs.slab->cpu));
       if (cs.slab->corrupted) continue;
-      if (walk_freelist(cs.slab, cs.free, Where::kCpuFreelist, list) < 0) return;
+      if (walk_freelist(cs.slab, cpu_freelist(cs), Where::kCpuFreelist, list) < 0) return;
     }
 
     // Every live slab of the cache.

@@ -118,7 +118,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
   // link_ok() with the common case first: more follow and `next` is an
   // object of the slab (next == 0 fails that test too: 0 - base, for any
   // base in the address space, has bits set above the largest block).
-  std::uint32_t count = cs.free.count;
+  std::uint32_t count = cpu_free_count(cs);
   if (ANYCTX_LIKELY(count > 1)) {
     if (ANYCTX_UNLIKELY(((next - cs.base) & cs.object_mask) != 0)) return 0;
   } else if (ANYCTX_UNLIKELY(count != 1 || next != 0)) {
@@ -126,8 +126,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
   }
   if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
   cs.free.head = next;
-  --cs.free.count;
-  count_one(cs.allocs);
+  count_one(cs.allocs);  // the count with it
   return obj;
 }
 
@@ -168,8 +167,9 @@ ANYCTX_ALWAYS_INLINE void* kmalloc_fast(std::size_t size, Gfp gfp) {
 }
 
 // The fast free of `p` on `cpu` (current_cpu(), maybe kNoCpu): onto the
-// CPU freelist when p is an object of a live slab (the checks of
-// free_prepare, without reporting), that slab is the CPU slab, no frame
+// CPU freelist when p starts an object of its page's slab table entry (the
+// checks of free_prepare, without reporting), that entry is the CPU slab
+// (and so live: no slab is released while it is a CPU slab), no frame
 // below this one holds its lock and p is not on top of the CPU freelist
 // (with kSlabExactFree: its allocation bit is set). Anything else returns
 // false untouched: the slow path frees again and reports. It reads no
@@ -178,7 +178,7 @@ ANYCTX_ALWAYS_INLINE void* kmalloc_fast(std::size_t size, Gfp gfp) {
 // whether it was freed.
 ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
   if (ANYCTX_UNLIKELY(cpu == kNoCpu)) return false;
-  Slab* s = slab_of(p);  // nullptr for nullptr
+  Slab* s = slab_entry_of(p);  // nullptr for nullptr; live if it is cs.slab below
   if (ANYCTX_UNLIKELY(s == nullptr)) return false;
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   if (ANYCTX_UNLIKELY(((obj - reinterpret_cast<std::uintptr_t>(s->base)) & s->object_mask) != 0)) return false;
@@ -193,8 +193,7 @@ ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
   store_link_word(obj, encode_link(cs.secret, cs.free.head, obj));
   slab_site(Site::kSlabFreelistEdit);
   cs.free.head = obj;
-  ++cs.free.count;
-  count_one(cs.frees);
+  count_one(cs.frees);  // the count with it
   cpu_unlock(cs);
   return true;
 }

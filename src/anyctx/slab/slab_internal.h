@@ -51,6 +51,7 @@
 #include "anyctx/ctx/config.h"
 #include "anyctx/ctx/context.h"
 #include "anyctx/ctx/cpu.h"
+#include "anyctx/ctx/fastpath.h"
 #include "anyctx/ctx/gfp.h"
 #include "anyctx/lock/local_lock.h"
 #include "anyctx/lock/spinlock.h"
@@ -114,6 +115,18 @@ struct KmemCache {
   std::size_t nr_partial = 0;
 };
 
+// The CPU freelist: a Freelist whose count is not stored but follows from
+// the CpuSlab's counters of pops and pushes,
+//   count = count_base + (frees - allocs)   (mod 2^32),
+// so that a pop and a push store the head and one counter each, not a
+// count as well. Read and replaced whole through cpu_freelist() and
+// set_cpu_freelist(); a pop or push counted in allocs / frees moves the
+// count by itself.
+struct CpuFreelist {
+  std::uintptr_t head = 0;
+  std::uint32_t count_base = 0;
+};
+
 // Two cache lines: the first holds everything a fast path writes and the
 // slab's base; the second the cache's constants the fast paths read (copies,
 // so that they read no KmemCache: its line also holds list_lock, written by
@@ -121,12 +134,13 @@ struct KmemCache {
 struct alignas(kCacheLine) CpuSlab {
   LocalTryLock lock{"slab.cpu_lock"};
   Slab* slab = nullptr;  // this CPU's slab of the cache, frozen
-  Freelist free;         // objects of `slab` only
+  CpuFreelist free;      // objects of `slab` only
   // slab->base, or 0 without a slab (set with `slab`, by set_cpu_slab): the
   // pop's link check without a load through `slab`.
   std::uintptr_t base = 0;
-  // Objects popped from and pushed onto `free` by kmalloc / kfree: the fast
-  // paths' share of kSlabStatAllocs and kSlabStatFrees.
+  // Objects popped from and pushed onto `free` (kmalloc, kfree): the CPU
+  // slabs' share of kSlabStatAllocs and kSlabStatFrees, and the terms of
+  // the CPU freelist's count.
   std::atomic<std::uint64_t> allocs{0};
   std::atomic<std::uint64_t> frees{0};
   // The cache's secret and object_mask (set by slab_init; checked by
@@ -139,6 +153,29 @@ struct alignas(kCacheLine) CpuSlab {
 };
 // (Debug builds' locks carry the validator's state: larger, laid out anyhow.)
 static_assert(kDebug || (sizeof(CpuSlab) == 2 * kCacheLine && offsetof(CpuSlab, frees) < kCacheLine));
+
+// Return: how far the counted pops and pushes have moved the CPU
+// freelist's count, (frees - allocs) mod 2^32.
+ANYCTX_ALWAYS_INLINE std::uint32_t cpu_free_moved(const CpuSlab& cs) {
+  return static_cast<std::uint32_t>(cs.frees.load(std::memory_order_relaxed) -
+                                    cs.allocs.load(std::memory_order_relaxed));
+}
+
+// Return: the number of objects on the CPU freelist of `cs`.
+ANYCTX_ALWAYS_INLINE std::uint32_t cpu_free_count(const CpuSlab& cs) {
+  return cs.free.count_base + cpu_free_moved(cs);
+}
+
+// Return: the CPU freelist of `cs` as a Freelist, for the code that edits
+// any freelist (a copy: set_cpu_freelist() puts it back).
+inline Freelist cpu_freelist(const CpuSlab& cs) { return Freelist{cs.free.head, cpu_free_count(cs)}; }
+
+// Makes `fl` the CPU freelist of `cs`, its count as it is with the counters
+// as they are now: a pop or push is counted before, not after.
+inline void set_cpu_freelist(CpuSlab& cs, const Freelist& fl) {
+  cs.free.head = fl.head;
+  cs.free.count_base = fl.count - cpu_free_moved(cs);
+}
 
 // Makes `s` (or nullptr) the CPU slab of `cs`, keeping cs.base in step.
 inline void set_cpu_slab(CpuSlab& cs, Slab* s) {
@@ -193,8 +230,12 @@ void slab_stat_add(int cache, int stat, std::uint64_t delta);
 
 // --- links inside free objects ----------------------------------------------
 
+// The key is computed apart from the link it applies to: a pop loads the
+// link that the push before it stored, so only the one XOR with the key is
+// on that chain (left to the optimiser, the XOR with the secret's load
+// comes last and there are two).
 inline std::uintptr_t link_key(std::uintptr_t secret, std::uintptr_t slot) {
-  return secret ^ std::rotl(slot, 29);
+  return one_register(secret ^ std::rotl(slot, 29));
 }
 inline std::uintptr_t encode_link(std::uintptr_t secret, std::uintptr_t next, std::uintptr_t slot) {
   return next ^ link_key(secret, slot);
@@ -228,12 +269,16 @@ inline unsigned object_index(const Slab* s, std::uintptr_t addr) {
   return static_cast<unsigned>((addr - reinterpret_cast<std::uintptr_t>(s->base)) >> s->cache->shift);
 }
 
-// Return: the live slab whose frames hold `addr`, or nullptr (outside the
-// arena, not a slab page). Only the slab layer writes owner_private (a
-// table entry, or nullptr), so only a corrupt page descriptor holds
-// anything else: builds with kSlabExactFree (debug, sanitizers, the
-// hardened option) check it against the table; release trusts it.
-ANYCTX_ALWAYS_INLINE Slab* slab_of(const void* addr) {
+// Return: the slab table entry whose frames hold `addr`, live or not, or
+// nullptr (outside the arena, not a slab page). Only the slab layer writes
+// owner_private (a table entry, or nullptr), so only a corrupt page
+// descriptor holds anything else: builds with kSlabExactFree (debug,
+// sanitizers, the hardened option) check it against the table; release
+// trusts it. An entry that is not live has a cache_index of some cache
+// (0 or its last slab's) and base and object_mask that place no object at
+// `addr`, or its last slab's: the caller checks it is live (slab_of), or
+// that it is the slab it holds (kfree's fast path: a CPU slab is live).
+ANYCTX_ALWAYS_INLINE Slab* slab_entry_of(const void* addr) {
   std::uintptr_t rel = reinterpret_cast<std::uintptr_t>(addr) - g_arena_base;
   if (ANYCTX_UNLIKELY(rel >= g_arena_bytes)) return nullptr;
   void* owner = g_arena_descs[rel >> kPageShift].owner_private.load(std::memory_order_acquire);
@@ -243,8 +288,13 @@ ANYCTX_ALWAYS_INLINE Slab* slab_of(const void* addr) {
   } else if (ANYCTX_UNLIKELY(owner == nullptr)) {
     return nullptr;
   }
-  Slab* s = static_cast<Slab*>(owner);
-  return ANYCTX_LIKELY(s->cache != nullptr) ? s : nullptr;
+  return static_cast<Slab*>(owner);
+}
+
+// Return: the live slab whose frames hold `addr`, or nullptr.
+ANYCTX_ALWAYS_INLINE Slab* slab_of(const void* addr) {
+  Slab* s = slab_entry_of(addr);
+  return ANYCTX_LIKELY(s != nullptr && s->cache != nullptr) ? s : nullptr;
 }
 
 inline std::size_t slab_pfn(const Slab* s) { return static_cast<std::size_t>(s - g_slab_table); }

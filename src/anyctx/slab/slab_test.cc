@@ -364,6 +364,53 @@ TEST_F(SlabTest, NolockRetriesOnceInTheNextClassWhenTheCpuLockIsHeld) {
   expect_all_returned();
 }
 
+// --- the CPU freelist's count, derived from the pop and push counters ------------------
+
+// The count is count_base + (frees - allocs) mod 2^32: it stays exact when
+// the 64-bit counters wrap, through the fast paths (inline kmalloc, kfree)
+// and the slow ones (a refill, the freeze of a new slab).
+TEST_F(SlabTest, CpuFreelistCountStaysExactWhenTheCountersWrap) {
+  init_slab();
+  int idx = kmalloc_cache_index(64, kGfpKernel);
+  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).caches[idx];
+  std::vector<void*> objs{kmalloc(64, kGfpKernel)};
+  std::uint32_t count = detail::cpu_free_count(cs);
+  ASSERT_GT(count, 4u);
+  // Move both counters by the same amount (the statistics' allocs - frees
+  // stays), to 3 pops short of the 64-bit wrap of allocs, with frees far
+  // from it: the count must not move.
+  std::uint64_t allocs = cs.allocs.load();
+  std::uint64_t shift = ~std::uint64_t{0} - 2 - allocs;
+  cs.allocs.store(allocs + shift);
+  cs.frees.store(cs.frees.load() + shift);
+  ASSERT_EQ(detail::cpu_free_count(cs), count);
+  expect_slab_invariants();
+
+  for (int i = 0; i < 6; ++i) {
+    objs.push_back(kmalloc(64, kGfpKernel));
+    EXPECT_EQ(detail::cpu_free_count(cs), count - 1 - i) << "pop " << i;
+  }
+  EXPECT_LT(cs.allocs.load(), allocs + shift) << "allocs wrapped";
+  expect_slab_invariants();
+  for (int i = 0; i < 3; ++i) {
+    kfree(objs.back());
+    objs.pop_back();
+    EXPECT_EQ(detail::cpu_free_count(cs), count - 5 + i) << "push " << i;
+  }
+  expect_slab_invariants();
+  // Empty the CPU freelist: the refill that follows sets the count from
+  // the slab it freezes, against the wrapped counters.
+  while (detail::cpu_free_count(cs) > 0) objs.push_back(kmalloc(64, kGfpKernel));
+  objs.push_back(kmalloc(64, kGfpKernel));
+  EXPECT_GT(detail::cpu_free_count(cs), 0u);
+  expect_slab_invariants();
+  for (void* p : objs) kfree(p);
+  expect_slab_invariants();
+  cs.allocs.store(cs.allocs.load() - shift);
+  cs.frees.store(cs.frees.load() - shift);
+  expect_all_returned();
+}
+
 // --- kmalloc_nolock refills while list_lock is busy ------------------------------------
 
 TEST_F(SlabTest, NolockRefillWithTheListLockBusyRetiresTheCpuSlab) {
@@ -372,7 +419,7 @@ TEST_F(SlabTest, NolockRefillWithTheListLockBusyRetiresTheCpuSlab) {
   detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).caches[idx];
   std::vector<void*> objs{kmalloc(64, kGfpKernel)};
   detail::Slab* first = detail::slab_of(objs[0]);
-  while (cs.free.count > 0) objs.push_back(kmalloc(64, kGfpKernel));
+  while (detail::cpu_free_count(cs) > 0) objs.push_back(kmalloc(64, kGfpKernel));
   Spinlock& lock = detail::g_caches[idx].list_lock;
   IrqFlags flags = lock.lock_irqsave();  // as an NMI finds it when it interrupted a slow path
   void* p = kmalloc_nolock(64, Gfp{});
@@ -584,22 +631,22 @@ TEST_F(SlabTest, InvariantCheckNamesACorruptedCounterListAndLostObject) {
   expect_slab_invariants();
 
   detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).caches[idx];
-  cs.free.count += 1;
+  cs.free.count_base += 1;
   r = slab_check_invariants();
   EXPECT_FALSE(r.ok);
   EXPECT_NE(r.what.find("kmalloc-64 CPU freelist holds 54 objects, its count says 55"), std::string::npos) << r.what;
-  cs.free.count -= 1;
+  cs.free.count_base -= 1;
 
   // Lose the head of the CPU freelist: the object is free but on no list.
   std::uintptr_t head = cs.free.head;
   std::uintptr_t next = detail::decode_link(detail::g_caches[idx].secret, detail::load_link_word(head), head);
   cs.free.head = next;
-  cs.free.count -= 1;
+  cs.free.count_base -= 1;
   r = slab_check_invariants();
   EXPECT_FALSE(r.ok);
   EXPECT_NE(r.what.find(": object 10 is free but on no freelist or deferred list (lost)"), std::string::npos) << r.what;
   cs.free.head = head;
-  cs.free.count += 1;
+  cs.free.count_base += 1;
   expect_slab_invariants();
 
   // The copies the fast paths read instead of the cache and the slab.
