@@ -274,10 +274,10 @@ inline unsigned object_index(const Slab* s, std::uintptr_t addr) {
 // owner_private (a table entry, or nullptr), so only a corrupt page
 // descriptor holds anything else: builds with kSlabExactFree (debug,
 // sanitizers, the hardened option) check it against the table; release
-// trusts it. An entry that is not live has a cache_index of some cache
-// (0 or its last slab's) and base and object_mask that place no object at
-// `addr`, or its last slab's: the caller checks it is live (slab_of), or
-// that it is the slab it holds (kfree's fast path: a CPU slab is live).
+// trusts it. An entry that is not live keeps the cache_index, base and
+// object_mask of its last slab (or zeros): safe to read, but they say
+// nothing. The caller checks that the entry is live (slab_of), or that it
+// is the slab it holds (kfree's fast path: a CPU slab is live).
 ANYCTX_ALWAYS_INLINE Slab* slab_entry_of(const void* addr) {
   std::uintptr_t rel = reinterpret_cast<std::uintptr_t>(addr) - g_arena_base;
   if (ANYCTX_UNLIKELY(rel >= g_arena_bytes)) return nullptr;
