@@ -118,7 +118,8 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
   // link_ok() with the common case first: more follow and `next` is an
   // object of the slab (next == 0 fails that test too: 0 - base, for any
   // base in the address space, has bits set above the largest block).
-  std::uint32_t count = cpu_free_count(cs);
+  std::uint64_t allocs = cs.allocs.load(std::memory_order_relaxed);
+  std::uint32_t count = cpu_free_count(cs, allocs);
   if (ANYCTX_LIKELY(count > 1)) {
     if (ANYCTX_UNLIKELY(((next - cs.base) & cs.object_mask) != 0)) return 0;
   } else if (ANYCTX_UNLIKELY(count != 1 || next != 0)) {
@@ -126,7 +127,7 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
   }
   if (kSlabExactFree && ANYCTX_UNLIKELY(!mark_allocated(cs.slab, object_index(cs.slab, obj)))) return 0;
   cs.free.head = next;
-  count_one(cs.allocs);  // the count with it
+  cs.allocs.store(allocs + 1, std::memory_order_relaxed);  // count_one, the count with it
   return obj;
 }
 

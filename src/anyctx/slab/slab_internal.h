@@ -155,15 +155,19 @@ struct alignas(kCacheLine) CpuSlab {
 static_assert(kDebug || (sizeof(CpuSlab) == 2 * kCacheLine && offsetof(CpuSlab, frees) < kCacheLine));
 
 // Return: how far the counted pops and pushes have moved the CPU
-// freelist's count, (frees - allocs) mod 2^32.
-ANYCTX_ALWAYS_INLINE std::uint32_t cpu_free_moved(const CpuSlab& cs) {
-  return static_cast<std::uint32_t>(cs.frees.load(std::memory_order_relaxed) -
-                                    cs.allocs.load(std::memory_order_relaxed));
+// freelist's count, (frees - allocs) mod 2^32, for `allocs` as the caller
+// loaded cs.allocs.
+ANYCTX_ALWAYS_INLINE std::uint32_t cpu_free_moved(const CpuSlab& cs, std::uint64_t allocs) {
+  return static_cast<std::uint32_t>(cs.frees.load(std::memory_order_relaxed) - allocs);
 }
 
-// Return: the number of objects on the CPU freelist of `cs`.
+// Return: the number of objects on the CPU freelist of `cs`; the first form
+// for a pop that has loaded cs.allocs once, to store it plus one after.
+ANYCTX_ALWAYS_INLINE std::uint32_t cpu_free_count(const CpuSlab& cs, std::uint64_t allocs) {
+  return cs.free.count_base + cpu_free_moved(cs, allocs);
+}
 ANYCTX_ALWAYS_INLINE std::uint32_t cpu_free_count(const CpuSlab& cs) {
-  return cs.free.count_base + cpu_free_moved(cs);
+  return cpu_free_count(cs, cs.allocs.load(std::memory_order_relaxed));
 }
 
 // Return: the CPU freelist of `cs` as a Freelist, for the code that edits
@@ -174,7 +178,7 @@ inline Freelist cpu_freelist(const CpuSlab& cs) { return Freelist{cs.free.head, 
 // as they are now: a pop or push is counted before, not after.
 inline void set_cpu_freelist(CpuSlab& cs, const Freelist& fl) {
   cs.free.head = fl.head;
-  cs.free.count_base = fl.count - cpu_free_moved(cs);
+  cs.free.count_base = fl.count - cpu_free_moved(cs, cs.allocs.load(std::memory_order_relaxed));
 }
 
 // Makes `s` (or nullptr) the CPU slab of `cs`, keeping cs.base in step.
