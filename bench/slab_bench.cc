@@ -1,6 +1,7 @@
 // kmalloc + kfree and kmalloc_nolock + kfree_nolock pairs per size class,
-// beside glibc malloc + free; and a batch of 256 allocations then 256 frees,
-// which runs the refill and retire slow paths as well.
+// beside glibc malloc + free; zeroed ones (kmalloc with kGfpZero, a slow
+// path) beside glibc calloc + free; and a batch of 256 allocations then 256
+// frees, which runs the refill and retire slow paths as well.
 //
 //   cmake --preset release -B build/release && cmake --build build/release &&
 //   build/release/bench/slab_bench
@@ -54,6 +55,25 @@ void BM_Malloc(benchmark::State& state) {
   }
 }
 
+void BM_KmallocZeroed(benchmark::State& state) {
+  CpuScope cpu;
+  auto size = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = kmalloc(size, kGfpKernel | kGfpZero);
+    benchmark::DoNotOptimize(p);
+    kfree(p);
+  }
+}
+
+void BM_Calloc(benchmark::State& state) {
+  auto size = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = std::calloc(1, size);
+    benchmark::DoNotOptimize(p);
+    std::free(p);
+  }
+}
+
 constexpr int kBatch = 256;
 
 void BM_KmallocBatch(benchmark::State& state) {
@@ -84,6 +104,8 @@ void BM_KmallocNolockBatch(benchmark::State& state) {
 BENCHMARK(BM_Kmalloc)->ANYCTX_SLAB_SIZES;
 BENCHMARK(BM_KmallocNolock)->ANYCTX_SLAB_SIZES;
 BENCHMARK(BM_Malloc)->ANYCTX_SLAB_SIZES;
+BENCHMARK(BM_KmallocZeroed)->ANYCTX_SLAB_SIZES->Arg(8192);
+BENCHMARK(BM_Calloc)->ANYCTX_SLAB_SIZES->Arg(8192);
 BENCHMARK(BM_KmallocBatch)->ANYCTX_SLAB_SIZES;
 BENCHMARK(BM_KmallocNolockBatch)->ANYCTX_SLAB_SIZES;
 

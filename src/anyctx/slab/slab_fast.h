@@ -47,6 +47,8 @@ ANYCTX_COLD void kfree_slow(const void* p);
 ANYCTX_COLD void kfree_nolock_slow(const void* p);
 // A fatal `context rule` report (debug builds' entry checks).
 [[noreturn]] ANYCTX_COLD void report_slab_context(const char* what);
+// Zeroes the whole of `p`, an object of `c` (kGfpZero; slab.cc).
+void clear_object(const KmemCache& c, void* p);
 
 // The size class of every multiple of 8 bytes up to kKmallocMaxSize, by
 // (size + 7) / 8: one load instead of a bit scan and its corrections.
@@ -134,12 +136,12 @@ ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
 // Hands out `obj`, just allocated from `c` for `size` bytes: opens it,
 // clears the encoded link (it stays ours) or the whole object with
 // `zero`, poisons the bytes past `size`. The fast paths pass false: a
-// memset call would make them save registers.
+// call would make them save registers.
 ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, std::size_t size, bool zero) {
   void* p = reinterpret_cast<void*>(obj);
   ANYCTX_UNPOISON(p, c.size);
   if (zero) {
-    std::memset(p, 0, c.size);
+    clear_object(c, p);
   } else {
     std::memset(p, 0, sizeof(std::uintptr_t));
   }

@@ -78,7 +78,7 @@ TEST_F(SlabTest, EverySizeClassOnBothPathsGivesAlignedDistinctObjectsThatKeepThe
 
 TEST_F(SlabTest, ZeroedOnRequestOnBothPaths) {
   init_slab();
-  for (std::size_t size : {8, 64, 1000, 8192}) {
+  for (std::size_t size : {8, 64, 1000, 4096, 8192}) {  // 4096 and 8192: clear_pages
     void* p = kmalloc(size, kGfpKernel);
     std::memset(p, 0xab, size);
     kfree(p);
