@@ -107,20 +107,23 @@ struct NestedSteps {
   }
 };
 
-// A site hook that, at the nth hit of `site` in task context after arm(),
-// runs the armed work inside an interrupt of `kind` (an NMI, or an
-// IRQ where the site is reached with IRQs unmasked). The work is a plain
-// function pointer + argument: no allocation, and no exception may leave it.
+// A site hook that, at the nth hit of `site` in context `level` (task
+// context unless said) after arm(), runs the armed work inside an interrupt
+// of `kind` (an NMI, or an IRQ where the site is reached with IRQs
+// unmasked). The work is a plain function pointer + argument: no
+// allocation, and no exception may leave it.
 class InterruptAtSite {
  public:
   using Work = void (*)(void* arg);
-  // Fires at the `nth` hit of `site` in task context (1: the first).
-  static void arm(Site site, Work work, void* arg, InterruptKind kind = InterruptKind::kNmi, int nth = 1) {
+  // Fires at the `nth` hit of `site` in context `level` (1: the first).
+  static void arm(Site site, Work work, void* arg, InterruptKind kind = InterruptKind::kNmi, int nth = 1,
+                  ContextLevel level = ContextLevel::kTask) {
     s_site = site;
     s_work = work;
     s_arg = arg;
     s_kind = kind;
     s_countdown = nth;
+    s_level = level;
     s_fired = false;
     set_site_hook(&hook);
   }
@@ -133,7 +136,7 @@ class InterruptAtSite {
 
  private:
   static void hook(Site site) {
-    if (site != s_site || s_work == nullptr || !in_task()) return;
+    if (site != s_site || s_work == nullptr || context_level() != s_level) return;
     if (--s_countdown > 0) return;
     if (s_kind == InterruptKind::kIrq && irqs_disabled()) return;  // not here: masked
     Work work = s_work;
@@ -151,6 +154,7 @@ class InterruptAtSite {
   static inline void* s_arg = nullptr;
   static inline InterruptKind s_kind = InterruptKind::kNmi;
   static inline int s_countdown = 0;
+  static inline ContextLevel s_level = ContextLevel::kTask;
   static inline bool s_fired = false;
 };
 

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "anyctx/slab/slab.h"
@@ -541,7 +542,10 @@ class NmiInCpuSlab : public SlabCmd {
   NmiInCpuSlab(Step task_op, int held, std::vector<Step> nmi)
       : task_(std::move(task_op)), held_(held), nmi_(std::move(nmi)) {}
 
-  bool simulate_all(SlabModel& m, std::vector<Prediction>* nmi_out, Prediction* task_out) const {
+  // `in_irq`: the deferred bounds (min, bound) when the IRQ's op returns,
+  // before the IRQ's exit drains.
+  bool simulate_all(SlabModel& m, std::vector<Prediction>* nmi_out, Prediction* task_out,
+                    std::pair<int, int>* in_irq = nullptr) const {
     // The hook must see the task op's own CPU lock first: nothing may be
     // deferred (their slow paths would drain it, taking CPU locks, before).
     if (task_.mode != Mode::kSpinning || m.pending_bound != 0) return false;
@@ -563,6 +567,8 @@ class NmiInCpuSlab : public SlabCmd {
     } else {
       return false;
     }
+    if (in_irq) *in_irq = {m.pending_min, m.pending_bound};
+    m.drained();  // the IRQ's exit frees what the NMI deferred
     if (task_out) *task_out = p;
     return true;
   }
@@ -579,23 +585,31 @@ class NmiInCpuSlab : public SlabCmd {
     SlabModel m = s0;
     std::vector<Prediction> expect;
     Prediction task_expect;
-    simulate_all(m, &expect, &task_expect);
+    std::pair<int, int> pending_expect;
+    simulate_all(m, &expect, &task_expect, &pending_expect);
     sut.size_for(m.next_id);
     std::vector<Observed> seen(expect.size());
     Executor ex{sut, expect, seen};
     Work work{&ex, &nmi_};
-    InterruptAtSite::arm(Site::kSlabCpuLocked, &Work::run_in_interrupt, &work);
+    // The holder is an IRQ: only interrupt frames lock a CPU slab on their
+    // way (task frames' fast paths take none, and use another set).
+    InterruptAtSite::arm(Site::kSlabCpuLocked, &Work::run_in_interrupt, &work, InterruptKind::kNmi, 1,
+                         ContextLevel::kIrq);
     void* p = nullptr;
     bool stamp_ok = true;
-    if (task_.kind == Step::kAlloc) {
-      Gfp flags = (task_.zero ? kGfpZero : Gfp{}) | (task_.account ? kGfpAccount : Gfp{}) | kGfpKernel;
-      p = kmalloc(task_.size, flags);
-    } else {
-      void* obj = sut.objs[task_.id];
-      stamp_ok = obj != nullptr && stamp_intact(obj, sut.sizes[task_.id], task_.id);
-      sut.objs[task_.id] = nullptr;
-      kfree(obj);
-    }
+    std::uint64_t pending_in_irq = 0;
+    testing::run_in_irq([&] {
+      if (task_.kind == Step::kAlloc) {
+        Gfp flags = (task_.zero ? kGfpZero : Gfp{}) | (task_.account ? kGfpAccount : Gfp{}) | kGfpAtomic;
+        p = kmalloc(task_.size, flags);
+      } else {
+        void* obj = sut.objs[task_.id];
+        stamp_ok = obj != nullptr && stamp_intact(obj, sut.sizes[task_.id], task_.id);
+        sut.objs[task_.id] = nullptr;
+        kfree(obj);
+      }
+      pending_in_irq = slab_deferred_pending();
+    });
     bool fired = InterruptAtSite::disarm();
     std::ostringstream what;
     show(what);
@@ -605,6 +619,11 @@ class NmiInCpuSlab : public SlabCmd {
       sut.sizes[task_expect.id] = task_.size;
     }
     if (!fired) prop_fail("the NMI at the CPU slab lock did not run: " + what.str());
+    if (pending_in_irq < static_cast<std::uint64_t>(pending_expect.first) ||
+        pending_in_irq > static_cast<std::uint64_t>(pending_expect.second))
+      prop_fail("deferred: " + std::to_string(pending_in_irq) + " frees pending in the irq, the model says " +
+                std::to_string(pending_expect.first) + ".." + std::to_string(pending_expect.second) + " in '" +
+                what.str() + "'");
     std::size_t at = 0;
     check_steps(nmi_, expect, seen, at, "nmi in the CPU slab");
     if (task_.kind == Step::kAlloc) {
@@ -619,7 +638,7 @@ class NmiInCpuSlab : public SlabCmd {
   }
 
   void show(std::ostream& os) const override {
-    os << "while the task holds the CPU lock of " << cache_name(held_) << " in '";
+    os << "while an irq holds the CPU lock of " << cache_name(held_) << " in '";
     show_step(os, task_);
     os << "': nmi{";
     show_steps(os, nmi_);

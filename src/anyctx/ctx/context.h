@@ -31,6 +31,10 @@ const char* context_name(ContextLevel level);
 // Return: this thread's logical CPU id, or kNoCpu when it is not a CPU.
 inline int current_cpu() { return detail::this_thread().cpu; }
 
+// Return: current_cpu() in task context, kNoCpu inside an IRQ or NMI handler
+// (one load: what a fast path that only task frames may take checks).
+inline int current_task_cpu() { return detail::this_thread().task_cpu.load(std::memory_order_relaxed); }
+
 inline bool in_nmi() {
   return detail::this_thread().depths.load(std::memory_order_relaxed) >= detail::kNmiDepthOne;
 }

@@ -137,6 +137,7 @@ CpuScope::CpuScope() {
   g_cpu_thread[id] = pthread_self();
   g_cpu_tid[id] = detail::this_thread_tid();
   t.cpu = id;
+  if (t.depths.load(std::memory_order_relaxed) == 0) t.task_cpu.store(id, std::memory_order_relaxed);
   if (id >= g_ids_used.load(std::memory_order_relaxed)) g_ids_used.store(id + 1, std::memory_order_release);
   g_generation[id].store(g_generation[id].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   g_online[id].store(true, std::memory_order_release);
@@ -172,6 +173,7 @@ CpuScope::~CpuScope() {
     std::lock_guard<std::mutex> guard(g_registry_mu);
     g_online[id_].store(false, std::memory_order_release);
     t.cpu = kNoCpu;
+    t.task_cpu.store(kNoCpu, std::memory_order_relaxed);
     t.irq_pending.store(false, std::memory_order_relaxed);
   }
   detail::barrier_against_interrupts();

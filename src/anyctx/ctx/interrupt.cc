@@ -34,12 +34,18 @@ struct sigaction g_old_irq, g_old_nmi;  // guarded by g_install_mu
 using detail::barrier_against_interrupts;
 using detail::ThreadState;
 
-// One depth of `depths` (detail::kIrqDepthOne or kNmiDepthOne, signed).
-// Load and store: a handler that interrupts between them returns the word
-// as it found it (strict nesting).
-void depth_add(std::atomic<std::uint16_t>& depths, int delta) {
-  depths.store(static_cast<std::uint16_t>(depths.load(std::memory_order_relaxed) + delta),
-               std::memory_order_relaxed);
+// One depth of `depths` (detail::kIrqDepthOne or kNmiDepthOne, signed),
+// and task_cpu with it. Loads and stores: a handler that interrupts between
+// them returns both words as it found them (strict nesting). Entering, the
+// task_cpu store comes first, so that a handler which interrupts the entry
+// after it finds no task frame either.
+void depth_add(ThreadState& t, int delta) {
+  auto depths = static_cast<std::uint16_t>(t.depths.load(std::memory_order_relaxed) + delta);
+  if (depths != 0) t.task_cpu.store(kNoCpu, std::memory_order_relaxed);
+  barrier_against_interrupts();
+  t.depths.store(depths, std::memory_order_relaxed);
+  barrier_against_interrupts();
+  if (depths == 0) t.task_cpu.store(t.cpu, std::memory_order_relaxed);
 }
 
 void call_handler(InterruptKind kind) {
@@ -53,13 +59,13 @@ void run_irqs_then_unmask(ThreadState& t) {
   do {
     t.irqs_masked.store(true, std::memory_order_relaxed);
     t.irq_pending.store(false, std::memory_order_relaxed);
-    depth_add(t.depths, +detail::kIrqDepthOne);
+    depth_add(t, +detail::kIrqDepthOne);
     barrier_against_interrupts();
     call_handler(InterruptKind::kIrq);
     for (auto& fn : g_irq_exit_fns)
       if (IrqExitFn f = fn.load(std::memory_order_acquire)) f();
     barrier_against_interrupts();
-    depth_add(t.depths, -detail::kIrqDepthOne);
+    depth_add(t, -detail::kIrqDepthOne);
     t.irqs_masked.store(false, std::memory_order_relaxed);
     barrier_against_interrupts();
   } while (t.irq_pending.load(std::memory_order_relaxed));
@@ -270,14 +276,14 @@ NmiScope::NmiScope() {
   ThreadState& t = detail::this_thread();
   was_masked_ = t.irqs_masked.load(std::memory_order_relaxed);
   t.irqs_masked.store(true, std::memory_order_relaxed);
-  depth_add(t.depths, +detail::kNmiDepthOne);
+  depth_add(t, +detail::kNmiDepthOne);
   barrier_against_interrupts();
 }
 
 NmiScope::~NmiScope() {
   ThreadState& t = detail::this_thread();
   barrier_against_interrupts();
-  depth_add(t.depths, -detail::kNmiDepthOne);
+  depth_add(t, -detail::kNmiDepthOne);
   if (was_masked_) return;
   t.irqs_masked.store(false, std::memory_order_relaxed);
   barrier_against_interrupts();

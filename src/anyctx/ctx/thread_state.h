@@ -20,6 +20,10 @@ namespace anyctx::detail {
 
 struct ThreadState {
   int cpu = kNoCpu;                           // logical CPU id or kNoCpu
+  // `cpu` while no IRQ or NMI handler runs on this thread (depths == 0),
+  // kNoCpu inside one: what the slab's fast paths read, so that one load
+  // tells a task frame of a CPU (set with depths and with cpu).
+  std::atomic<int> task_cpu{kNoCpu};
   // Handler nesting, one word so that in_task() is one load: IRQ-class
   // handlers count in the low byte (kIrqDepthOne), NMI-class ones in the
   // high byte (kNmiDepthOne).

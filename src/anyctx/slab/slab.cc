@@ -593,7 +593,7 @@ void* detail::kmalloc_slow(std::size_t size, Gfp gfp) {
   CpuSlabs& mine = g_cpu_slabs.on(cpu);
   if (mine.deferred.load(std::memory_order_relaxed) != 0) drain_deferred(mine.deferred, cpu);
   KmemCache& c = g_caches[idx];
-  CpuSlab& cs = mine.caches[idx];
+  CpuSlab& cs = frame_cpu_slab(mine, idx);
   std::uintptr_t obj;
   if (cpu_trylock(cs)) {
     obj = alloc_locked(c, cs, cpu, gfp);
@@ -620,16 +620,17 @@ void* detail::kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
     return nullptr;
   }
   CpuSlabs& mine = g_cpu_slabs.on(cpu);
-  CpuSlab* cs = &mine.caches[idx];
+  CpuSlabSet set = frame_cpu_slab_set();
+  CpuSlab* cs = &mine.sets[set][idx];
   if (!cpu_trylock(*cs)) {
     // The frame this call interrupted holds it: once, the next size class.
     bool last_class = idx % kKmallocClasses == kKmallocClasses - 1;
-    if (last_class || !cpu_trylock(mine.caches[idx + 1])) {
+    if (last_class || !cpu_trylock(mine.sets[set][idx + 1])) {
       stat_add(idx, kSlabStatAllocFailed);
       return nullptr;
     }
     stat_add(idx, kSlabStatNextClass);
-    cs = &mine.caches[++idx];
+    cs = &mine.sets[set][++idx];
   }
   KmemCache& c = g_caches[idx];
   std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp);
@@ -703,7 +704,7 @@ void detail::kfree_slow(const void* p) {
   if (s == nullptr) return;
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   KmemCache& c = *s->cache;
-  if (cpu_free_prepared("kfree", mine.caches[c.index], s, obj)) return;
+  if (cpu_free_prepared("kfree", frame_cpu_slab(mine, c.index), s, obj)) return;
   stat_add(c.index, kSlabStatFrees);
   free_slow(c, s, obj);
 }
@@ -716,7 +717,7 @@ namespace {
 void free_deferred(Slab* s, std::uintptr_t obj, int cpu) {
   KmemCache& c = *s->cache;
   if (cpu != kNoCpu) {
-    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
+    CpuSlab& cs = frame_cpu_slab(g_cpu_slabs.on(cpu), c.index);
     if (cpu_trylock(cs)) {
       bool in_cpu_slab = cs.slab == s;
       if (in_cpu_slab) {
@@ -747,7 +748,8 @@ void detail::kfree_nolock_slow(const void* p) {
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   KmemCache& c = *s->cache;
   int cpu = current_cpu();
-  if (cpu != kNoCpu && cpu_free_prepared("kfree_nolock", g_cpu_slabs.on(cpu).caches[c.index], s, obj)) return;
+  if (cpu != kNoCpu && cpu_free_prepared("kfree_nolock", frame_cpu_slab(g_cpu_slabs.on(cpu), c.index), s, obj))
+    return;
   stat_add(c.index, kSlabStatFrees);
   IrqFlags lf;
   if (list_lock(c, Gfp{}, lf)) {
@@ -766,25 +768,28 @@ namespace {
 
 // --- hooks -------------------------------------------------------------------
 
-// Returns every CPU slab of `cpu` (the calling CPU) to its cache; empty
-// ones go back to the page allocator. A cache whose CPU slab is empty is
-// passed over without its lock: only this CPU's own frames install one, and
-// one installed by an interrupt just after the peek is no different from one
-// installed just after the flush. Return: pages given back.
+// Returns every CPU slab of `cpu` (the calling CPU, in task context), both
+// sets, to its cache; empty ones go back to the page allocator. A CpuSlab
+// without a slab is passed over without its lock: only this CPU's own
+// frames install one, and one installed by an interrupt just after the
+// peek is no different from one installed just after the flush. Return:
+// pages given back.
 std::size_t flush_cpu_slabs(int cpu) ANYCTX_NO_TSA {
   Slab* release = nullptr;
-  for (int i = 0; i < kKmallocCaches; ++i) {
-    KmemCache& c = g_caches[i];
-    CpuSlab& cs = g_cpu_slabs.on(cpu).caches[i];
-    if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr &&
-        std::atomic_ref<Slab*>(cs.retired).load(std::memory_order_relaxed) == nullptr)
-      continue;
-    IrqFlags lf;
-    cpu_lock_unheld(cs);  // task context
-    list_lock(c, kGfpKernel, lf);
-    deactivate_locked(c, cs, EmptySlab::kRelease, release);
-    list_unlock(c, lf);
-    cpu_unlock(cs);
+  for (auto& set : g_cpu_slabs.on(cpu).sets) {
+    for (int i = 0; i < kKmallocCaches; ++i) {
+      KmemCache& c = g_caches[i];
+      CpuSlab& cs = set[i];
+      if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr &&
+          std::atomic_ref<Slab*>(cs.retired).load(std::memory_order_relaxed) == nullptr)
+        continue;
+      IrqFlags lf;
+      cpu_lock_unheld(cs);  // task context
+      list_lock(c, kGfpKernel, lf);
+      deactivate_locked(c, cs, EmptySlab::kRelease, release);
+      list_unlock(c, lf);
+      cpu_unlock(cs);
+    }
   }
   return release_slabs(release, kGfpKernel);
 }
@@ -847,9 +852,11 @@ std::uint64_t slab_stat_sum(int cache, int stat) {
 std::uint64_t cpu_slab_count(int cache, int stat) {
   std::uint64_t sum = 0;
   g_cpu_slabs.for_each_used([&](int, CpuSlabs& cpu) {
-    const CpuSlab& cs = cpu.caches[cache];
-    if (stat == kSlabStatAllocs) sum += cs.allocs.load(std::memory_order_relaxed);
-    if (stat == kSlabStatFrees) sum += cs.frees.load(std::memory_order_relaxed);
+    for (const auto& set : cpu.sets) {
+      const CpuSlab& cs = set[cache];
+      if (stat == kSlabStatAllocs) sum += cs.allocs.load(std::memory_order_relaxed);
+      if (stat == kSlabStatFrees) sum += cs.frees.load(std::memory_order_relaxed);
+    }
   });
   return sum;
 }
@@ -930,12 +937,14 @@ std::uintptr_t random_word() {
 
 void reset_state() {
   g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
-    for (CpuSlab& cs : cpu.caches) {
-      set_cpu_slab(cs, nullptr);
-      cs.retired = nullptr;
-      cs.allocs.store(0);
-      cs.frees.store(0);
-      set_cpu_freelist(cs, Freelist{});
+    for (auto& set : cpu.sets) {
+      for (CpuSlab& cs : set) {
+        set_cpu_slab(cs, nullptr);
+        cs.retired = nullptr;
+        cs.allocs.store(0);
+        cs.frees.store(0);
+        set_cpu_freelist(cs, Freelist{});
+      }
     }
     cpu.deferred.store(0);
   });
@@ -984,9 +993,11 @@ std::string_view slab_init() {
     std::snprintf(c.name, sizeof c.name, "kmalloc-%s%u", accounted ? "cg-" : "", c.size);
   }
   g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
-    for (int i = 0; i < kKmallocCaches; ++i) {
-      cpu.caches[i].secret = g_caches[i].secret;
-      cpu.caches[i].object_mask = g_caches[i].object_mask;
+    for (auto& set : cpu.sets) {
+      for (int i = 0; i < kKmallocCaches; ++i) {
+        set[i].secret = g_caches[i].secret;
+        set[i].object_mask = g_caches[i].object_mask;
+      }
     }
   });
   if (!irq_exit_callback_add(slab_irq_exit) || !cpu_offline_callback_add(slab_cpu_offline) ||

@@ -3,6 +3,7 @@
 // and accounts for every object of every live slab.
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "anyctx/slab/slab.h"
@@ -29,7 +30,7 @@ const char* where_name(Where w) {
 // Names a list in a report. Text is built only when something fails: the
 // check runs after every harness op, over every CPU of every cache.
 struct ListName {
-  enum Kind : std::uint8_t { kCpuDeferred, kSharedDeferred, kCpuFreelist, kSlabFreelist };
+  enum Kind : std::uint8_t { kCpuDeferred, kSharedDeferred, kCpuFreelist, kCpuInterruptFreelist, kSlabFreelist };
   Kind kind;
   int cpu = -1;
   const KmemCache* cache = nullptr;
@@ -76,6 +77,11 @@ class SlabChecker {
   std::uint64_t total(int cache, int stat) const { return totals_[cache][stat]; }
 
   bool ok() const { return result_.ok; }
+  // fail(), for a function that returns whether all was well.
+  bool failed(std::string what) {
+    fail(std::move(what));
+    return false;
+  }
   void fail(std::string what) {
     if (result_.ok) {
       result_.ok = false;
@@ -90,6 +96,8 @@ class SlabChecker {
       case ListName::kCpuDeferred: return "cpu " + std::to_string(l.cpu) + " deferred list";
       case ListName::kSharedDeferred: return "the shared deferred list";
       case ListName::kCpuFreelist: return "cpu " + std::to_string(l.cpu) + "'s " + l.cache->name + " CPU freelist";
+      case ListName::kCpuInterruptFreelist:
+        return "cpu " + std::to_string(l.cpu) + "'s " + l.cache->name + " CPU freelist of interrupt frames";
       case ListName::kSlabFreelist: return slab_str(l.slab) + " freelist";
     }
     return "?";
@@ -160,11 +168,45 @@ class SlabChecker {
     return at < 0 ? nullptr : &found_[static_cast<std::size_t>(at)];
   }
 
-  // Return: whether `s` is on the retired chain of `cpu` (of its cache).
+  // Return: whether `s` is on a retired chain of `cpu` (of its cache).
   static bool retired_on(const Slab* s, int cpu) {
-    for (const Slab* r = g_cpu_slabs.on(cpu).caches[s->cache->index].retired; r != nullptr; r = r->next)
-      if (r == s) return true;
+    for (const auto& set : g_cpu_slabs.on(cpu).sets)
+      for (const Slab* r = set[s->cache->index].retired; r != nullptr; r = r->next)
+        if (r == s) return true;
     return false;
+  }
+
+  // Return: whether `s` is a CPU slab of `cpu` (of its cache), in either set.
+  static bool cpu_slab_of(const Slab* s, int cpu) {
+    for (const auto& set : g_cpu_slabs.on(cpu).sets)
+      if (set[s->cache->index].slab == s) return true;
+    return false;
+  }
+
+  // One CpuSlab of `cpu` for cache `c`, named `list`. Return: false after a
+  // failure.
+  bool check_cpu_slab(const KmemCache& c, int cpu, CpuSlab& cs, const ListName& list) {
+    std::size_t retired = 0;
+    for (Slab* r = cs.retired; r != nullptr; r = r->next) {
+      if (++retired > found_.size()) return failed(str(list) + ": retired chain longer than the live slabs (a cycle)");
+      if (r->cache != &c) return failed(str(list) + ": retired chain holds a slab that is not a live slab of the cache");
+      if (r->cpu != cpu || r->on_partial || r == cs.slab)
+        return failed(slab_str(r) + ": on cpu " + std::to_string(cpu) + "'s retired chain but not frozen there alone");
+    }
+    if (cs.secret != c.secret || cs.object_mask != c.object_mask)
+      return failed(str(list) + ": its copies of the cache's secret and object mask differ from the cache's");
+    if (cs.base != (cs.slab != nullptr ? reinterpret_cast<std::uintptr_t>(cs.slab->base) : 0))
+      return failed(str(list) + ": its copy of the slab's base differs from the slab's");
+    if (cs.slab == nullptr) {
+      if (cs.free.head != 0 || cpu_free_count(cs) != 0) return failed(str(list) + " is not empty but cpu has no slab");
+      return true;
+    }
+    if (cs.slab->cache != &c) return failed(str(list) + ": its slab is not a live slab of the cache");
+    if (cs.slab->cpu != cpu)
+      return failed(slab_str(cs.slab) + ": cpu " + std::to_string(cpu) + "'s slab, but the slab says cpu " +
+                  std::to_string(cs.slab->cpu));
+    if (cs.slab->corrupted) return true;
+    return walk_freelist(cs.slab, cpu_freelist(cs), Where::kCpuFreelist, list) >= 0;
   }
 
   // Walks a freelist of slab `s`. Return: its length, or -1 after a failure.
@@ -222,31 +264,16 @@ class SlabChecker {
       return fail(std::string(name) + ": partial list holds " + std::to_string(partial) + " slabs, nr_partial says " +
                   std::to_string(c.nr_partial));
 
-    // CPU slabs and their freelists.
+    // CPU slabs and their freelists, of both sets.
     for (int cpu = 0, used = cpu_ids_used(); cpu < used; ++cpu) {
-      CpuSlab& cs = g_cpu_slabs.on(cpu).caches[c.index];
-      ListName list{ListName::kCpuFreelist, cpu, &c};
-      std::size_t retired = 0;
-      for (Slab* r = cs.retired; r != nullptr; r = r->next) {
-        if (++retired > found_.size()) return fail(str(list) + ": retired chain longer than the live slabs (a cycle)");
-        if (r->cache != &c) return fail(str(list) + ": retired chain holds a slab that is not a live slab of the cache");
-        if (r->cpu != cpu || r->on_partial || r == cs.slab)
-          return fail(slab_str(r) + ": on cpu " + std::to_string(cpu) + "'s retired chain but not frozen there alone");
-      }
-      if (cs.secret != c.secret || cs.object_mask != c.object_mask)
-        return fail(str(list) + ": its copies of the cache's secret and object mask differ from the cache's");
-      if (cs.base != (cs.slab != nullptr ? reinterpret_cast<std::uintptr_t>(cs.slab->base) : 0))
-        return fail(str(list) + ": its copy of the slab's base differs from the slab's");
-      if (cs.slab == nullptr) {
-        if (cs.free.head != 0 || cpu_free_count(cs) != 0) return fail(str(list) + " is not empty but cpu has no slab");
-        continue;
-      }
-      if (cs.slab->cache != &c) return fail(str(list) + ": its slab is not a live slab of the cache");
-      if (cs.slab->cpu != cpu)
-        return fail(slab_str(cs.slab) + ": cpu " + std::to_string(cpu) + "'s slab, but the slab says cpu " +
-                    std::to_string(cs.slab->cpu));
-      if (cs.slab->corrupted) continue;
-      if (walk_freelist(cs.slab, cpu_freelist(cs), Where::kCpuFreelist, list) < 0) return;
+      CpuSlabs& sets = g_cpu_slabs.on(cpu);
+      Slab* task_slab = sets.sets[kTaskCpuSlabs][c.index].slab;
+      if (task_slab != nullptr && task_slab == sets.sets[kInterruptCpuSlabs][c.index].slab)
+        return fail(slab_str(task_slab) + ": the CPU slab of both of cpu " + std::to_string(cpu) + "'s sets");
+      for (int set = 0; set < kCpuSlabSets; ++set)
+        if (!check_cpu_slab(c, cpu, sets.sets[set][c.index],
+                            ListName{set == kTaskCpuSlabs ? ListName::kCpuFreelist : ListName::kCpuInterruptFreelist, cpu, &c}))
+          return;
     }
 
     // Every live slab of the cache.
@@ -261,7 +288,7 @@ class SlabChecker {
       if (s->objects != c.objects) return fail(slab_str(s) + ": object count differs from the cache's");
       if (s->cache_index != c.index || s->object_mask != c.object_mask)
         return fail(slab_str(s) + ": its copies of the cache's index and object mask differ from the cache's");
-      if (s->cpu != kNoCpu && g_cpu_slabs.on(s->cpu).caches[c.index].slab != s && !retired_on(s, s->cpu))
+      if (s->cpu != kNoCpu && !cpu_slab_of(s, s->cpu) && !retired_on(s, s->cpu))
         return fail(slab_str(s) + ": says it is cpu " + std::to_string(s->cpu) + "'s slab, which it is not");
       if (s->corrupted) continue;  // reported when it happened; its objects are leaked
       long n = walk_freelist(s, s->free, Where::kSlabFreelist, ListName{ListName::kSlabFreelist, -1, &c, s});

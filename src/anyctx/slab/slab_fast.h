@@ -8,10 +8,14 @@
 //    path (detail::kmalloc_slow, kmalloc_nolock_slow, kfree_slow,
 //    kfree_nolock_slow in slab.cc). A fast path that gives up has changed
 //    nothing: the slow path starts over and does the reporting.
-//  - A fast path takes the CpuSlab's LocalTryLock by try_lock (no atomic
-//    RMW, no IRQ mask): it fails only in a frame that interrupted the
-//    holder, and then the slow path goes around the CPU slab.
-//  - It makes no call while the lock is held (site hits are compiled out of
+//  - Only a task frame of a CPU takes a fast path (current_task_cpu():
+//    IRQ and NMI frames, and threads that are not CPUs, go to the slow
+//    path), on the CPU's task set of CPU slabs (slab_internal.h). No other
+//    frame uses that set, and a task frame never interrupts another, so the
+//    fast paths take no lock: they store the freelist's head and one
+//    counter, nothing else. The sites kSlabCpuLocked and kSlabCpuUnlock
+//    still mark where such a section begins and ends.
+//  - It makes no call inside the section (site hits are compiled out of
 //    release builds), so it needs no saved registers.
 //  - What it reads and writes is the layout of slab_internal.h, which the
 //    ABI switches of ctx/config.h fix; every file that includes slab.h
@@ -108,7 +112,7 @@ ANYCTX_ALWAYS_INLINE void cpu_unlock(CpuSlab& cs) ANYCTX_NO_TSA {
   cs.lock.unlock();
 }
 
-// kmalloc's pop (the CPU lock held), counted. The checks of slab_pop, with
+// kmalloc's pop (in a task frame's section, or the CPU lock held), counted. The checks of slab_pop, with
 // the cache's constants and the slab's base read from `cs` (copies).
 // Return: the object, or 0 when the list is empty or anything is wrong with
 // it (the slow path pops again and reports).
@@ -150,54 +154,57 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
   return p;
 }
 
+// The CPU slab `idx` of the task set of `cpu`, kept in one register.
+ANYCTX_ALWAYS_INLINE CpuSlab& task_cpu_slab(int cpu, int idx) {
+  return *one_register(&g_cpu_slabs.on(cpu).sets[kTaskCpuSlabs][idx]);
+}
+
 // The fast path shared by kmalloc and kmalloc_nolock, for a gfp without
 // kGfpZero (and, for kmalloc_nolock, already checked): an object popped off
-// this CPU's freelist of the size class. Return: it, or nullptr (not a CPU,
-// too large, the CPU lock held by the frame this call interrupted, an empty
-// or suspect freelist), having changed nothing.
+// the task CPU slab's freelist of the size class. Return: it, or nullptr
+// (not a task frame of a CPU, too large, an empty or suspect freelist),
+// having changed nothing.
 ANYCTX_ALWAYS_INLINE void* kmalloc_fast(std::size_t size, Gfp gfp) {
-  int cpu = current_cpu();
+  int cpu = current_task_cpu();
   int idx = size_index(size, gfp);
   if (ANYCTX_LIKELY(cpu != kNoCpu && idx >= 0)) {
-    CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[idx]);
-    if (ANYCTX_LIKELY(cpu_trylock(cs))) {
-      std::uintptr_t obj = cpu_pop_fast(cs);
-      cpu_unlock(cs);
-      if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(g_caches[idx], obj, size, false);
-    }
+    CpuSlab& cs = task_cpu_slab(cpu, idx);
+    ANYCTX_SITE(kSlabCpuLocked);
+    std::uintptr_t obj = cpu_pop_fast(cs);
+    ANYCTX_SITE(kSlabCpuUnlock);
+    if (ANYCTX_LIKELY(obj != 0)) return finish_alloc(g_caches[idx], obj, size, false);
   }
   return nullptr;
 }
 
-// The fast free of `p` on `cpu` (current_cpu(), maybe kNoCpu): onto the
-// CPU freelist when p starts an object of its page's slab table entry (the
-// checks of free_prepare, without reporting), that entry is the CPU slab
-// (and so live: no slab is released while it is a CPU slab), no frame
-// below this one holds its lock and p is not on top of the CPU freelist
-// (with kSlabExactFree: its allocation bit is set). Anything else returns
-// false untouched: the slow path frees again and reports. It reads no
-// KmemCache (the slab's and the CpuSlab's copies of its constants), keeps
-// the CpuSlab in one register and has an early out per test. Return:
-// whether it was freed.
+// The fast free of `p` in a task frame of `cpu` (current_task_cpu(), maybe
+// kNoCpu): onto the task CPU freelist when p starts an object of its page's
+// slab table entry (the checks of free_prepare, without reporting), that
+// entry is the task set's CPU slab (and so live: no slab is released while
+// it is a CPU slab) and p is not on top of the CPU freelist (with
+// kSlabExactFree: its allocation bit is set). Anything else returns false
+// untouched: the slow path frees again and reports. It reads no KmemCache
+// (the slab's and the CpuSlab's copies of its constants), keeps the CpuSlab
+// in one register and has an early out per test. Return: whether it was
+// freed.
 ANYCTX_ALWAYS_INLINE bool free_fast(const void* p, int cpu) {
   if (ANYCTX_UNLIKELY(cpu == kNoCpu)) return false;
   Slab* s = slab_entry_of(p);  // nullptr for nullptr; live if it is cs.slab below
   if (ANYCTX_UNLIKELY(s == nullptr)) return false;
   std::uintptr_t obj = reinterpret_cast<std::uintptr_t>(p);
   if (ANYCTX_UNLIKELY(((obj - reinterpret_cast<std::uintptr_t>(s->base)) & s->object_mask) != 0)) return false;
-  CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).caches[s->cache_index]);
-  if (ANYCTX_UNLIKELY(!cpu_trylock(cs))) return false;
+  CpuSlab& cs = task_cpu_slab(cpu, s->cache_index);
   if (ANYCTX_UNLIKELY(cs.slab != s) || ANYCTX_UNLIKELY(obj == cs.free.head) ||
       (kSlabExactFree && ANYCTX_UNLIKELY(!mark_free(s, object_index(s, obj))))) {
-    cpu_unlock(cs);
     return false;
   }
+  ANYCTX_SITE(kSlabCpuLocked);
   ANYCTX_POISON(reinterpret_cast<void*>(obj), s->cache->size);
   store_link_word(obj, encode_link(cs.secret, cs.free.head, obj));
   slab_site(Site::kSlabFreelistEdit);
   cs.free.head = obj;
   count_one(cs.frees);  // the count with it
-  cpu_unlock(cs);
+  ANYCTX_SITE(kSlabCpuUnlock);
   return true;
 }
 
@@ -237,13 +244,13 @@ ANYCTX_ALWAYS_INLINE void kfree(const void* p) {
     if (ANYCTX_UNLIKELY(in_nmi() && p != nullptr))
       detail::report_slab_context("kfree() in NMI context: use kfree_nolock()");
   }
-  if (ANYCTX_LIKELY(detail::free_fast(p, current_cpu()))) return;
+  if (ANYCTX_LIKELY(detail::free_fast(p, current_task_cpu()))) return;
   detail::kfree_slow(p);
 }
 
 ANYCTX_ALWAYS_INLINE void kfree_nolock(const void* p) {
   NolockScope nolock("kfree_nolock");
-  if (ANYCTX_LIKELY(detail::free_fast(p, current_cpu()))) return;
+  if (ANYCTX_LIKELY(detail::free_fast(p, current_task_cpu()))) return;
   detail::kfree_nolock_slow(p);
 }
 

@@ -14,14 +14,24 @@
 // with MAP_NORESERVE, touched only for frames that head a slab).
 //
 // Who guards what:
-//  - CpuSlab (slab, free, retired, allocs, frees): its CPU's LocalTryLock,
-//    taken by try_lock without masking IRQs (no RMW, no mask). Only the
-//    owning CPU's frames take it and they nest strictly, so a try_lock
-//    fails only in an IRQ or NMI that interrupted the holder; that frame
-//    leaves the CPU slab alone (kmalloc: a partial or new slab under
-//    list_lock; kmalloc_nolock: the next size class; frees: into the slab
-//    or the deferred list). Its fields are plain (the counters are relaxed
-//    atomics only so that snapshots from other CPUs may read them).
+//  - CpuSlab (slab, free, retired, allocs, frees): a CPU has two sets of
+//    them (CpuSlabs::sets), one for its task frames and one for its IRQ
+//    and NMI frames; a frame uses its own set only (frame_cpu_slab).
+//    - The task set: only the CPU's task frames use it, and a task frame
+//      never interrupts another, so nothing can land inside a task frame's
+//      section that uses the same CpuSlab. The fast paths take no lock
+//      there. The slow paths take the CpuSlab's LocalTryLock all the same,
+//      which reports a nested section (a path that re-enters the slab while
+//      it holds the lock).
+//    - The interrupt set: an NMI may interrupt an IRQ, and the CPU's task
+//      frame flushes it (drains, offline), so it is used under the
+//      LocalTryLock, taken by try_lock without masking IRQs (no RMW, no
+//      mask). A try_lock fails only in a frame that interrupted the holder;
+//      that frame leaves the CPU slab alone (kmalloc: a partial or new slab
+//      under list_lock; kmalloc_nolock: the next size class; frees: into
+//      the slab or the deferred list).
+//    Their fields are plain (the counters are relaxed atomics only so that
+//    snapshots from other CPUs may read them).
 //  - Slab::free, Slab::cpu, Slab::on_partial, KmemCache::partial: the
 //    cache's list_lock (taken with IRQs masked). A slab that is some CPU's
 //    CPU slab or on its retired chain ("frozen", cpu != kNoCpu) is on no
@@ -187,10 +197,20 @@ inline void set_cpu_slab(CpuSlab& cs, Slab* s) {
   cs.base = s != nullptr ? reinterpret_cast<std::uintptr_t>(s->base) : 0;
 }
 
+// The frames of a CPU that use one set of its CPU slabs.
+enum CpuSlabSet : int { kTaskCpuSlabs = 0, kInterruptCpuSlabs = 1, kCpuSlabSets = 2 };
+
 struct CpuSlabs {
-  CpuSlab caches[kKmallocCaches];
-  std::atomic<std::uintptr_t> deferred{0};  // head of this CPU's deferred list
+  CpuSlab sets[kCpuSlabSets][kKmallocCaches];  // [CpuSlabSet][cache index]
+  std::atomic<std::uintptr_t> deferred{0};     // head of this CPU's deferred list
 };
+
+// Return: the set of CPU slabs that the running frame uses.
+inline CpuSlabSet frame_cpu_slab_set() { return in_task() ? kTaskCpuSlabs : kInterruptCpuSlabs; }
+
+// Return: the CpuSlab of cache `idx` that the running frame uses on `cpu`
+// (its own CPU).
+inline CpuSlab& frame_cpu_slab(CpuSlabs& cpu, int idx) { return cpu.sets[frame_cpu_slab_set()][idx]; }
 
 // Statistics: a slot per CPU, context level and cache; one writer per slot
 // (interrupts nest strictly and never at their own level), so a relaxed load

@@ -20,6 +20,7 @@ namespace {
 
 using testing::all_zero_bytes;
 using testing::in_cpu_slab;
+using testing::in_cpu_slab_of;
 using testing::SlabTest;
 using testing::stamp_intact;
 using testing::stamp_object;
@@ -328,8 +329,11 @@ std::atomic<int> g_retry_site_hits{0};
 std::atomic<void*> g_nmi_result{nullptr};
 std::atomic<std::size_t> g_nmi_size{0};
 
+// An NMI at the first CPU slab lock an IRQ takes: the NMI interrupts the
+// holder of the interrupt set's lock (task frames take none on their fast
+// paths, and the NMI would not share their set anyway).
 void nmi_once_at_cpu_locked(Site site) {
-  if (site != Site::kSlabCpuLocked || !in_task() || g_retry_site_hits.fetch_add(1) != 0) return;
+  if (site != Site::kSlabCpuLocked || !in_irq() || in_nmi() || g_retry_site_hits.fetch_add(1) != 0) return;
   testing::run_in_nmi([] { g_nmi_result.store(kmalloc_nolock(g_nmi_size.load(), Gfp{})); });
 }
 
@@ -339,12 +343,13 @@ TEST_F(SlabTest, NolockRetriesOnceInTheNextClassWhenTheCpuLockIsHeld) {
   g_retry_site_hits.store(0);
   g_nmi_result.store(nullptr);
   g_nmi_size.store(64);
+  void* irq_obj = nullptr;
   set_site_hook(nmi_once_at_cpu_locked);
-  void* task_obj = kmalloc(64, kGfpKernel);  // holds kmalloc-64's CPU lock at the site
+  testing::run_in_irq([&] { irq_obj = kmalloc(64, kGfpAtomic); });  // holds kmalloc-64's CPU lock at the site
   set_site_hook(nullptr);
   void* nmi_obj = g_nmi_result.exchange(nullptr);
   ASSERT_NE(nmi_obj, nullptr);
-  EXPECT_EQ(kmalloc_object_size(task_obj), 64u);
+  EXPECT_EQ(kmalloc_object_size(irq_obj), 64u);
   EXPECT_EQ(kmalloc_object_size(nmi_obj), 128u) << "served by kmalloc-128";
   EXPECT_EQ(slab_cache_stats(idx64).next_class_allocs, 1u);
 
@@ -353,13 +358,14 @@ TEST_F(SlabTest, NolockRetriesOnceInTheNextClassWhenTheCpuLockIsHeld) {
   g_nmi_size.store(kKmallocMaxSize);
   int idx_max = kmalloc_cache_index(kKmallocMaxSize, kGfpKernel);
   std::uint64_t failed = slab_cache_stats(idx_max).alloc_failed;
+  void* big = nullptr;
   set_site_hook(nmi_once_at_cpu_locked);
-  void* big = kmalloc(kKmallocMaxSize, kGfpKernel);
+  testing::run_in_irq([&] { big = kmalloc(kKmallocMaxSize, kGfpAtomic); });
   set_site_hook(nullptr);
   EXPECT_EQ(g_nmi_result.load(), nullptr);
   EXPECT_EQ(slab_cache_stats(idx_max).alloc_failed, failed + 1);
   kfree(big);
-  kfree(task_obj);
+  kfree(irq_obj);
   kfree_nolock(nmi_obj);
   expect_all_returned();
 }
@@ -372,7 +378,7 @@ TEST_F(SlabTest, NolockRetriesOnceInTheNextClassWhenTheCpuLockIsHeld) {
 TEST_F(SlabTest, CpuFreelistCountStaysExactWhenTheCountersWrap) {
   init_slab();
   int idx = kmalloc_cache_index(64, kGfpKernel);
-  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).caches[idx];
+  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).sets[detail::kTaskCpuSlabs][idx];
   std::vector<void*> objs{kmalloc(64, kGfpKernel)};
   std::uint32_t count = detail::cpu_free_count(cs);
   ASSERT_GT(count, 4u);
@@ -416,7 +422,7 @@ TEST_F(SlabTest, CpuFreelistCountStaysExactWhenTheCountersWrap) {
 TEST_F(SlabTest, NolockRefillWithTheListLockBusyRetiresTheCpuSlab) {
   init_slab();
   int idx = kmalloc_cache_index(64, kGfpKernel);
-  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).caches[idx];
+  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).sets[detail::kTaskCpuSlabs][idx];
   std::vector<void*> objs{kmalloc(64, kGfpKernel)};
   detail::Slab* first = detail::slab_of(objs[0]);
   while (detail::cpu_free_count(cs) > 0) objs.push_back(kmalloc(64, kGfpKernel));
@@ -492,7 +498,7 @@ INSTANTIATE_TEST_SUITE_P(WhileHeld, SlabLockedFreeTest,
                          ::testing::Values(Site::kSlabCpuLocked, Site::kSlabFreelistEdit, Site::kSlabCpuUnlock),
                          [](const ::testing::TestParamInfo<Site>& info) { return std::string(site_name(info.param)); });
 
-// --- an IRQ lands while the task holds the CPU slab lock ------------------------------
+// --- an IRQ lands inside a task frame's CPU slab section ------------------------------
 
 std::atomic<void*> g_irq_objs[3];
 
@@ -507,12 +513,13 @@ void irq_allocates_and_frees_at_target(Site site) {
 
 class SlabIrqInCpuSectionTest : public SlabTest, public ::testing::WithParamInterface<Site> {};
 
-// The CPU slab lock masks no IRQs: an IRQ lands inside the task's kmalloc
-// or kfree of kmalloc-64 and finds that CPU slab held by the frame it
-// interrupted. Its kmallocs go around the CPU slab (a partial or new slab
-// under list_lock), its kfrees into the objects' slabs; nothing overlaps,
-// nothing is lost, and the counters still add up.
-TEST_P(SlabIrqInCpuSectionTest, IrqThatInterruptsTheHolderGoesAroundTheCpuSlab) {
+// The task frames' fast paths take no lock and mask no IRQs: an IRQ lands
+// inside the task's kmalloc or kfree of kmalloc-64, in the middle of its
+// section on the task CPU slab. The IRQ's kmallocs come from the interrupt
+// frames' CPU slab, never the task's; its kfree of an object of the task's
+// CPU slab goes into that slab under list_lock; nothing overlaps, nothing is
+// lost, and the counters still add up.
+TEST_P(SlabIrqInCpuSectionTest, IrqInATaskSectionUsesTheInterruptCpuSlabs) {
   init_slab();
   int idx = kmalloc_cache_index(64, kGfpKernel);
   std::vector<void*> mine;
@@ -537,7 +544,8 @@ TEST_P(SlabIrqInCpuSectionTest, IrqThatInterruptsTheHolderGoesAroundTheCpuSlab) 
     for (int i = 0; i < 2; ++i) {
       void* p = g_irq_objs[i].load();
       ASSERT_NE(p, nullptr);
-      EXPECT_FALSE(in_cpu_slab(p, current_cpu())) << "went around the held CPU slab";
+      EXPECT_FALSE(in_cpu_slab_of(p, current_cpu(), detail::kTaskCpuSlabs)) << "the IRQ used the task CPU slab";
+      EXPECT_TRUE(in_cpu_slab_of(p, current_cpu(), detail::kInterruptCpuSlabs)) << "the IRQ's own CPU slab";
       for (void* q : mine) EXPECT_NE(p, q);
       mine.push_back(p);
     }
@@ -630,7 +638,7 @@ TEST_F(SlabTest, InvariantCheckNamesACorruptedCounterListAndLostObject) {
   detail::slab_stat_add(idx, detail::kSlabStatSlabsFreed, 1);
   expect_slab_invariants();
 
-  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).caches[idx];
+  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).sets[detail::kTaskCpuSlabs][idx];
   cs.free.count_base += 1;
   r = slab_check_invariants();
   EXPECT_FALSE(r.ok);

@@ -40,10 +40,17 @@ inline bool all_zero_bytes(const void* p, std::size_t size) {
   return true;
 }
 
-// Return: whether `p` lies in the current CPU slab of its cache on `cpu`.
-inline bool in_cpu_slab(const void* p, int cpu) {
+// Return: whether `p` lies in the current CPU slab of its cache in set
+// `set` of `cpu`.
+inline bool in_cpu_slab_of(const void* p, int cpu, detail::CpuSlabSet set) {
   detail::Slab* s = detail::slab_of(p);
-  return s != nullptr && detail::g_cpu_slabs.on(cpu).caches[s->cache->index].slab == s;
+  return s != nullptr && detail::g_cpu_slabs.on(cpu).sets[set][s->cache->index].slab == s;
+}
+
+// Return: whether `p` lies in a current CPU slab of its cache on `cpu` (of
+// either set).
+inline bool in_cpu_slab(const void* p, int cpu) {
+  return in_cpu_slab_of(p, cpu, detail::kTaskCpuSlabs) || in_cpu_slab_of(p, cpu, detail::kInterruptCpuSlabs);
 }
 
 // Frees `objs` (objects of cache `idx` outside this CPU's slab) with
