@@ -12,12 +12,14 @@
 //    (a thread that is not a CPU gets a fatal `not a cpu` report). gfp as for
 //    alloc_pages: kGfpDirectReclaim only in task context; a gfp without
 //    either reclaim bit takes every slab lock by trylock as nolock does.
-//    Each CPU slab is guarded by a local trylock taken without masking IRQs
-//    (no atomic RMW, no mask on the fast paths), so an IRQ may land while
-//    the frame it interrupted holds it: such a kmalloc goes around the CPU
-//    slab (an object from a partial slab under the cache's list_lock, or
-//    from a new slab that then joins the partial list), such a kfree frees
-//    into the object's slab under list_lock.
+//    A CPU has two CPU slabs per size class: one for its task frames, used
+//    by the inline fast paths without any lock (no task frame interrupts
+//    another, and no other frame uses it), and one for its IRQ and NMI
+//    frames, guarded by a local trylock taken without masking IRQs (no
+//    atomic RMW, no mask). An NMI may land while the IRQ it interrupted
+//    holds that lock: such a kmalloc_nolock goes on as below, a kfree frees
+//    into the object's slab. A kfree in an interrupt of an object of the
+//    task frames' CPU slab frees into that slab under list_lock.
 //  - kmalloc_nolock(size, gfp): any context. gfp may carry only kGfpZero and
 //    kGfpAccount (anything else is a fatal `bad gfp` report). Never spins:
 //    the CPU slab lock and the cache's list_lock by trylock, new slabs from
