@@ -35,17 +35,16 @@ using detail::barrier_against_interrupts;
 using detail::ThreadState;
 
 // One depth of `depths` (detail::kIrqDepthOne or kNmiDepthOne, signed),
-// and task_cpu with it. Loads and stores: a handler that interrupts between
-// them returns both words as it found them (strict nesting). Entering, the
-// task_cpu store comes first, so that a handler which interrupts the entry
-// after it finds no task frame either.
+// then task_cpu from the new depth. Loads and stores: a handler that
+// interrupts between them returns both words as it found them (strict
+// nesting), except task_cpu between the two stores, which it sets from the
+// depth that is already stored, as the second store does. So task_cpu is
+// the CPU only while no handler runs, outside these few instructions.
 void depth_add(ThreadState& t, int delta) {
   auto depths = static_cast<std::uint16_t>(t.depths.load(std::memory_order_relaxed) + delta);
-  if (depths != 0) t.task_cpu.store(kNoCpu, std::memory_order_relaxed);
-  barrier_against_interrupts();
   t.depths.store(depths, std::memory_order_relaxed);
   barrier_against_interrupts();
-  if (depths == 0) t.task_cpu.store(t.cpu, std::memory_order_relaxed);
+  t.task_cpu.store(depths == 0 ? t.cpu : kNoCpu, std::memory_order_relaxed);
 }
 
 void call_handler(InterruptKind kind) {
