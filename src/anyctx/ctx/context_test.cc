@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <thread>
 
 #include "anyctx/ctx/cpu.h"
 #include "anyctx/ctx/interrupt.h"
@@ -21,6 +22,7 @@ struct Seen {
   int nmi_runs = 0;
   bool irq_in_irq = false, irq_in_nmi = true, irq_in_task = true, irq_disabled = false;
   bool nmi_in_nmi = false, nmi_in_task = true, nmi_disabled = false, nmi_in_irq = false;
+  int irq_task_cpu = 0, nmi_task_cpu = 0;  // current_task_cpu() in each handler
 };
 Seen g_seen;
 bool g_nmi_from_irq = false;
@@ -33,12 +35,14 @@ void recording_handler(InterruptKind kind) {
     g_seen.irq_in_task = in_task();
     g_seen.irq_disabled = irqs_disabled();
     if (g_nmi_from_irq) raise_nmi();
+    g_seen.irq_task_cpu = current_task_cpu();  // after the NMI it raised returned
   } else {
     ++g_seen.nmi_runs;
     g_seen.nmi_in_nmi = in_nmi();
     g_seen.nmi_in_task = in_task();
     g_seen.nmi_disabled = irqs_disabled();
     g_seen.nmi_in_irq = in_irq();
+    g_seen.nmi_task_cpu = current_task_cpu();
   }
 }
 
@@ -123,6 +127,29 @@ TEST_F(ContextTest, NmiRunsWhileIrqsMasked) {
   EXPECT_EQ(g_seen.nmi_runs, 1);
   EXPECT_TRUE(irqs_disabled()) << "the NMI must leave the mask as it found it";
   irq_restore(flags);
+}
+
+// current_task_cpu(), every row: the CPU in task context (again after each
+// handler returns), kNoCpu in an IRQ, in an NMI, in an NMI inside an IRQ and
+// in the IRQ after that NMI returned, and on a thread that is not a CPU.
+TEST_F(ContextTest, TaskCpuIsTheCpuOnlyInTaskContext) {
+  EXPECT_EQ(current_task_cpu(), cpu_.id());
+  raise_irq();
+  EXPECT_EQ(g_seen.irq_task_cpu, kNoCpu);
+  EXPECT_EQ(current_task_cpu(), cpu_.id());
+  raise_nmi();
+  EXPECT_EQ(g_seen.nmi_task_cpu, kNoCpu);
+  EXPECT_EQ(current_task_cpu(), cpu_.id());
+  g_nmi_from_irq = true;
+  g_seen.nmi_task_cpu = 0;
+  raise_irq();
+  EXPECT_EQ(g_seen.nmi_runs, 2);
+  EXPECT_EQ(g_seen.nmi_task_cpu, kNoCpu) << "an NMI inside an IRQ";
+  EXPECT_EQ(g_seen.irq_task_cpu, kNoCpu) << "the IRQ, after the NMI inside it returned";
+  EXPECT_EQ(current_task_cpu(), cpu_.id());
+  int other = 0;
+  std::thread([&] { other = current_task_cpu(); }).join();
+  EXPECT_EQ(other, kNoCpu) << "a thread that is not a CPU";
 }
 
 TEST_F(ContextTest, NmiInterruptsIrq) {
