@@ -86,7 +86,10 @@ std::uint64_t interrupts_dropped();
 
 // Marks a handler of one of your own signals (a SIGPROF profiler, a crash
 // handler) as NMI context, so in_nmi() is true and anyctx behaves as in an
-// NMI: nolock entry points only. Context: a signal handler.
+// NMI: nolock entry points only. A handler that calls anyctx without one
+// runs as the task frame it interrupted, and the slab's fast paths, which
+// only task frames take and which take no lock, may then be entered twice
+// at once on one CPU: open the scope first. Context: a signal handler.
 namespace detail {
 int interrupt_signal(InterruptKind kind);
 

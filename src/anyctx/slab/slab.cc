@@ -464,8 +464,9 @@ ANYCTX_COLD std::size_t drain_deferred(std::atomic<std::uintptr_t>& head, int cp
 // The CPU freelist is empty (the CPU lock held).
 // In order: objects freed remotely into the CPU slab; a partial slab; a new
 // slab. A spinning caller drops the CPU lock around the page allocation
-// (reclaim may drain this CPU's slabs) and retires whatever CPU slab an
-// interrupt installed meanwhile. A nolock caller that finds list_lock busy
+// (reclaim may drain this CPU's slabs) and retires whatever CPU slab was
+// installed meanwhile (in the interrupt frames' set, by an NMI that
+// interrupted the IRQ making this call). A nolock caller that finds list_lock busy
 // puts the CPU slab, still frozen, on the CPU's retired chain (unfrozen at
 // the next list_lock here) and goes on to a new slab. Releases the CPU lock.
 // Return: an allocated object, or 0.
