@@ -9,12 +9,13 @@
 // then; their slow paths drain first), after an IRQ returns (IRQ exit
 // drains), or after slab_drain_*. None is certainly
 // deferred: a kfree_nolock that cannot use the CPU slab (an NMI's, while
-// the task holds that cache's CPU lock) frees into the slab under list_lock,
+// an IRQ holds that cache's CPU lock) frees into the slab under list_lock,
 // and defers only when list_lock is busy, which no step here holds across
 // an interrupt.
 //
 // Interrupts: IRQs and NMIs at an op boundary (an NMI may nest in an IRQ),
-// an NMI while the task's kmalloc or kfree holds a CPU slab lock, and an
+// an NMI while an IRQ's kmalloc or kfree holds a CPU slab lock (the task
+// frames' fast paths take none), and an
 // NMI inside the lock-free deferred lists (between reading the head and
 // the CAS of the task's deferred push; between objects of the drain a
 // spinning call starts with).
@@ -533,10 +534,12 @@ class RunSteps : public SlabCmd {
   std::vector<Step> steps_;
 };
 
-// An NMI while the task holds a cache's CPU lock (site kSlabCpuLocked of a
-// spinning kmalloc or kfree): kmalloc_nolock of that class moves to the
-// next one, kfree_nolock of its objects goes into their slab under
-// list_lock.
+// An NMI while an IRQ holds a cache's CPU lock (site kSlabCpuLocked of a
+// spinning kmalloc or kfree, the command's op, run in an IRQ: only
+// interrupt frames lock their CPU slabs): kmalloc_nolock of that class
+// moves to the next one, kfree_nolock of its objects goes into their slab
+// under list_lock. The deferred bound is checked inside the IRQ too, before
+// its exit drains.
 class NmiInCpuSlab : public SlabCmd {
  public:
   NmiInCpuSlab(Step task_op, int held, std::vector<Step> nmi)

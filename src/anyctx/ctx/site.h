@@ -48,9 +48,9 @@
 
 // The slab layer's sites (slab/).
 #define ANYCTX_SLAB_SITES(X)                                                      \
-  X(kSlabCpuLocked, "a CPU slab lock was just taken")                             \
+  X(kSlabCpuLocked, "a CPU slab section just began (lock taken, or fast path)")   \
   X(kSlabFreelistEdit, "in the middle of a CPU freelist push or pop")             \
-  X(kSlabCpuUnlock, "just before a CPU slab lock is released")                    \
+  X(kSlabCpuUnlock, "just before a CPU slab section ends")                        \
   X(kSlabListLocked, "a cache's list_lock was just taken")                        \
   X(kSlabListEdit, "in the middle of a slab freelist or partial list edit")       \
   X(kSlabListUnlock, "just before a cache's list_lock is released")               \

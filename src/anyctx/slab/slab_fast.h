@@ -95,12 +95,13 @@ ANYCTX_ALWAYS_INLINE bool mark_free(Slab* s, unsigned index) {
   return (s->allocated[index >> 6].fetch_and(~bit, std::memory_order_relaxed) & bit) != 0;
 }
 
-// The CPU slab lock: a LocalTryLock taken without masking IRQs, so the
-// fast paths make neither an atomic RMW nor an IRQ mask. Only this CPU's
-// frames take it, and they nest strictly: a try_lock fails only in a frame
-// that interrupted the holder (IRQ or NMI), which must then leave the CPU
-// slab alone and go around it (alloc_around_cpu_slab, free_slow, the
-// deferred list). Return: whether it was taken.
+// The CPU slab lock, which the slow paths take (the task frames' fast paths
+// need none): a LocalTryLock taken without masking IRQs, so it costs
+// neither an atomic RMW nor an IRQ mask. Only this CPU's frames take it,
+// and they nest strictly: a try_lock fails only in a frame that
+// interrupted the holder (IRQ or NMI), which must then leave the CPU slab
+// alone and go around it (alloc_around_cpu_slab, free_slow, the deferred
+// list). Return: whether it was taken.
 ANYCTX_ALWAYS_INLINE bool cpu_trylock(CpuSlab& cs) ANYCTX_NO_TSA {
   if (ANYCTX_UNLIKELY(!cs.lock.try_lock())) return false;
   ANYCTX_SITE(kSlabCpuLocked);
