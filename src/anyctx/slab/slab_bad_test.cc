@@ -19,6 +19,31 @@ TEST_F(SlabTest, DefaultPolicyAbortsInDebugAndSanitizerBuilds) {
   if (kDebug || ANYCTX_ASAN || ANYCTX_TSAN) EXPECT_EQ(slab_bad_free_policy(), BadPagePolicy::kAbort);
 }
 
+// The task frames' fast paths take no lock, but a fast path inside a
+// section of its own frame's slow path (a path that re-entered the slab
+// while it held the CPU slab lock) is reported in debug builds, as a lock()
+// of the held lock would be.
+void kmalloc_holding(detail::CpuSlab& cs) ANYCTX_NO_TSA {
+  cs.lock.lock();
+  (void)kmalloc(64, kGfpKernel);
+}
+
+void kfree_holding(detail::CpuSlab& cs, void* p) ANYCTX_NO_TSA {
+  cs.lock.lock();
+  kfree(p);
+}
+
+TEST_F(SlabTest, FastPathInsideItsOwnSlowPathSectionIsReportedInDebugBuilds) {
+  if (!kDebug) GTEST_SKIP() << "a debug-build check";
+  init_slab();
+  void* p = kmalloc(64, kGfpKernel);
+  int idx = kmalloc_cache_index(64, kGfpKernel);
+  detail::CpuSlab& cs = detail::g_cpu_slabs.on(current_cpu()).sets[detail::kTaskCpuSlabs][idx];
+  EXPECT_DEATH(kmalloc_holding(cs), "nested critical section: local lock 'slab.cpu_lock'");
+  EXPECT_DEATH(kfree_holding(cs, p), "nested critical section: local lock 'slab.cpu_lock'");
+  kfree(p);
+}
+
 TEST_F(SlabTest, FreeOfAPointerOutsideTheArenaIsReported) {
   init_slab();
   int local = 0;

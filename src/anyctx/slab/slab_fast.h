@@ -113,8 +113,9 @@ ANYCTX_ALWAYS_INLINE void cpu_unlock(CpuSlab& cs) ANYCTX_NO_TSA {
   cs.lock.unlock();
 }
 
-// kmalloc's pop (in a task frame's section, or the CPU lock held), counted. The checks of slab_pop, with
-// the cache's constants and the slab's base read from `cs` (copies).
+// kmalloc's pop (in a task frame's section, or the CPU lock held), counted.
+// The checks of slab_pop, with the cache's constants and the slab's base
+// read from `cs` (copies).
 // Return: the object, or 0 when the list is empty or anything is wrong with
 // it (the slow path pops again and reports).
 ANYCTX_ALWAYS_INLINE std::uintptr_t cpu_pop_fast(CpuSlab& cs) {
@@ -155,9 +156,16 @@ ANYCTX_ALWAYS_INLINE void* finish_alloc(const KmemCache& c, std::uintptr_t obj, 
   return p;
 }
 
-// The CPU slab `idx` of the task set of `cpu`, kept in one register.
-ANYCTX_ALWAYS_INLINE CpuSlab& task_cpu_slab(int cpu, int idx) {
-  return *one_register(&g_cpu_slabs.on(cpu).sets[kTaskCpuSlabs][idx]);
+// The CPU slab `idx` of the task set of `cpu`, kept in one register. Debug
+// builds check that its lock is free: a task frame's slow path holds it, so
+// a fast path that finds it held runs inside that section (a path that
+// re-entered the slab), which lock() reports as a nested critical section.
+ANYCTX_ALWAYS_INLINE CpuSlab& task_cpu_slab(int cpu, int idx) ANYCTX_NO_TSA {
+  CpuSlab& cs = *one_register(&g_cpu_slabs.on(cpu).sets[kTaskCpuSlabs][idx]);
+  if constexpr (kDebug) {
+    if (ANYCTX_UNLIKELY(cs.lock.is_locked())) cs.lock.lock();  // fatal: names both sites
+  }
+  return cs;
 }
 
 // The fast path shared by kmalloc and kmalloc_nolock, for a gfp without
