@@ -620,18 +620,17 @@ void* detail::kmalloc_nolock_slow(std::size_t size, Gfp gfp) {
     if (idx >= 0) stat_add(idx, kSlabStatAllocFailed);
     return nullptr;
   }
-  CpuSlabs& mine = g_cpu_slabs.on(cpu);
-  CpuSlabSet set = frame_cpu_slab_set();
-  CpuSlab* cs = &mine.sets[set][idx];
+  CpuSlab* mine = g_cpu_slabs.on(cpu).sets[frame_cpu_slab_set()];
+  CpuSlab* cs = &mine[idx];
   if (!cpu_trylock(*cs)) {
     // The frame this call interrupted holds it: once, the next size class.
     bool last_class = idx % kKmallocClasses == kKmallocClasses - 1;
-    if (last_class || !cpu_trylock(mine.sets[set][idx + 1])) {
+    if (last_class || !cpu_trylock(mine[idx + 1])) {
       stat_add(idx, kSlabStatAllocFailed);
       return nullptr;
     }
     stat_add(idx, kSlabStatNextClass);
-    cs = &mine.sets[set][++idx];
+    cs = &mine[++idx];
   }
   KmemCache& c = g_caches[idx];
   std::uintptr_t obj = alloc_locked(c, *cs, cpu, gfp);
@@ -777,21 +776,18 @@ namespace {
 // pages given back.
 std::size_t flush_cpu_slabs(int cpu) ANYCTX_NO_TSA {
   Slab* release = nullptr;
-  for (auto& set : g_cpu_slabs.on(cpu).sets) {
-    for (int i = 0; i < kKmallocCaches; ++i) {
-      KmemCache& c = g_caches[i];
-      CpuSlab& cs = set[i];
-      if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr &&
-          std::atomic_ref<Slab*>(cs.retired).load(std::memory_order_relaxed) == nullptr)
-        continue;
-      IrqFlags lf;
-      cpu_lock_unheld(cs);  // task context
-      list_lock(c, kGfpKernel, lf);
-      deactivate_locked(c, cs, EmptySlab::kRelease, release);
-      list_unlock(c, lf);
-      cpu_unlock(cs);
-    }
-  }
+  for_each_cpu_slab(g_cpu_slabs.on(cpu), [&](CpuSlab& cs, int i) ANYCTX_NO_TSA {
+    if (std::atomic_ref<Slab*>(cs.slab).load(std::memory_order_relaxed) == nullptr &&
+        std::atomic_ref<Slab*>(cs.retired).load(std::memory_order_relaxed) == nullptr)
+      return;
+    KmemCache& c = g_caches[i];
+    IrqFlags lf;
+    cpu_lock_unheld(cs);  // task context
+    list_lock(c, kGfpKernel, lf);
+    deactivate_locked(c, cs, EmptySlab::kRelease, release);
+    list_unlock(c, lf);
+    cpu_unlock(cs);
+  });
   return release_slabs(release, kGfpKernel);
 }
 
@@ -938,15 +934,13 @@ std::uintptr_t random_word() {
 
 void reset_state() {
   g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
-    for (auto& set : cpu.sets) {
-      for (CpuSlab& cs : set) {
-        set_cpu_slab(cs, nullptr);
-        cs.retired = nullptr;
-        cs.allocs.store(0);
-        cs.frees.store(0);
-        set_cpu_freelist(cs, Freelist{});
-      }
-    }
+    for_each_cpu_slab(cpu, [](CpuSlab& cs, int) {
+      set_cpu_slab(cs, nullptr);
+      cs.retired = nullptr;
+      cs.allocs.store(0);
+      cs.frees.store(0);
+      set_cpu_freelist(cs, Freelist{});
+    });
     cpu.deferred.store(0);
   });
   g_shared_deferred.store(0);
@@ -994,12 +988,10 @@ std::string_view slab_init() {
     std::snprintf(c.name, sizeof c.name, "kmalloc-%s%u", accounted ? "cg-" : "", c.size);
   }
   g_cpu_slabs.for_each([](int, CpuSlabs& cpu) {
-    for (auto& set : cpu.sets) {
-      for (int i = 0; i < kKmallocCaches; ++i) {
-        set[i].secret = g_caches[i].secret;
-        set[i].object_mask = g_caches[i].object_mask;
-      }
-    }
+    for_each_cpu_slab(cpu, [](CpuSlab& cs, int i) {
+      cs.secret = g_caches[i].secret;
+      cs.object_mask = g_caches[i].object_mask;
+    });
   });
   if (!irq_exit_callback_add(slab_irq_exit) || !cpu_offline_callback_add(slab_cpu_offline) ||
       !reclaim_register(slab_drain_all)) {

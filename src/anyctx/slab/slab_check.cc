@@ -168,18 +168,15 @@ class SlabChecker {
     return at < 0 ? nullptr : &found_[static_cast<std::size_t>(at)];
   }
 
-  // Return: whether `s` is on a retired chain of `cpu` (of its cache).
-  static bool retired_on(const Slab* s, int cpu) {
-    for (const auto& set : g_cpu_slabs.on(cpu).sets)
-      for (const Slab* r = set[s->cache->index].retired; r != nullptr; r = r->next)
+  // Return: whether `s` is frozen on `cpu`: the CPU slab of its cache in
+  // either set, or on that CpuSlab's retired chain.
+  static bool frozen_on(const Slab* s, int cpu) {
+    for (const auto& set : g_cpu_slabs.on(cpu).sets) {
+      const CpuSlab& cs = set[s->cache->index];
+      if (cs.slab == s) return true;
+      for (const Slab* r = cs.retired; r != nullptr; r = r->next)
         if (r == s) return true;
-    return false;
-  }
-
-  // Return: whether `s` is a CPU slab of `cpu` (of its cache), in either set.
-  static bool cpu_slab_of(const Slab* s, int cpu) {
-    for (const auto& set : g_cpu_slabs.on(cpu).sets)
-      if (set[s->cache->index].slab == s) return true;
+    }
     return false;
   }
 
@@ -270,10 +267,10 @@ class SlabChecker {
       Slab* task_slab = sets.sets[kTaskCpuSlabs][c.index].slab;
       if (task_slab != nullptr && task_slab == sets.sets[kInterruptCpuSlabs][c.index].slab)
         return fail(slab_str(task_slab) + ": the CPU slab of both of cpu " + std::to_string(cpu) + "'s sets");
-      for (int set = 0; set < kCpuSlabSets; ++set)
-        if (!check_cpu_slab(c, cpu, sets.sets[set][c.index],
-                            ListName{set == kTaskCpuSlabs ? ListName::kCpuFreelist : ListName::kCpuInterruptFreelist, cpu, &c}))
-          return;
+      for (int set = 0; set < kCpuSlabSets; ++set) {
+        auto kind = set == kTaskCpuSlabs ? ListName::kCpuFreelist : ListName::kCpuInterruptFreelist;
+        if (!check_cpu_slab(c, cpu, sets.sets[set][c.index], ListName{kind, cpu, &c})) return;
+      }
     }
 
     // Every live slab of the cache.
@@ -288,7 +285,7 @@ class SlabChecker {
       if (s->objects != c.objects) return fail(slab_str(s) + ": object count differs from the cache's");
       if (s->cache_index != c.index || s->object_mask != c.object_mask)
         return fail(slab_str(s) + ": its copies of the cache's index and object mask differ from the cache's");
-      if (s->cpu != kNoCpu && !cpu_slab_of(s, s->cpu) && !retired_on(s, s->cpu))
+      if (s->cpu != kNoCpu && !frozen_on(s, s->cpu))
         return fail(slab_str(s) + ": says it is cpu " + std::to_string(s->cpu) + "'s slab, which it is not");
       if (s->corrupted) continue;  // reported when it happened; its objects are leaked
       long n = walk_freelist(s, s->free, Where::kSlabFreelist, ListName{ListName::kSlabFreelist, -1, &c, s});

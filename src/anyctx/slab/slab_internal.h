@@ -22,7 +22,7 @@
 //      section that uses the same CpuSlab. The fast paths take no lock
 //      there. The slow paths take the CpuSlab's LocalTryLock all the same,
 //      which reports a nested section (a path that re-enters the slab while
-//      it holds the lock).
+//      it holds the lock); debug builds' fast paths check it too.
 //    - The interrupt set: an NMI may interrupt an IRQ, and the CPU's task
 //      frame flushes it (drains, offline), so it is used under the
 //      LocalTryLock, taken by try_lock without masking IRQs (no RMW, no
@@ -211,6 +211,13 @@ inline CpuSlabSet frame_cpu_slab_set() { return in_task() ? kTaskCpuSlabs : kInt
 // Return: the CpuSlab of cache `idx` that the running frame uses on `cpu`
 // (its own CPU).
 inline CpuSlab& frame_cpu_slab(CpuSlabs& cpu, int idx) { return cpu.sets[frame_cpu_slab_set()][idx]; }
+
+// Calls fn(cs, cache index) for every CpuSlab of `cpu`, both sets.
+template <class Fn>
+void for_each_cpu_slab(CpuSlabs& cpu, Fn&& fn) {
+  for (auto& set : cpu.sets)
+    for (int i = 0; i < kKmallocCaches; ++i) fn(set[i], i);
+}
 
 // Statistics: a slot per CPU, context level and cache; one writer per slot
 // (interrupts nest strictly and never at their own level), so a relaxed load
